@@ -1,0 +1,207 @@
+//! Types shared by the eBPF programs and the userspace daemon.
+//!
+//! Everything that crosses the kernel/user boundary is `#[repr(C)]`, built
+//! from fixed-width integers and byte arrays with explicit padding, and has
+//! its size pinned by a `const` assertion so that a field added on one side
+//! only cannot silently shift the other. Kinds and states travel as `u32`;
+//! userspace converts them with `TryFrom` at its single decoding boundary.
+#![no_std]
+
+/// Length of `task_struct::comm`.
+pub const COMM_LEN: usize = 16;
+
+/// Record kinds, the first `u32` of every ring-buffer record.
+pub const RECORD_STATE: u32 = 1;
+
+/// How the owner recorded in an event was learned.
+pub mod owner_src {
+    /// No process-context sighting yet.
+    pub const UNKNOWN: u32 = 0;
+    /// The task on the CPU at a transition that only the owner can cause
+    /// (connect, listen, close by the application).
+    pub const TRANSITION: u32 = 1;
+    /// Inherited by an accepted socket from its listener's owner.
+    pub const LISTENER: u32 = 2;
+    /// The task that last sent or received on the socket.
+    pub const IO: u32 = 3;
+    /// Found in a process's fd table by the start-up snapshot.
+    pub const SNAPSHOT: u32 = 4;
+}
+
+/// Linux `AF_INET` / `AF_INET6`.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+
+/// Kernel TCP state numbers (include/net/tcp_states.h).
+pub mod tcp_state {
+    pub const ESTABLISHED: u32 = 1;
+    pub const SYN_SENT: u32 = 2;
+    pub const SYN_RECV: u32 = 3;
+    pub const FIN_WAIT1: u32 = 4;
+    pub const FIN_WAIT2: u32 = 5;
+    pub const TIME_WAIT: u32 = 6;
+    pub const CLOSE: u32 = 7;
+    pub const CLOSE_WAIT: u32 = 8;
+    pub const LAST_ACK: u32 = 9;
+    pub const LISTEN: u32 = 10;
+    pub const CLOSING: u32 = 11;
+    pub const NEW_SYN_RECV: u32 = 12;
+    pub const BOUND_INACTIVE: u32 = 13;
+}
+
+/// A task as seen by the kernel: process id, thread id and name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskId {
+    pub tgid: u32,
+    pub tid: u32,
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<TaskId>() == 24);
+
+impl TaskId {
+    pub const EMPTY: TaskId = TaskId {
+        tgid: 0,
+        tid: 0,
+        comm: [0; COMM_LEN],
+    };
+}
+
+/// One `sock:inet_sock_set_state` transition of a TCP socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StateRecord {
+    /// Always [`RECORD_STATE`].
+    pub kind: u32,
+    pub old_state: u32,
+    pub new_state: u32,
+    /// One of [`owner_src`].
+    pub owner_src: u32,
+    /// `bpf_ktime_get_ns()`, CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    /// When the socket entered `old_state`; 0 when closetrace did not see it.
+    pub old_since_ns: u64,
+    /// Socket cookie: unique for the boot, never a kernel address.
+    pub sock_id: u64,
+    /// Inode number of the socket's network namespace.
+    pub netns: u32,
+    pub family: u16,
+    /// Local port, host byte order.
+    pub sport: u16,
+    /// Remote port, host byte order.
+    pub dport: u16,
+    pub _pad: [u8; 6],
+    /// Local address: 4 bytes for IPv4 (rest zero) or 16 for IPv6, network order.
+    pub saddr: [u8; 16],
+    /// Remote address, like `saddr`.
+    pub daddr: [u8; 16],
+    /// The task on the CPU when the transition ran.
+    pub ctx: TaskId,
+    /// The socket's owner as closetrace knows it (see `owner_src`).
+    pub owner: TaskId,
+}
+pub const STATE_RECORD_SIZE: usize = 136;
+const _: () = assert!(core::mem::size_of::<StateRecord>() == STATE_RECORD_SIZE);
+
+/// Per-socket bookkeeping, kept in the kernel's `SOCKS` LRU map by cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockInfo {
+    pub owner: TaskId,
+    pub owner_src: u32,
+    /// Last state seen, so a lost event cannot make `old_since_ns` lie.
+    pub state: u32,
+    /// When the socket entered `state`; 0 when unknown.
+    pub since_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 40);
+
+/// Key of the `LISTENERS` map: a listening port inside a network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenKey {
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<ListenKey>() == 8);
+
+/// Sentinel for a field the running kernel does not have.
+pub const OFFSET_ABSENT: u32 = u32::MAX;
+
+/// Byte offsets into kernel structures, resolved by userspace from the running
+/// kernel's BTF and written into the `CONFIG` global at load time. Rust eBPF
+/// objects carry no CO-RE relocations, so nothing here is compiled in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `sock.__sk_common.skc_family` (u16)
+    pub family: u32,
+    /// `sock.__sk_common.skc_num` (u16, host order)
+    pub num: u32,
+    /// `sock.__sk_common.skc_dport` (__be16)
+    pub dport: u32,
+    /// `sock.__sk_common.skc_rcv_saddr` (__be32)
+    pub rcv_saddr: u32,
+    /// `sock.__sk_common.skc_daddr` (__be32)
+    pub daddr: u32,
+    /// `sock.__sk_common.skc_v6_rcv_saddr` (in6_addr), or OFFSET_ABSENT without IPv6
+    pub v6_rcv_saddr: u32,
+    /// `sock.__sk_common.skc_v6_daddr` (in6_addr), or OFFSET_ABSENT without IPv6
+    pub v6_daddr: u32,
+    /// `sock.sk_protocol` (u16)
+    pub protocol: u32,
+    /// `sock.__sk_common.skc_net.net` (struct net *), or OFFSET_ABSENT without netns
+    pub net: u32,
+    /// `net.ns.inum` (u32), or OFFSET_ABSENT without netns
+    pub net_inum: u32,
+}
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 40);
+
+/// Everything userspace hands the programs at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub offsets: SockOffsets,
+    /// Non-zero: emit only sockets whose owner's tgid is in the `PIDS` map.
+    pub filter_pids: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 48);
+
+impl Config {
+    /// Every offset absent: programs emit nothing until userspace fills it in.
+    pub const UNSET: Config = Config {
+        offsets: SockOffsets {
+            family: OFFSET_ABSENT,
+            num: OFFSET_ABSENT,
+            dport: OFFSET_ABSENT,
+            rcv_saddr: OFFSET_ABSENT,
+            daddr: OFFSET_ABSENT,
+            v6_rcv_saddr: OFFSET_ABSENT,
+            v6_daddr: OFFSET_ABSENT,
+            protocol: OFFSET_ABSENT,
+            net: OFFSET_ABSENT,
+            net_inum: OFFSET_ABSENT,
+        },
+        filter_pids: 0,
+        _pad: 0,
+    };
+}
+
+/// Index of the failed-reserve counter in the per-CPU `LOST` array.
+pub const LOST_RINGBUF: u32 = 0;
+pub const LOST_SLOTS: u32 = 1;
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all of these are repr(C), made only of integers and byte arrays,
+    // with every padding byte spelled out as a field, so any bit pattern is valid.
+    unsafe impl aya::Pod for super::TaskId {}
+    unsafe impl aya::Pod for super::StateRecord {}
+    unsafe impl aya::Pod for super::SockInfo {}
+    unsafe impl aya::Pod for super::ListenKey {}
+    unsafe impl aya::Pod for super::SockOffsets {}
+    unsafe impl aya::Pod for super::Config {}
+}

@@ -1,0 +1,303 @@
+//! closetrace's kernel programs.
+//!
+//! `inet_sock_set_state` turns every TCP state change into a ring-buffer
+//! record stamped with the socket's owner. The owner is not `current`: most
+//! transitions run in softirq or in the peer's syscall, so the owner is kept
+//! per socket (by cookie) in `SOCKS` and refreshed only from process context:
+//! owner-only transitions (connect, listen, close), send/recv on the socket,
+//! and inheritance from the listener for accepted sockets.
+#![no_std]
+#![no_main]
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
+    },
+    macros::{btf_tracepoint, map},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::BtfTracePointContext,
+};
+use closetrace_common::{
+    AF_INET, AF_INET6, COMM_LEN, Config, IPPROTO_TCP, LOST_RINGBUF, LOST_SLOTS, ListenKey,
+    OFFSET_ABSENT, RECORD_STATE, SockInfo, SockOffsets, StateRecord, TaskId, owner_src,
+    tcp_state::*,
+};
+
+/// Offsets and filter switches, written by userspace before load.
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config::UNSET;
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Failed ring-buffer reserves, per CPU, so counting never contends.
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
+
+/// Owner and current state per socket cookie. LRU so that sockets whose end
+/// we miss (lost events, sockets closed before start-up) cannot fill it.
+#[map]
+static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536, 0);
+
+/// Owner of each listening port, inherited by the sockets it accepts.
+#[map]
+static LISTENERS: LruHashMap<ListenKey, TaskId> = LruHashMap::with_max_entries(4096, 0);
+
+/// `--pid` filter: tgids whose sockets are reported.
+#[map]
+static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    try_state(&ctx).map_or_else(|e| e, |()| 0)
+}
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
+    try_io(&ctx).map_or_else(|e| e, |()| 0)
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
+    try_io(&ctx).map_or_else(|e| e, |()| 0)
+}
+
+#[inline(always)]
+fn config() -> Config {
+    // Volatile: the value is patched into .rodata at load time, so the
+    // compiler must not fold the compile-time placeholder.
+    unsafe { core::ptr::read_volatile(&raw const CONFIG) }
+}
+
+#[inline(always)]
+fn read<T>(base: *const u8, off: u32) -> Result<T, i32> {
+    if off == OFFSET_ABSENT {
+        return Err(1);
+    }
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T) }
+        .map_err(|e| e as i32)
+}
+
+#[inline(always)]
+fn current_task() -> TaskId {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    TaskId {
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    }
+}
+
+#[inline(always)]
+fn is_tcp(sk: *const u8, off: &SockOffsets) -> bool {
+    matches!(read::<u16>(sk, off.protocol), Ok(IPPROTO_TCP))
+}
+
+#[inline(always)]
+fn netns_of(sk: *const u8, off: &SockOffsets) -> u32 {
+    match read::<*const u8>(sk, off.net) {
+        Ok(net) if !net.is_null() => read::<u32>(net, off.net_inum).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Transitions that only the owning process can cause, so `current` is the owner.
+#[inline(always)]
+fn caused_by_owner(old: u32, new: u32) -> bool {
+    matches!(
+        (old, new),
+        (CLOSE, SYN_SENT) | (CLOSE, LISTEN) | (ESTABLISHED, FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK)
+    )
+}
+
+struct Endpoints {
+    family: u16,
+    sport: u16,
+    dport: u16,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+}
+
+#[inline(always)]
+fn endpoints(sk: *const u8, off: &SockOffsets) -> Result<Endpoints, i32> {
+    let family: u16 = read(sk, off.family)?;
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    match family {
+        AF_INET => {
+            saddr[..4].copy_from_slice(&read::<[u8; 4]>(sk, off.rcv_saddr)?);
+            daddr[..4].copy_from_slice(&read::<[u8; 4]>(sk, off.daddr)?);
+        }
+        AF_INET6 => {
+            saddr = read(sk, off.v6_rcv_saddr)?;
+            daddr = read(sk, off.v6_daddr)?;
+        }
+        _ => return Err(1),
+    }
+    Ok(Endpoints {
+        family,
+        sport: read(sk, off.num)?,
+        dport: u16::from_be(read(sk, off.dport)?),
+        saddr,
+        daddr,
+    })
+}
+
+fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let sk: *const u8 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    let (old, new) = (old as u32, new as u32);
+    let cfg = config();
+    let off = &cfg.offsets;
+    if !is_tcp(sk, off) {
+        return Ok(());
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let sock_id = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    let ep = endpoints(sk, off)?;
+    let netns = netns_of(sk, off);
+    let task = current_task();
+
+    let known = SOCKS.get_ptr(sock_id).map(|p| unsafe { *p });
+    let (owner, src) = if caused_by_owner(old, new) && task.tgid != 0 {
+        (task, owner_src::TRANSITION)
+    } else if let Some(info) = known {
+        (info.owner, info.owner_src)
+    } else if old == LISTEN && new == SYN_RECV {
+        // A child being accepted: until the acceptor touches it, its owner is
+        // whoever owns the listener.
+        let key = ListenKey {
+            netns,
+            port: ep.sport,
+            _pad: 0,
+        };
+        match LISTENERS.get_ptr(key) {
+            Some(p) => (unsafe { *p }, owner_src::LISTENER),
+            None => (TaskId::EMPTY, owner_src::UNKNOWN),
+        }
+    } else {
+        (TaskId::EMPTY, owner_src::UNKNOWN)
+    };
+    let old_since_ns = match known {
+        Some(info) if info.state == old => info.since_ns,
+        _ => 0,
+    };
+
+    // Bookkeeping happens whatever the filter says, so that ownership is
+    // right when a filtered-in process later inherits or receives a socket.
+    if new == LISTEN && ep.sport != 0 {
+        let key = ListenKey {
+            netns,
+            port: ep.sport,
+            _pad: 0,
+        };
+        let _ = LISTENERS.insert(key, owner, BPF_ANY as u64);
+    } else if old == LISTEN && new == CLOSE {
+        let key = ListenKey {
+            netns,
+            port: ep.sport,
+            _pad: 0,
+        };
+        let _ = LISTENERS.remove(key);
+    }
+    if new == CLOSE {
+        // Gone from the state machine: drop it so the map holds only the living.
+        let _ = SOCKS.remove(sock_id);
+    } else {
+        let info = SockInfo {
+            owner,
+            owner_src: src,
+            state: new,
+            since_ns: now,
+        };
+        let _ = SOCKS.insert(sock_id, info, BPF_ANY as u64);
+    }
+
+    if cfg.filter_pids != 0 && unsafe { PIDS.get(owner.tgid) }.is_none() {
+        return Ok(());
+    }
+    let Some(mut entry) = EVENTS.reserve::<StateRecord>(0) else {
+        count_lost();
+        return Ok(());
+    };
+    entry.write(StateRecord {
+        kind: RECORD_STATE,
+        old_state: old,
+        new_state: new,
+        owner_src: src,
+        ts_ns: now,
+        old_since_ns,
+        sock_id,
+        netns,
+        family: ep.family,
+        sport: ep.sport,
+        dport: ep.dport,
+        _pad: [0; 6],
+        saddr: ep.saddr,
+        daddr: ep.daddr,
+        ctx: task,
+        owner,
+    });
+    entry.submit(0);
+    Ok(())
+}
+
+#[inline(always)]
+fn count_lost() {
+    if let Some(n) = LOST.get_ptr_mut(LOST_RINGBUF) {
+        // Per-CPU slot: no other CPU writes it, and programs do not nest on one CPU.
+        unsafe { *n += 1 };
+    }
+}
+
+/// send/recv on a TCP socket run in the caller's context: the caller holds it.
+fn try_io(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let sk: *const u8 = ctx.arg(0);
+    let ret: i32 = ctx.arg(1);
+    if ret < 0 {
+        return Ok(());
+    }
+    let off = config().offsets;
+    if !is_tcp(sk, &off) {
+        return Ok(());
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == 0 {
+        return Ok(());
+    }
+    let sock_id = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    match SOCKS.get_ptr_mut(sock_id) {
+        // The common case: the owner is already right and seen first-hand.
+        // Keep it a read.
+        Some(p) if unsafe { (*p).owner.tgid == tgid && (*p).owner_src != owner_src::LISTENER } => {}
+        Some(p) => unsafe {
+            (*p).owner = current_task();
+            (*p).owner_src = owner_src::IO;
+        },
+        None => {
+            let info = SockInfo {
+                owner: current_task(),
+                owner_src: owner_src::IO,
+                state: 0,
+                since_ns: 0,
+            };
+            let _ = SOCKS.insert(sock_id, info, BPF_ANY as u64);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

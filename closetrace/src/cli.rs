@@ -1,0 +1,94 @@
+//! Command line.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::sink::Format;
+
+/// Trace TCP connection teardown live: every state change tied to the
+/// process that owns the socket.
+#[derive(Debug, Parser)]
+#[command(name = "closetrace", version, about)]
+pub struct Cli {
+    /// Only report sockets owned by this process (repeatable). A thread id
+    /// is taken as its process.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Write events here instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Stop after this long (e.g. 500ms, 30s, 5m). Default: until Ctrl-C.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Ring buffer size in bytes: a power of two, at least one page.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = parse_ring_size)]
+    pub ring_buffer_size: u32,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (examples: 500ms, 2s, 5m, 1h)"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+pub fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u32;
+    if n < page || !n.is_power_of_two() {
+        return Err(format!(
+            "must be a power of two and at least {page} (one page)"
+        ));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(
+            parse_duration("0s")
+                .unwrap_err()
+                .contains("greater than zero")
+        );
+        assert!(parse_duration("soon").unwrap_err().contains("examples"));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn ring_sizes() {
+        assert_eq!(parse_ring_size("4096"), Ok(4096));
+        assert_eq!(parse_ring_size("4194304"), Ok(4 << 20));
+        assert!(parse_ring_size("5000").is_err());
+        assert!(parse_ring_size("1024").is_err());
+        assert!(parse_ring_size("big").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        let c = Cli::try_parse_from(["closetrace", "--pid", "1", "--pid", "2", "--format", "json"])
+            .unwrap();
+        assert_eq!(c.pids, vec![1, 2]);
+        assert_eq!(c.format, Format::Json);
+        assert!(Cli::try_parse_from(["closetrace", "--pid", "x"]).is_err());
+        assert!(Cli::try_parse_from(["closetrace", "--format", "xml"]).is_err());
+    }
+}

@@ -1,0 +1,275 @@
+//! The one place where kernel bytes become typed events. Every record is
+//! checked for its kind and exact size before any field is read, and every
+//! enumerated value goes through `TryFrom`: nothing is transmuted.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use closetrace_common::{
+    AF_INET, AF_INET6, COMM_LEN, RECORD_STATE, STATE_RECORD_SIZE, StateRecord, TaskId,
+};
+use thiserror::Error;
+
+use crate::model::{Family, KernelEvent, OwnerSource, SockRef, StateChange, Task, TcpState};
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is too short to hold a kind")]
+    NoKind { len: usize },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+    #[error("record kind {kind} is {len} bytes, expected {expected} (truncated)")]
+    Truncated {
+        kind: u32,
+        len: usize,
+        expected: usize,
+    },
+    #[error("record kind {kind} is {len} bytes, expected {expected} (oversized)")]
+    Oversized {
+        kind: u32,
+        len: usize,
+        expected: usize,
+    },
+    #[error("unknown TCP state {0}")]
+    UnknownState(u32),
+    #[error("unknown address family {0}")]
+    UnknownFamily(u16),
+    #[error("unknown owner source {0}")]
+    UnknownOwnerSource(u32),
+}
+
+/// Decode one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+    let kind_bytes: [u8; 4] = bytes
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(DecodeError::NoKind { len: bytes.len() })?;
+    let kind = u32::from_ne_bytes(kind_bytes);
+    match kind {
+        RECORD_STATE => {
+            let raw: StateRecord = read_exact(kind, bytes, STATE_RECORD_SIZE)?;
+            decode_state(&raw).map(KernelEvent::State)
+        }
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+fn read_exact<T: aya::Pod>(kind: u32, bytes: &[u8], expected: usize) -> Result<T, DecodeError> {
+    debug_assert_eq!(std::mem::size_of::<T>(), expected);
+    let len = bytes.len();
+    if len < expected {
+        return Err(DecodeError::Truncated {
+            kind,
+            len,
+            expected,
+        });
+    }
+    if len > expected {
+        return Err(DecodeError::Oversized {
+            kind,
+            len,
+            expected,
+        });
+    }
+    // SAFETY: the length was checked above and T is Pod (any bit pattern is
+    // valid); read_unaligned because the buffer carries no alignment promise.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+fn decode_state(r: &StateRecord) -> Result<StateChange, DecodeError> {
+    let old = TcpState::try_from(r.old_state).map_err(DecodeError::UnknownState)?;
+    let new = TcpState::try_from(r.new_state).map_err(DecodeError::UnknownState)?;
+    let owner_source =
+        OwnerSource::try_from(r.owner_src).map_err(DecodeError::UnknownOwnerSource)?;
+    let (family, saddr, daddr) = match r.family {
+        AF_INET => (Family::Ipv4, ipv4(&r.saddr), ipv4(&r.daddr)),
+        AF_INET6 => (Family::Ipv6, ipv6(&r.saddr), ipv6(&r.daddr)),
+        other => return Err(DecodeError::UnknownFamily(other)),
+    };
+    let old_ns =
+        (r.old_since_ns != 0 && r.old_since_ns <= r.ts_ns).then(|| r.ts_ns - r.old_since_ns);
+    let owner = (owner_source != OwnerSource::Unknown && r.owner.tgid != 0).then(|| task(&r.owner));
+    Ok(StateChange {
+        ts_ns: r.ts_ns,
+        sock: SockRef {
+            id: r.sock_id,
+            netns: r.netns,
+            family,
+            saddr,
+            sport: r.sport,
+            daddr,
+            dport: r.dport,
+        },
+        old,
+        new,
+        old_ns,
+        ctx: task(&r.ctx),
+        owner_source: if owner.is_some() {
+            owner_source
+        } else {
+            OwnerSource::Unknown
+        },
+        owner,
+    })
+}
+
+fn ipv4(b: &[u8; 16]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+}
+
+fn ipv6(b: &[u8; 16]) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::from(*b))
+}
+
+/// `comm` is NUL-padded and may hold any bytes the process chose.
+pub fn comm_string(comm: &[u8; COMM_LEN]) -> String {
+    let end = comm.iter().position(|&c| c == 0).unwrap_or(COMM_LEN);
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+fn task(t: &TaskId) -> Task {
+    Task {
+        pid: t.tgid,
+        tid: t.tid,
+        comm: comm_string(&t.comm),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use closetrace_common::{owner_src, tcp_state};
+
+    use super::*;
+
+    fn comm(s: &str) -> [u8; COMM_LEN] {
+        let mut c = [0u8; COMM_LEN];
+        c[..s.len()].copy_from_slice(s.as_bytes());
+        c
+    }
+
+    fn record() -> StateRecord {
+        let mut saddr = [0u8; 16];
+        saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        StateRecord {
+            kind: RECORD_STATE,
+            old_state: tcp_state::ESTABLISHED,
+            new_state: tcp_state::CLOSE_WAIT,
+            owner_src: owner_src::LISTENER,
+            ts_ns: 5_000_000_000,
+            old_since_ns: 4_750_000_000,
+            sock_id: 0x1234,
+            netns: 4026531840,
+            family: AF_INET,
+            sport: 9501,
+            dport: 54004,
+            _pad: [0; 6],
+            saddr,
+            daddr: saddr,
+            ctx: TaskId {
+                tgid: 200,
+                tid: 201,
+                comm: comm("client"),
+            },
+            owner: TaskId {
+                tgid: 100,
+                tid: 100,
+                comm: comm("server"),
+            },
+        }
+    }
+
+    fn bytes(r: &StateRecord) -> Vec<u8> {
+        // SAFETY: StateRecord is Pod; viewing it as bytes is what the kernel does.
+        unsafe {
+            std::slice::from_raw_parts((r as *const StateRecord).cast::<u8>(), STATE_RECORD_SIZE)
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_a_state_change() {
+        let KernelEvent::State(s) = decode(&bytes(&record())).unwrap();
+        assert_eq!(s.old, TcpState::Established);
+        assert_eq!(s.new, TcpState::CloseWait);
+        assert_eq!(s.sock.saddr, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!((s.sock.sport, s.sock.dport), (9501, 54004));
+        assert_eq!(s.old_ns, Some(250_000_000));
+        assert_eq!(s.ctx.pid, 200);
+        assert_eq!(s.ctx.comm, "client");
+        let owner = s.owner.unwrap();
+        assert_eq!((owner.pid, owner.comm.as_str()), (100, "server"));
+        assert_eq!(s.owner_source, OwnerSource::Listener);
+    }
+
+    #[test]
+    fn decodes_ipv6() {
+        let mut r = record();
+        r.family = AF_INET6;
+        r.saddr = Ipv6Addr::LOCALHOST.octets();
+        let KernelEvent::State(s) = decode(&bytes(&r)).unwrap();
+        assert_eq!(s.sock.family, Family::Ipv6);
+        assert_eq!(s.sock.saddr, IpAddr::V6(Ipv6Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn rejects_truncated_and_oversized() {
+        let b = bytes(&record());
+        assert_eq!(
+            decode(&b[..100]),
+            Err(DecodeError::Truncated {
+                kind: RECORD_STATE,
+                len: 100,
+                expected: STATE_RECORD_SIZE
+            })
+        );
+        let mut big = b.clone();
+        big.extend_from_slice(&[0; 8]);
+        assert!(matches!(
+            decode(&big),
+            Err(DecodeError::Oversized { len: 144, .. })
+        ));
+        assert_eq!(decode(&b[..3]), Err(DecodeError::NoKind { len: 3 }));
+        assert_eq!(decode(&[]), Err(DecodeError::NoKind { len: 0 }));
+    }
+
+    #[test]
+    fn rejects_unknown_values() {
+        let mut r = record();
+        r.new_state = 99;
+        assert_eq!(decode(&bytes(&r)), Err(DecodeError::UnknownState(99)));
+        let mut r = record();
+        r.old_state = 0;
+        assert_eq!(decode(&bytes(&r)), Err(DecodeError::UnknownState(0)));
+        let mut r = record();
+        r.family = 1;
+        assert_eq!(decode(&bytes(&r)), Err(DecodeError::UnknownFamily(1)));
+        let mut r = record();
+        r.owner_src = 77;
+        assert_eq!(decode(&bytes(&r)), Err(DecodeError::UnknownOwnerSource(77)));
+        let mut r = record();
+        r.kind = 42;
+        assert_eq!(decode(&bytes(&r)), Err(DecodeError::UnknownKind(42)));
+    }
+
+    #[test]
+    fn unknown_owner_and_missing_entry_time() {
+        let mut r = record();
+        r.owner_src = owner_src::UNKNOWN;
+        r.old_since_ns = 0;
+        let KernelEvent::State(s) = decode(&bytes(&r)).unwrap();
+        assert_eq!(s.owner, None);
+        assert_eq!(s.owner_source, OwnerSource::Unknown);
+        assert_eq!(s.old_ns, None);
+        // An entry time after the event (clock confusion) is not reported as negative.
+        let mut r = record();
+        r.old_since_ns = r.ts_ns + 1;
+        let KernelEvent::State(s) = decode(&bytes(&r)).unwrap();
+        assert_eq!(s.old_ns, None);
+    }
+
+    #[test]
+    fn comm_with_invalid_utf8_is_lossy_not_a_panic() {
+        let mut c = [0xffu8; COMM_LEN];
+        c[3] = 0;
+        assert_eq!(comm_string(&c), "\u{fffd}\u{fffd}\u{fffd}");
+        assert_eq!(comm_string(&[b'a'; COMM_LEN]), "a".repeat(16));
+    }
+}

@@ -1,0 +1,314 @@
+//! Pre-flight checks, loading, attaching and seeding the kernel side.
+//! Every failure says what is missing and what to do; optional hooks that do
+//! not attach degrade with a reason that the `ready` record carries.
+use std::fs;
+use std::path::Path;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::BtfTracePoint;
+use aya::{Btf, Ebpf, EbpfLoader};
+use closetrace_common::{
+    COMM_LEN, Config, ListenKey, SockInfo, TaskId, owner_src, tcp_state::LISTEN,
+};
+use thiserror::Error;
+
+use crate::offsets::{self, OffsetError};
+use crate::owners::OwnerTable;
+use crate::records::HookReport;
+use crate::snapshot;
+
+pub const SYSFS_BTF: &str = "/sys/kernel/btf/vmlinux";
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// bpf_map_update_elem flag: insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error(
+        "missing privileges: closetrace needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load \
+         its eBPF programs; run it as root, e.g. `sudo closetrace`"
+    )]
+    Privileges,
+    #[error(
+        "this kernel exposes no BTF ({SYSFS_BTF} is missing): closetrace needs a kernel built \
+         with CONFIG_DEBUG_INFO_BTF=y (5.8 or later)"
+    )]
+    NoBtf,
+    #[error("{0}")]
+    Offsets(#[from] OffsetError),
+    #[error("loading the eBPF programs failed: {0}")]
+    Load(String),
+    #[error("attaching {hook} failed: {reason}")]
+    Attach { hook: String, reason: String },
+    #[error("kernel map {0}: {1}")]
+    Map(&'static str, String),
+}
+
+/// What the kernel side needs from the command line.
+pub struct LoadOptions<'a> {
+    pub pids: &'a [u32],
+    pub ring_bytes: u32,
+}
+
+/// The loaded programs and the maps userspace reads.
+pub struct Kernel {
+    /// Kept alive for as long as tracing runs: dropping it detaches everything.
+    pub ebpf: Ebpf,
+    pub hooks: Vec<HookReport>,
+    pub events: RingBuf<MapData>,
+    pub lost: PerCpuArray<MapData, u64>,
+}
+
+fn has_cap(mask: u64, cap: u32) -> bool {
+    mask & (1u64 << cap) != 0
+}
+
+/// Effective capabilities from /proc/self/status.
+fn effective_caps() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Checks that need no kernel calls: privileges and BTF.
+pub fn preflight() -> Result<(), LoadError> {
+    let caps = effective_caps();
+    let enough =
+        has_cap(caps, CAP_SYS_ADMIN) || (has_cap(caps, CAP_BPF) && has_cap(caps, CAP_PERFMON));
+    if !enough {
+        return Err(LoadError::Privileges);
+    }
+    if !Path::new(SYSFS_BTF).exists() {
+        return Err(LoadError::NoBtf);
+    }
+    Ok(())
+}
+
+/// tracefs holds the ids of classic tracepoints. Mount it when it is simply
+/// not mounted; report (not fail) when that is impossible, since the hooks
+/// closetrace requires are BTF tracepoints that do not need it.
+pub fn ensure_tracefs() -> Option<String> {
+    let mounted = fs::read_to_string("/proc/self/mounts")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(2) == Some("tracefs"))
+        })
+        .unwrap_or(false);
+    if mounted {
+        return None;
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: constant NUL-terminated strings; mount(2) validates the rest.
+    let rc = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    Some(if rc == 0 {
+        format!("tracefs was not mounted; mounted it at {TRACEFS}")
+    } else {
+        format!(
+            "tracefs is not mounted and mounting it at {TRACEFS} failed ({}); classic tracepoints unavailable",
+            std::io::Error::last_os_error()
+        )
+    })
+}
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/closetrace"));
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> LoadError {
+    move |e| LoadError::Map(name, e.to_string())
+}
+
+pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
+    let vmlinux = offsets::load_btf(Path::new(SYSFS_BTF))?;
+    let config = Config {
+        offsets: offsets::resolve(&vmlinux)?,
+        filter_pids: u32::from(!opts.pids.is_empty()),
+        _pad: 0,
+    };
+    let btf =
+        Btf::from_sys_fs().map_err(|e| LoadError::Load(format!("reading kernel BTF: {e}")))?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .override_global("CONFIG", &config, true)
+        .map_max_entries("EVENTS", opts.ring_bytes)
+        .load(OBJECT)
+        .map_err(|e| {
+            let text = format!("{e:#}");
+            if text.contains("Operation not permitted") {
+                LoadError::Privileges
+            } else {
+                LoadError::Load(text)
+            }
+        })?;
+
+    let mut pids: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
+        ebpf.map_mut("PIDS")
+            .ok_or(LoadError::Map("PIDS", "missing".into()))?,
+    )
+    .map_err(map_err("PIDS"))?;
+    for pid in opts.pids {
+        pids.insert(pid, 1, 0).map_err(map_err("PIDS"))?;
+    }
+
+    let mut hooks = Vec::new();
+    // The state hook is the tool; without it there is nothing to run.
+    attach_btf_tp(
+        &mut ebpf,
+        &btf,
+        "inet_sock_set_state",
+        "sock:inet_sock_set_state",
+    )
+    .map_err(|reason| LoadError::Attach {
+        hook: "sock:inet_sock_set_state".into(),
+        reason,
+    })?;
+    hooks.push(ok_hook("sock:inet_sock_set_state", "tp_btf"));
+    // Owner refresh from send/recv: optional (the tracepoints are 6.3+).
+    for (prog, hook) in [
+        ("sock_send_length", "sock:sock_send_length"),
+        ("sock_recv_length", "sock:sock_recv_length"),
+    ] {
+        hooks.push(match attach_btf_tp(&mut ebpf, &btf, prog, hook) {
+            Ok(()) => ok_hook(hook, "tp_btf"),
+            Err(reason) => HookReport {
+                hook: hook.into(),
+                attach: "none".into(),
+                status: "unavailable",
+                reason: Some(format!(
+                    "{reason}; owners of accepted sockets come from their listener until the \
+                     acceptor closes or shuts them down"
+                )),
+            },
+        });
+    }
+
+    let events = RingBuf::try_from(
+        ebpf.take_map("EVENTS")
+            .ok_or(LoadError::Map("EVENTS", "missing".into()))?,
+    )
+    .map_err(map_err("EVENTS"))?;
+    let lost = PerCpuArray::try_from(
+        ebpf.take_map("LOST")
+            .ok_or(LoadError::Map("LOST", "missing".into()))?,
+    )
+    .map_err(map_err("LOST"))?;
+    Ok(Kernel {
+        ebpf,
+        hooks,
+        events,
+        lost,
+    })
+}
+
+fn ok_hook(hook: &str, attach: &str) -> HookReport {
+    HookReport {
+        hook: hook.into(),
+        attach: attach.into(),
+        status: "ok",
+        reason: None,
+    }
+}
+
+fn attach_btf_tp(ebpf: &mut Ebpf, btf: &Btf, prog: &str, tracepoint: &str) -> Result<(), String> {
+    let p: &mut BtfTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| format!("program {prog} missing from the object"))?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    p.load(prog, btf)
+        .map_err(|e| format!("{tracepoint}: load: {e:#}"))?;
+    p.attach()
+        .map_err(|e| format!("{tracepoint}: attach: {e:#}"))?;
+    Ok(())
+}
+
+/// Give sockets that existed before start-up the owner found in /proc, in the
+/// kernel maps (so the programs report them right) and in `table`. Never
+/// overwrites what the programs already learned since attaching.
+pub fn seed_existing(kernel: &mut Kernel, table: &mut OwnerTable) -> Result<usize, LoadError> {
+    let netns = snapshot::own_netns().unwrap_or(0);
+    let holders = snapshot::socket_holders();
+    let mut socks = Vec::new();
+    for family in [closetrace_common::AF_INET, closetrace_common::AF_INET6] {
+        match snapshot::tcp_sockets(family) {
+            Ok(s) => socks.extend(s),
+            // No IPv6 on this kernel is not worth failing for.
+            Err(e) if family == closetrace_common::AF_INET6 => log::info!("IPv6 snapshot: {e}"),
+            Err(e) => return Err(LoadError::Load(format!("start-up snapshot: {e}"))),
+        }
+    }
+    let [Some(sock_map), Some(listen_map)] = kernel.ebpf.maps_disjoint_mut(["SOCKS", "LISTENERS"])
+    else {
+        return Err(LoadError::Map("SOCKS", "missing".into()));
+    };
+    let mut sock_map: BpfHashMap<_, u64, SockInfo> =
+        BpfHashMap::try_from(sock_map).map_err(map_err("SOCKS"))?;
+    let mut listen_map: BpfHashMap<_, ListenKey, TaskId> =
+        BpfHashMap::try_from(listen_map).map_err(map_err("LISTENERS"))?;
+    let mut seeded = 0;
+    for s in socks {
+        // Several holders (fork, fd passing): the lowest pid is usually the
+        // parent that made it; good enough for ownership of the stream.
+        let Some(h) = holders
+            .get(&s.inode)
+            .and_then(|v| v.iter().min_by_key(|h| h.pid))
+        else {
+            continue;
+        };
+        let Ok(state) = crate::model::TcpState::try_from(s.state as u32) else {
+            continue;
+        };
+        let owner = TaskId {
+            tgid: h.pid,
+            tid: h.pid,
+            comm: comm_bytes(&h.comm),
+        };
+        let info = SockInfo {
+            owner,
+            owner_src: owner_src::SNAPSHOT,
+            state: s.state as u32,
+            since_ns: 0,
+        };
+        // BPF_NOEXIST: what the programs saw since attaching is fresher.
+        let _ = sock_map.insert(s.cookie, info, BPF_NOEXIST);
+        if s.state as u32 == LISTEN {
+            let key = ListenKey {
+                netns,
+                port: s.sport,
+                _pad: 0,
+            };
+            let _ = listen_map.insert(key, owner, BPF_NOEXIST);
+        }
+        let task = crate::model::Task {
+            pid: h.pid,
+            tid: h.pid,
+            comm: h.comm.clone(),
+        };
+        table.seed(s.cookie, netns, s.sport, state, task);
+        seeded += 1;
+    }
+    Ok(seeded)
+}
+
+fn comm_bytes(s: &str) -> [u8; COMM_LEN] {
+    let mut c = [0u8; COMM_LEN];
+    let n = s.len().min(COMM_LEN - 1);
+    c[..n].copy_from_slice(&s.as_bytes()[..n]);
+    c
+}

@@ -1,0 +1,165 @@
+//! closetrace: live TCP teardown tracing with socket owners.
+//!
+//! Exit codes: 0 on a clean stop (Ctrl-C, SIGTERM, `--duration`), 2 for bad
+//! arguments (including a `--pid` that does not exist), 1 for anything else
+//! (privileges, kernel support, output failures).
+mod cli;
+mod clock;
+mod decode;
+mod loader;
+mod model;
+mod offsets;
+mod owners;
+mod pipeline;
+mod records;
+mod sink;
+mod snapshot;
+mod summary;
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, anyhow};
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::cli::Cli;
+use crate::clock::WallClock;
+use crate::loader::LoadOptions;
+use crate::owners::OwnerTable;
+use crate::records::{Ready, SCHEMA_VERSION};
+use crate::sink::Sink;
+
+/// Sockets the userspace owner table remembers at most.
+const OWNER_TABLE_CAPACITY: usize = 65536;
+
+/// Bad input from the command line: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("closetrace: error: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// `--pid` values as process ids: threads map to their process, and a pid
+/// that does not exist is refused before anything is loaded.
+fn resolve_pids(pids: &[u32]) -> Result<Vec<u32>, UsageError> {
+    let mut out = Vec::new();
+    for &pid in pids {
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))
+            .map_err(|_| UsageError(format!("--pid {pid}: no such process")))?;
+        let tgid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Tgid:"))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .ok_or_else(|| UsageError(format!("--pid {pid}: cannot read its process id")))?;
+        if tgid != pid {
+            eprintln!("closetrace: --pid {pid} is a thread of process {tgid}; following {tgid}");
+        }
+        if !out.contains(&tgid) {
+            out.push(tgid);
+        }
+    }
+    Ok(out)
+}
+
+fn open_output(cli: &Cli) -> anyhow::Result<Box<dyn Write + Send>> {
+    Ok(match &cli.output {
+        Some(path) => Box::new(BufWriter::new(
+            File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
+        )),
+        None => Box::new(BufWriter::new(io::stdout())),
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let pids = resolve_pids(&cli.pids)?;
+    loader::preflight()?;
+    let out = open_output(&cli)?;
+    if let Some(note) = loader::ensure_tracefs() {
+        eprintln!("closetrace: {note}");
+    }
+    let mut kernel = loader::load(&LoadOptions {
+        pids: &pids,
+        ring_bytes: cli.ring_buffer_size,
+    })?;
+    let mut table = OwnerTable::new(OWNER_TABLE_CAPACITY);
+    let seeded = loader::seed_existing(&mut kernel, &mut table)?;
+
+    let clock = WallClock::sample();
+    let mut sink = Sink::new(cli.format, out, clock);
+    sink.ready(&Ready {
+        kind: "ready",
+        version: SCHEMA_VERSION,
+        closetrace: env!("CARGO_PKG_VERSION"),
+        hooks: &kernel.hooks,
+        pids: &pids,
+        snapshot_sockets: seeded,
+    })
+    .and_then(|()| sink.flush())
+    .context("writing output")?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let started = Instant::now();
+    let loader::Kernel {
+        ebpf, events, lost, ..
+    } = kernel;
+    let (summary, result) = runtime.block_on(async {
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let trigger = async {
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            let timeout = async {
+                match cli.duration {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+                _ = timeout => {}
+                // The pipeline stopped on its own (output failed).
+                _ = stop_rx.changed() => {}
+            }
+            let _ = stop_tx.send(true);
+            io::Result::Ok(())
+        };
+        let pipeline = pipeline::run(events, lost, &mut table, &mut sink, &stop_tx);
+        let (signals, (summary, result)) = tokio::join!(trigger, pipeline);
+        (summary, signals.and(result))
+    });
+    // Detach before reporting, so the summary is final.
+    drop(ebpf);
+
+    let elapsed = started.elapsed().as_secs_f64();
+    eprint!("{}", summary.to_text(elapsed));
+    match result {
+        Ok(()) => sink
+            .summary(&summary.to_record(elapsed))
+            .context("writing output"),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+            Err(anyhow!("output closed (broken pipe); stopped tracing"))
+        }
+        Err(e) => Err(anyhow!(e).context("writing output")),
+    }
+}

@@ -1,0 +1,173 @@
+//! Owned event model, decoded from kernel records at one boundary
+//! (`decode.rs`) and independent of their layout.
+use std::fmt;
+use std::net::IpAddr;
+
+use closetrace_common::{owner_src, tcp_state};
+
+/// A TCP state as the kernel numbers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TcpState {
+    Established,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    NewSynRecv,
+    BoundInactive,
+}
+
+impl TcpState {
+    /// The kernel's name, as `ss` and the tracepoint print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TcpState::Established => "ESTABLISHED",
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::FinWait1 => "FIN_WAIT1",
+            TcpState::FinWait2 => "FIN_WAIT2",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+            TcpState::CloseWait => "CLOSE_WAIT",
+            TcpState::LastAck => "LAST_ACK",
+            TcpState::Listen => "LISTEN",
+            TcpState::Closing => "CLOSING",
+            TcpState::NewSynRecv => "NEW_SYN_RECV",
+            TcpState::BoundInactive => "BOUND_INACTIVE",
+        }
+    }
+}
+
+impl TryFrom<u32> for TcpState {
+    type Error = u32;
+    fn try_from(v: u32) -> Result<Self, u32> {
+        Ok(match v {
+            tcp_state::ESTABLISHED => TcpState::Established,
+            tcp_state::SYN_SENT => TcpState::SynSent,
+            tcp_state::SYN_RECV => TcpState::SynRecv,
+            tcp_state::FIN_WAIT1 => TcpState::FinWait1,
+            tcp_state::FIN_WAIT2 => TcpState::FinWait2,
+            tcp_state::TIME_WAIT => TcpState::TimeWait,
+            tcp_state::CLOSE => TcpState::Close,
+            tcp_state::CLOSE_WAIT => TcpState::CloseWait,
+            tcp_state::LAST_ACK => TcpState::LastAck,
+            tcp_state::LISTEN => TcpState::Listen,
+            tcp_state::CLOSING => TcpState::Closing,
+            tcp_state::NEW_SYN_RECV => TcpState::NewSynRecv,
+            tcp_state::BOUND_INACTIVE => TcpState::BoundInactive,
+            other => return Err(other),
+        })
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How closetrace knows who owns a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerSource {
+    /// Never seen from process context; `owner` is absent.
+    Unknown,
+    /// The task that caused an owner-only transition (connect, listen, close).
+    Transition,
+    /// Inherited from the listener that accepted it.
+    Listener,
+    /// The last task that sent or received on it.
+    Io,
+    /// Found in a process's fd table at start-up.
+    Snapshot,
+}
+
+impl OwnerSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            OwnerSource::Unknown => "unknown",
+            OwnerSource::Transition => "transition",
+            OwnerSource::Listener => "listener",
+            OwnerSource::Io => "io",
+            OwnerSource::Snapshot => "snapshot",
+        }
+    }
+}
+
+impl TryFrom<u32> for OwnerSource {
+    type Error = u32;
+    fn try_from(v: u32) -> Result<Self, u32> {
+        Ok(match v {
+            owner_src::UNKNOWN => OwnerSource::Unknown,
+            owner_src::TRANSITION => OwnerSource::Transition,
+            owner_src::LISTENER => OwnerSource::Listener,
+            owner_src::IO => OwnerSource::Io,
+            owner_src::SNAPSHOT => OwnerSource::Snapshot,
+            other => return Err(other),
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// A process (and the thread that was seen).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Task {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+}
+
+/// A socket's identity and endpoints. `id` is the kernel socket cookie:
+/// unique for the boot, and no kernel address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SockRef {
+    pub id: u64,
+    pub netns: u32,
+    pub family: Family,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+}
+
+/// One TCP state transition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateChange {
+    /// CLOSE_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    pub sock: SockRef,
+    pub old: TcpState,
+    pub new: TcpState,
+    /// Time spent in `old`, when closetrace saw the socket enter it.
+    pub old_ns: Option<u64>,
+    /// The task on the CPU when the kernel made the change.
+    pub ctx: Task,
+    /// The socket's owner; `None` when not yet known.
+    pub owner: Option<Task>,
+    pub owner_source: OwnerSource,
+}
+
+/// Everything the ring buffer can carry, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelEvent {
+    State(StateChange),
+}

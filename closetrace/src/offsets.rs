@@ -1,0 +1,264 @@
+//! Kernel structure offsets, resolved from the running kernel's BTF.
+//!
+//! Rust-built eBPF objects carry no CO-RE relocations, so the programs read
+//! `struct sock` fields at offsets that userspace looks up here at load time
+//! and passes in through the `CONFIG` global. A field that is missing, of an
+//! unexpected size, or a bitfield is a clear error naming it, never a silent
+//! wrong read.
+use std::path::Path;
+
+use btf_rs::{Btf, Type};
+use closetrace_common::{OFFSET_ABSENT, SockOffsets};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum OffsetError {
+    #[error("cannot read kernel BTF from {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("kernel BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("kernel BTF: struct {strukt} has no member {member} (needed for {field})")]
+    NoMember {
+        strukt: String,
+        member: String,
+        field: String,
+    },
+    #[error("kernel BTF: {field} is a bitfield, which closetrace cannot read")]
+    Bitfield { field: String },
+    #[error("kernel BTF: {field} is {actual} bytes, expected {expected}")]
+    Size {
+        field: String,
+        actual: usize,
+        expected: usize,
+    },
+    #[error("kernel BTF: {field}: {reason}")]
+    Malformed { field: String, reason: String },
+}
+
+/// Load the kernel's BTF, with an error that says what to do about it.
+pub fn load_btf(path: &Path) -> Result<Btf, OffsetError> {
+    Btf::from_file(path).map_err(|e| OffsetError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Resolve every offset the programs need.
+pub fn resolve(btf: &Btf) -> Result<SockOffsets, OffsetError> {
+    let sock = |path: &str, size: usize| field_offset(btf, "sock", path, size);
+    let optional = |r: Result<u32, OffsetError>| match r {
+        Ok(off) => Ok(off),
+        // Kernels built without IPv6 or network namespaces lack these; the
+        // programs then report IPv4 only, or netns 0.
+        Err(OffsetError::NoMember { .. }) => Ok(OFFSET_ABSENT),
+        Err(e) => Err(e),
+    };
+    Ok(SockOffsets {
+        family: sock("__sk_common.skc_family", 2)?,
+        num: sock("__sk_common.skc_num", 2)?,
+        dport: sock("__sk_common.skc_dport", 2)?,
+        rcv_saddr: sock("__sk_common.skc_rcv_saddr", 4)?,
+        daddr: sock("__sk_common.skc_daddr", 4)?,
+        v6_rcv_saddr: optional(sock("__sk_common.skc_v6_rcv_saddr", 16))?,
+        v6_daddr: optional(sock("__sk_common.skc_v6_daddr", 16))?,
+        protocol: sock("sk_protocol", 2)?,
+        net: optional(sock("__sk_common.skc_net.net", 8))?,
+        net_inum: optional(field_offset(btf, "net", "ns.inum", 4))?,
+    })
+}
+
+/// Byte offset of `path` (dot-separated members, looking through anonymous
+/// structs and unions) inside `struct strukt`, checking the field's size.
+pub fn field_offset(
+    btf: &Btf,
+    strukt: &str,
+    path: &str,
+    expected_size: usize,
+) -> Result<u32, OffsetError> {
+    let field = format!("{strukt}.{path}");
+    let malformed = |e: btf_rs::Error| OffsetError::Malformed {
+        field: field.clone(),
+        reason: e.to_string(),
+    };
+    let mut ty = btf
+        .resolve_types_by_name(strukt)
+        .map_err(|_| OffsetError::NoStruct(strukt.to_string()))?
+        .into_iter()
+        .find(|t| matches!(t, Type::Struct(s) if !s.members.is_empty()))
+        .ok_or_else(|| OffsetError::NoStruct(strukt.to_string()))?;
+    let mut owner = strukt.to_string();
+    let mut bits = 0u32;
+    for name in path.split('.') {
+        let found = find_member(btf, &ty, name)
+            .map_err(malformed)?
+            .ok_or_else(|| OffsetError::NoMember {
+                strukt: owner.clone(),
+                member: name.to_string(),
+                field: field.clone(),
+            })?;
+        if found.bitfield {
+            return Err(OffsetError::Bitfield { field });
+        }
+        bits += found.bit_offset;
+        ty = strip_modifiers(btf, found.ty).map_err(malformed)?;
+        owner = name.to_string();
+    }
+    if bits % 8 != 0 {
+        return Err(OffsetError::Bitfield { field });
+    }
+    let actual = type_size(btf, &ty).map_err(malformed)?;
+    if actual != expected_size {
+        return Err(OffsetError::Size {
+            field,
+            actual,
+            expected: expected_size,
+        });
+    }
+    Ok(bits / 8)
+}
+
+struct Found {
+    bit_offset: u32,
+    ty: Type,
+    bitfield: bool,
+}
+
+/// Find `name` among the members of a struct or union, descending into
+/// anonymous members.
+fn find_member(btf: &Btf, ty: &Type, name: &str) -> Result<Option<Found>, btf_rs::Error> {
+    let members = match ty {
+        Type::Struct(s) | Type::Union(s) => &s.members,
+        _ => return Ok(None),
+    };
+    for m in members {
+        let member_name = btf.resolve_name(m)?;
+        if member_name == name {
+            return Ok(Some(Found {
+                bit_offset: m.bit_offset(),
+                ty: btf.resolve_chained_type(m)?,
+                bitfield: m.bitfield_size().is_some_and(|s| s != 0),
+            }));
+        }
+        if member_name.is_empty() {
+            let inner = strip_modifiers(btf, btf.resolve_chained_type(m)?)?;
+            if let Some(mut found) = find_member(btf, &inner, name)? {
+                found.bit_offset += m.bit_offset();
+                return Ok(Some(found));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn strip_modifiers(btf: &Btf, mut ty: Type) -> Result<Type, btf_rs::Error> {
+    loop {
+        ty = match &ty {
+            Type::Typedef(t) => btf.resolve_chained_type(t)?,
+            Type::Volatile(t) | Type::Const(t) | Type::Restrict(t) => {
+                btf.resolve_chained_type(t)?
+            }
+            Type::TypeTag(t) => btf.resolve_chained_type(t)?,
+            _ => return Ok(ty),
+        }
+    }
+}
+
+fn type_size(btf: &Btf, ty: &Type) -> Result<usize, btf_rs::Error> {
+    Ok(match ty {
+        Type::Int(i) => i.size(),
+        Type::Ptr(_) => std::mem::size_of::<usize>(),
+        Type::Struct(s) | Type::Union(s) => s.size(),
+        Type::Enum(e) => e.size(),
+        Type::Enum64(e) => e.size(),
+        Type::Array(a) => {
+            let elem = strip_modifiers(btf, btf.resolve_chained_type(a)?)?;
+            a.len() * type_size(btf, &elem)?
+        }
+        other => {
+            let stripped = strip_modifiers(btf, other.clone())?;
+            if std::mem::discriminant(&stripped) == std::mem::discriminant(other) {
+                0
+            } else {
+                type_size(btf, &stripped)?
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+    fn kernel_btf() -> Option<Btf> {
+        let path = Path::new(VMLINUX);
+        if !path.exists() {
+            eprintln!("skipping: {VMLINUX} not present");
+            return None;
+        }
+        Some(load_btf(path).expect("kernel BTF parses"))
+    }
+
+    #[test]
+    fn resolves_sock_offsets_on_this_kernel() {
+        let Some(btf) = kernel_btf() else { return };
+        let off = resolve(&btf).unwrap();
+        // skc_daddr opens struct sock_common on every kernel since 2.6; the
+        // rest are distinct and inside the first cache lines of struct sock.
+        assert_eq!(off.daddr, 0);
+        assert_eq!(off.rcv_saddr, 4);
+        let all = [off.family, off.num, off.dport, off.protocol];
+        for (i, a) in all.iter().enumerate() {
+            assert!(*a < 1024, "offset {a} implausible");
+            for b in &all[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn missing_member_is_named() {
+        let Some(btf) = kernel_btf() else { return };
+        let err = field_offset(&btf, "sock", "__sk_common.skc_no_such_field", 2).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kernel BTF: struct __sk_common has no member skc_no_such_field \
+             (needed for sock.__sk_common.skc_no_such_field)"
+        );
+        let err = field_offset(&btf, "no_such_struct_xyz", "a", 2).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kernel BTF has no struct no_such_struct_xyz"
+        );
+    }
+
+    #[test]
+    fn wrong_size_and_bitfields_are_refused() {
+        let Some(btf) = kernel_btf() else { return };
+        let err = field_offset(&btf, "sock", "__sk_common.skc_family", 4).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OffsetError::Size {
+                    actual: 2,
+                    expected: 4,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // skc_reuse is a 4-bit bitfield in sock_common.
+        let err = field_offset(&btf, "sock", "__sk_common.skc_reuse", 1).unwrap_err();
+        assert!(matches!(err, OffsetError::Bitfield { .. }), "{err}");
+    }
+
+    #[test]
+    fn unreadable_btf_says_where() {
+        let err = load_btf(Path::new("/nonexistent/vmlinux")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot read kernel BTF from /nonexistent/vmlinux")
+        );
+    }
+}

@@ -1,0 +1,187 @@
+//! ring buffer -> decode -> bounded channel -> owner table -> sink.
+//!
+//! Three futures share one task: the ring-buffer reader (the only place
+//! kernel bytes are decoded), the loss poller, and the consumer that runs
+//! the state machines and writes output. A stop signal makes the reader drain
+//! what is left and the poller take a last count, so nothing already in the
+//! ring buffer at Ctrl-C is dropped.
+use std::io;
+use std::time::Duration;
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use closetrace_common::LOST_RINGBUF;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, watch};
+
+use crate::decode::{DecodeError, decode};
+use crate::model::KernelEvent;
+use crate::owners::OwnerTable;
+use crate::sink::Sink;
+use crate::summary::Summary;
+
+const CHANNEL_DEPTH: usize = 8192;
+const LOST_POLL: Duration = Duration::from_millis(250);
+
+#[derive(Debug)]
+pub enum Msg {
+    Event(KernelEvent),
+    Undecodable(DecodeError),
+    /// New losses: since the previous report, and since start.
+    Lost {
+        count: u64,
+        total: u64,
+    },
+}
+
+/// Run until `stop` fires (or the output fails). Returns the run's summary
+/// and the output error, if any, so the caller can still report totals.
+pub async fn run(
+    events: RingBuf<MapData>,
+    lost: PerCpuArray<MapData, u64>,
+    table: &mut OwnerTable,
+    sink: &mut Sink,
+    stop_tx: &watch::Sender<bool>,
+) -> (Summary, io::Result<()>) {
+    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let reader = read_ring(events, tx.clone(), stop_tx.subscribe());
+    let poller = poll_lost(lost, tx, stop_tx.subscribe());
+    let consumer = async {
+        let out = consume(rx, table, sink).await;
+        // An output failure ends the run: stop the producers too.
+        let _ = stop_tx.send(true);
+        out
+    };
+    let (reader_result, (), (summary, out)) = tokio::join!(reader, poller, consumer);
+    let out = out.and(reader_result);
+    (summary, out)
+}
+
+async fn read_ring(
+    ring: RingBuf<MapData>,
+    tx: mpsc::Sender<Msg>,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    // SAFETY: the ring buffer owns its map fd and keeps it open, unreplaced,
+    // for as long as the AsyncFd that owns the ring buffer exists.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)? };
+    loop {
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                if !drain(guard.get_inner_mut(), &tx).await {
+                    return Ok(());
+                }
+                guard.clear_ready();
+            }
+            _ = stop.changed() => {
+                drain(fd.get_mut(), &tx).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Forward every record now in the ring buffer; false once nobody listens.
+async fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Msg>) -> bool {
+    loop {
+        // Decode while the item borrows the ring, then release it before
+        // awaiting channel space (which is where backpressure happens).
+        let msg = match ring.next() {
+            Some(item) => match decode(&item) {
+                Ok(ev) => Msg::Event(ev),
+                Err(e) => Msg::Undecodable(e),
+            },
+            None => return true,
+        };
+        if tx.send(msg).await.is_err() {
+            return false;
+        }
+    }
+}
+
+fn total_lost(lost: &PerCpuArray<MapData, u64>) -> u64 {
+    match lost.get(&LOST_RINGBUF, 0) {
+        Ok(per_cpu) => per_cpu.iter().sum(),
+        Err(e) => {
+            log::warn!("reading the loss counter failed: {e}");
+            0
+        }
+    }
+}
+
+async fn poll_lost(
+    lost: PerCpuArray<MapData, u64>,
+    tx: mpsc::Sender<Msg>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut reported = 0u64;
+    let mut tick = tokio::time::interval(LOST_POLL);
+    loop {
+        let last_round = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.changed() => true,
+        };
+        let total = total_lost(&lost);
+        if total > reported {
+            let count = total - reported;
+            reported = total;
+            if tx.send(Msg::Lost { count, total }).await.is_err() {
+                return;
+            }
+        }
+        if last_round {
+            return;
+        }
+    }
+}
+
+async fn consume(
+    mut rx: mpsc::Receiver<Msg>,
+    table: &mut OwnerTable,
+    sink: &mut Sink,
+) -> (Summary, io::Result<()>) {
+    let mut summary = Summary::default();
+    let mut result = Ok(());
+    'outer: while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            if let Err(e) = handle(msg, table, sink, &mut summary) {
+                result = Err(e);
+                break 'outer;
+            }
+            next = rx.try_recv().ok();
+        }
+        // Flush once the channel is empty: live for people, batched under load.
+        if let Err(e) = sink.flush() {
+            result = Err(e);
+            break;
+        }
+    }
+    (summary, result)
+}
+
+fn handle(
+    msg: Msg,
+    table: &mut OwnerTable,
+    sink: &mut Sink,
+    summary: &mut Summary,
+) -> io::Result<()> {
+    match msg {
+        Msg::Event(KernelEvent::State(mut ev)) => {
+            table.apply(&mut ev);
+            summary.record_state(&ev);
+            sink.state(&ev)
+        }
+        Msg::Undecodable(e) => {
+            summary.undecodable += 1;
+            if summary.undecodable <= 5 {
+                eprintln!("closetrace: warning: undecodable kernel record: {e}");
+            }
+            Ok(())
+        }
+        Msg::Lost { count, total } => {
+            summary.lost = total;
+            sink.lost(count, total)
+        }
+    }
+}

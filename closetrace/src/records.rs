@@ -1,0 +1,149 @@
+//! The JSON-lines contract (docs/events.md). These serde types are the
+//! output model, deliberately separate from the kernel record layout.
+use serde::Serialize;
+
+use crate::clock::WallClock;
+use crate::model::StateChange;
+
+/// Bumped whenever a record changes incompatibly.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct HookReport {
+    /// What is hooked, e.g. `sock:inet_sock_set_state`.
+    pub hook: String,
+    /// How: `tp_btf`, `tracepoint`, `fentry`, `kprobe`, or `none`.
+    pub attach: String,
+    /// `ok` or `unavailable`.
+    pub status: &'static str,
+    /// Why it is unavailable, and what that costs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Ready<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub version: u32,
+    pub closetrace: &'static str,
+    pub hooks: &'a [HookReport],
+    /// `--pid` filter, empty for the whole host.
+    pub pids: &'a [u32],
+    /// Sockets found at start-up and given an owner from /proc.
+    pub snapshot_sockets: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct State<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub ts: String,
+    /// Owner's pid and name; null when not known yet.
+    pub pid: Option<u32>,
+    pub comm: Option<&'a str>,
+    /// How the owner was learned.
+    pub owner: &'static str,
+    pub ctx_pid: u32,
+    pub ctx_comm: &'a str,
+    pub family: &'static str,
+    pub saddr: String,
+    pub sport: u16,
+    pub daddr: String,
+    pub dport: u16,
+    pub sock: u64,
+    pub old: &'static str,
+    pub new: &'static str,
+    pub old_ms: Option<f64>,
+}
+
+impl<'a> State<'a> {
+    pub fn new(ev: &'a StateChange, clock: &WallClock) -> Self {
+        State {
+            kind: "state",
+            ts: rfc3339(clock, ev.ts_ns),
+            pid: ev.owner.as_ref().map(|o| o.pid),
+            comm: ev.owner.as_ref().map(|o| o.comm.as_str()),
+            owner: ev.owner_source.name(),
+            ctx_pid: ev.ctx.pid,
+            ctx_comm: &ev.ctx.comm,
+            family: ev.sock.family.name(),
+            saddr: ev.sock.saddr.to_string(),
+            sport: ev.sock.sport,
+            daddr: ev.sock.daddr.to_string(),
+            dport: ev.sock.dport,
+            sock: ev.sock.id,
+            old: ev.old.name(),
+            new: ev.new.name(),
+            old_ms: ev.old_ns.map(ns_to_ms),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Lost {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Events lost since the previous `lost` record.
+    pub count: u64,
+    /// Events lost since start.
+    pub total: u64,
+}
+
+pub fn rfc3339(clock: &WallClock, mono_ns: u64) -> String {
+    humantime::format_rfc3339_micros(clock.wall(mono_ns)).to_string()
+}
+
+/// Milliseconds with microsecond precision.
+pub fn ns_to_ms(ns: u64) -> f64 {
+    (ns / 1_000) as f64 / 1_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv6Addr};
+
+    use super::*;
+    use crate::model::{Family, OwnerSource, SockRef, Task, TcpState};
+
+    #[test]
+    fn state_record_shape() {
+        let ev = StateChange {
+            ts_ns: 2_000_000_000,
+            sock: SockRef {
+                id: 77,
+                netns: 1,
+                family: Family::Ipv6,
+                saddr: IpAddr::V6(Ipv6Addr::LOCALHOST),
+                sport: 9501,
+                daddr: IpAddr::V6(Ipv6Addr::LOCALHOST),
+                dport: 40000,
+            },
+            old: TcpState::Established,
+            new: TcpState::CloseWait,
+            old_ns: Some(1_234_567),
+            ctx: Task {
+                pid: 2,
+                tid: 3,
+                comm: "cli\"ent\n".into(),
+            },
+            owner: None,
+            owner_source: OwnerSource::Unknown,
+        };
+        let clock = WallClock::from_offset(0);
+        let v: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&State::new(&ev, &clock)).unwrap())
+                .unwrap();
+        assert_eq!(v["type"], "state");
+        assert_eq!(v["ts"], "1970-01-01T00:00:02.000000Z");
+        assert_eq!(v["pid"], serde_json::Value::Null);
+        assert_eq!(v["owner"], "unknown");
+        assert_eq!(v["ctx_comm"], "cli\"ent\n");
+        assert_eq!(v["family"], "ipv6");
+        assert_eq!(v["saddr"], "::1");
+        assert_eq!(v["old"], "ESTABLISHED");
+        assert_eq!(v["new"], "CLOSE_WAIT");
+        assert_eq!(v["old_ms"], 1.234);
+        assert_eq!(v["sock"], 77);
+    }
+}

@@ -1,0 +1,306 @@
+//! Start-up snapshot: the TCP sockets that already exist (netlink sock_diag)
+//! and the processes holding them (fd tables under /proc, the way `ss -p`
+//! finds them). Sockets opened before closetrace started have had their
+//! process-context moments already; this is how they get an owner anyway.
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use closetrace_common::{AF_INET, AF_INET6, IPPROTO_TCP};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum SnapshotError {
+    #[error("sock_diag: {0}")]
+    Netlink(#[from] io::Error),
+    #[error("sock_diag: malformed reply: {0}")]
+    Malformed(&'static str),
+}
+
+/// One socket as sock_diag reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiagSocket {
+    pub cookie: u64,
+    pub inode: u32,
+    pub state: u8,
+    pub family: u16,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub rqueue: u32,
+    pub wqueue: u32,
+}
+
+/// A process that has a socket in its fd table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    pub comm: String,
+    pub fd: u32,
+}
+
+const NLMSG_HDR: usize = 16;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const DIAG_MSG_LEN: usize = 72;
+
+/// Every TCP socket of `family` in this network namespace.
+pub fn tcp_sockets(family: u16) -> Result<Vec<DiagSocket>, SnapshotError> {
+    // SAFETY: plain socket(2); the result is checked before use.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error().into());
+    }
+    // SAFETY: raw is a fresh descriptor we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+
+    const REQ_LEN: usize = NLMSG_HDR + 56;
+    let mut req = [0u8; REQ_LEN];
+    req[0..4].copy_from_slice(&(REQ_LEN as u32).to_ne_bytes());
+    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    req[6..8].copy_from_slice(&flags.to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    // inet_diag_req_v2: family, protocol, ext, pad, states (all), then a zero id.
+    req[16] = family as u8;
+    req[17] = IPPROTO_TCP as u8;
+    req[20..24].copy_from_slice(&u32::MAX.to_ne_bytes());
+    // SAFETY: req is a valid buffer of the given length; the kernel is the peer.
+    let sent = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error().into());
+    }
+
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: buf is writable for its whole length.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e.into());
+        }
+        if n == 0 {
+            return Ok(out);
+        }
+        if parse_batch(&buf[..n as usize], &mut out)? {
+            return Ok(out);
+        }
+    }
+}
+
+/// Parse one datagram of netlink messages; true once the dump is done.
+fn parse_batch(mut data: &[u8], out: &mut Vec<DiagSocket>) -> Result<bool, SnapshotError> {
+    while data.len() >= NLMSG_HDR {
+        let len = u32::from_ne_bytes(data[0..4].try_into().expect("4 bytes")) as usize;
+        let ty = u16::from_ne_bytes(data[4..6].try_into().expect("2 bytes"));
+        if len < NLMSG_HDR || len > data.len() {
+            return Err(SnapshotError::Malformed("message length out of bounds"));
+        }
+        match ty {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR => {
+                let errno = data
+                    .get(16..20)
+                    .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
+                    .ok_or(SnapshotError::Malformed("short error message"))?;
+                return Err(io::Error::from_raw_os_error(-errno).into());
+            }
+            _ => out.push(parse_diag_msg(&data[NLMSG_HDR..len])?),
+        }
+        // Messages are 4-byte aligned.
+        let advance = (len + 3) & !3;
+        data = data.get(advance..).unwrap_or(&[]);
+    }
+    Ok(false)
+}
+
+fn parse_diag_msg(m: &[u8]) -> Result<DiagSocket, SnapshotError> {
+    if m.len() < DIAG_MSG_LEN {
+        return Err(SnapshotError::Malformed("inet_diag_msg too short"));
+    }
+    let u32_at = |o: usize| u32::from_ne_bytes(m[o..o + 4].try_into().expect("4 bytes"));
+    let be16_at = |o: usize| u16::from_be_bytes(m[o..o + 2].try_into().expect("2 bytes"));
+    let family = m[0] as u16;
+    let addr = |o: usize| -> Result<IpAddr, SnapshotError> {
+        let b: [u8; 16] = m[o..o + 16].try_into().expect("16 bytes");
+        match family {
+            AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
+            AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(b))),
+            _ => Err(SnapshotError::Malformed("unknown address family")),
+        }
+    };
+    Ok(DiagSocket {
+        family,
+        state: m[1],
+        sport: be16_at(4),
+        dport: be16_at(6),
+        saddr: addr(8)?,
+        daddr: addr(24)?,
+        cookie: u32_at(44) as u64 | ((u32_at(48) as u64) << 32),
+        rqueue: u32_at(56),
+        wqueue: u32_at(60),
+        inode: u32_at(68),
+    })
+}
+
+/// Map socket inode -> every process holding it, from /proc/*/fd. Processes
+/// that vanish or deny access mid-scan are skipped: this is best effort, as
+/// with `ss -p`.
+pub fn socket_holders() -> HashMap<u32, Vec<Holder>> {
+    let mut map: HashMap<u32, Vec<Holder>> = HashMap::new();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return map;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let mut comm = None;
+        for fd in fds.flatten() {
+            let Some(fd_num) = fd.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Some(inode) = fs::read_link(fd.path())
+                .ok()
+                .and_then(|l| l.to_str().and_then(parse_socket_link))
+            else {
+                continue;
+            };
+            let comm = comm.get_or_insert_with(|| process_comm(pid).unwrap_or_default());
+            map.entry(inode).or_default().push(Holder {
+                pid,
+                comm: comm.clone(),
+                fd: fd_num,
+            });
+        }
+    }
+    map
+}
+
+/// `socket:[12345]` -> 12345
+fn parse_socket_link(link: &str) -> Option<u32> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+pub fn process_comm(pid: u32) -> Option<String> {
+    let c = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(c.trim_end_matches('\n').to_string())
+}
+
+/// Inode of this process's network namespace (what the kernel reports as netns).
+pub fn own_netns() -> Option<u32> {
+    let link = fs::read_link("/proc/self/ns/net").ok()?;
+    link.to_str()?
+        .strip_prefix("net:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    fn diag_msg(family: u8, state: u8, sport: u16, cookie: u64, inode: u32) -> Vec<u8> {
+        let mut m = vec![0u8; DIAG_MSG_LEN];
+        m[0] = family;
+        m[1] = state;
+        m[4..6].copy_from_slice(&sport.to_be_bytes());
+        m[8..12].copy_from_slice(&[127, 0, 0, 1]);
+        m[44..48].copy_from_slice(&(cookie as u32).to_ne_bytes());
+        m[48..52].copy_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
+        m[56..60].copy_from_slice(&5u32.to_ne_bytes());
+        m[68..72].copy_from_slice(&inode.to_ne_bytes());
+        m
+    }
+
+    fn nlmsg(ty: u16, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&((NLMSG_HDR + payload.len()) as u32).to_ne_bytes());
+        v.extend_from_slice(&ty.to_ne_bytes());
+        v.extend_from_slice(&[0; 10]);
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn parses_a_dump_batch() {
+        let mut batch = nlmsg(
+            SOCK_DIAG_BY_FAMILY,
+            &diag_msg(2, 8, 9501, (7 << 32) | 9, 4242),
+        );
+        batch.extend(nlmsg(NLMSG_DONE, &[0; 4]));
+        let mut out = Vec::new();
+        assert!(parse_batch(&batch, &mut out).unwrap());
+        assert_eq!(out.len(), 1);
+        let s = &out[0];
+        assert_eq!((s.state, s.sport, s.inode, s.rqueue), (8, 9501, 4242, 5));
+        assert_eq!(s.cookie, (7 << 32) | 9);
+        assert_eq!(s.saddr, IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn rejects_truncated_messages() {
+        let msg = nlmsg(SOCK_DIAG_BY_FAMILY, &diag_msg(2, 8, 1, 1, 1)[..40]);
+        assert!(matches!(
+            parse_batch(&msg, &mut Vec::new()),
+            Err(SnapshotError::Malformed(_))
+        ));
+        let mut bad_len = nlmsg(SOCK_DIAG_BY_FAMILY, &diag_msg(2, 8, 1, 1, 1));
+        bad_len[0..4].copy_from_slice(&1000u32.to_ne_bytes());
+        assert!(parse_batch(&bad_len, &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn socket_links() {
+        assert_eq!(parse_socket_link("socket:[12345]"), Some(12345));
+        assert_eq!(parse_socket_link("pipe:[12345]"), None);
+        assert_eq!(parse_socket_link("socket:[x]"), None);
+    }
+
+    /// Real kernel, no root needed: our own listener shows up with our pid.
+    #[test]
+    fn finds_own_listener_and_holder() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let socks = tcp_sockets(AF_INET).unwrap();
+        let me = socks
+            .iter()
+            .find(|s| s.sport == port && s.state == 10)
+            .expect("listener");
+        assert_ne!(me.cookie, 0);
+        let fd_inode = fs::metadata(format!("/proc/self/fd/{}", l.as_raw_fd()))
+            .unwrap()
+            .ino();
+        assert_eq!(me.inode as u64, fd_inode);
+        let holders = socket_holders();
+        let h = holders.get(&me.inode).expect("holder found");
+        assert!(
+            h.iter()
+                .any(|h| h.pid == std::process::id() && h.fd == l.as_raw_fd() as u32)
+        );
+    }
+}
