@@ -79,7 +79,6 @@ fn read<T>(base: *const u8, off: u32) -> Result<T, i32> {
         return Err(1);
     }
     unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T) }
-        .map_err(|e| e as i32)
 }
 
 #[inline(always)]

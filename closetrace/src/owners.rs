@@ -40,6 +40,7 @@ impl OwnerTable {
         }
     }
 
+    #[cfg(test)]
     pub fn get(&self, sock: u64) -> Option<&SockEntry> {
         self.socks.get(&sock)
     }
@@ -48,6 +49,7 @@ impl OwnerTable {
         self.socks.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.socks.is_empty()
     }

@@ -157,6 +157,8 @@ async fn consume(
             break;
         }
     }
+    summary.sockets_open = table.len();
+    summary.owner_table_evicted = table.evicted();
     (summary, result)
 }
 

@@ -11,6 +11,10 @@ pub struct Summary {
     pub events: u64,
     pub lost: u64,
     pub undecodable: u64,
+    /// Sockets seen and not yet closed when tracing stopped.
+    pub sockets_open: usize,
+    /// Sockets the owner table had to forget because it was full.
+    pub owner_table_evicted: u64,
     transitions: BTreeMap<(TcpState, TcpState), u64>,
 }
 
@@ -22,6 +26,8 @@ pub struct SummaryRecord {
     pub events: u64,
     pub lost: u64,
     pub undecodable: u64,
+    pub sockets_open: usize,
+    pub owner_table_evicted: u64,
     /// "OLD->NEW" -> count
     pub transitions: BTreeMap<String, u64>,
 }
@@ -39,6 +45,8 @@ impl Summary {
             events: self.events,
             lost: self.lost,
             undecodable: self.undecodable,
+            sockets_open: self.sockets_open,
+            owner_table_evicted: self.owner_table_evicted,
             transitions: self
                 .transitions
                 .iter()

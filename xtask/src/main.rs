@@ -1,1 +1,165 @@
-fn main() {}
+//! Developer tasks. `run` and `test` bootstrap the eBPF toolchain first
+//! (scripts/bootstrap, idempotent), so each is one command on a fresh machine.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the eBPF object (release, with BTF) and print where it is.
+    BuildEbpf,
+    /// Bootstrap, build closetrace (release) and run it; arguments after
+    /// `--` go to closetrace. Re-runs itself under sudo when not root.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Bootstrap, check formatting and lints, run every test.
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn bootstrap() -> anyhow::Result<()> {
+    run(&mut Command::new(root().join("scripts/bootstrap")))
+}
+
+/// Build closetrace (whose build script builds the eBPF object) and copy the
+/// object out of OUT_DIR to a stable path for inspection (bpftool, objdump).
+fn build_ebpf() -> anyhow::Result<PathBuf> {
+    let out = cargo()
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "closetrace",
+            "--message-format=json",
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cargo build")?;
+    if !out.status.success() {
+        bail!("cargo build failed");
+    }
+    let out_dir = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "build-script-executed")
+        .filter(|m| {
+            m["package_id"]
+                .as_str()
+                .is_some_and(|p| p.contains("/closetrace#"))
+        })
+        .filter_map(|m| m["out_dir"].as_str().map(PathBuf::from))
+        .find(|d| d.join("closetrace").is_file())
+        .context("cargo did not report closetrace's build output")?;
+    let dest = root().join("target/bpf/closetrace.bpf.o");
+    std::fs::create_dir_all(dest.parent().expect("parent"))?;
+    std::fs::copy(out_dir.join("closetrace"), &dest)?;
+    let size = std::fs::metadata(&dest)?.len();
+    println!("{} ({size} bytes)", dest.display());
+    Ok(dest)
+}
+
+/// Lint the eBPF crate for its real target: on the host it would link std.
+fn clippy_ebpf() -> anyhow::Result<()> {
+    let mut c = Command::new("rustup");
+    c.current_dir(root())
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "-p",
+            "closetrace-ebpf",
+            "--bins",
+            "--release",
+        ])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--target-dir", "target/ebpf-clippy", "--", "-D", "warnings"])
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "--cfg=bpf_target_arch=\"x86_64\"",
+        )
+        .env_remove("RUSTC")
+        .env_remove("CARGO");
+    run(&mut c)
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::BuildEbpf => {
+            bootstrap()?;
+            build_ebpf()?;
+        }
+        Task::Run { args } => {
+            bootstrap()?;
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "closetrace",
+                "--bin",
+                "closetrace",
+            ]))?;
+            let bin = root().join("target/release/closetrace");
+            // SAFETY: geteuid has no preconditions.
+            let mut cmd = if unsafe { libc::geteuid() } == 0 {
+                Command::new(&bin)
+            } else {
+                eprintln!("xtask: closetrace needs root to load eBPF; running it with sudo");
+                let mut c = Command::new("sudo");
+                c.arg(&bin);
+                c
+            };
+            let status = cmd.args(&args).status().context("starting closetrace")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Test { args } => {
+            bootstrap()?;
+            run(cargo().args(["fmt", "--all", "--check"]))?;
+            run(cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+            run(cargo().args(["test", "--workspace"]).args(&args))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,238 @@
+//! Helpers for the kernel tests: run closetrace and closetrace-peer as real
+//! processes and read what closetrace reports.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const CLOSETRACE: &str = env!("CARGO_BIN_EXE_closetrace");
+pub const PEER: &str = env!("CARGO_BIN_EXE_closetrace-peer");
+
+/// Set by CI: a kernel test that cannot run there is a failure, not a skip.
+pub const REQUIRE_ENV: &str = "CLOSETRACE_REQUIRE_KERNEL_TESTS";
+
+/// Kernel tests share a 2-core machine and watch the whole host; run them
+/// one at a time so one test's burst does not cost another its events.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub struct KernelTest {
+    _guard: MutexGuard<'static, ()>,
+}
+
+/// Returns None (after saying why) when BPF cannot be loaded here, unless
+/// CI demands it, in which case the test fails.
+pub fn kernel_test(name: &str) -> Option<KernelTest> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        let msg = format!("{name}: needs root to load eBPF programs");
+        if std::env::var_os(REQUIRE_ENV).is_some_and(|v| v == "1") {
+            panic!("{msg}, and {REQUIRE_ENV}=1 turns that skip into a failure");
+        }
+        eprintln!("SKIPPED {msg} (set {REQUIRE_ENV}=1 to fail instead)");
+        return None;
+    }
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    Some(KernelTest { _guard: guard })
+}
+
+/// Lines of a child's stdout, read on a thread so the test never blocks.
+pub struct Lines {
+    rx: Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Lines {
+    pub fn new(out: ChildStdout) -> Self {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Wait for a line satisfying `pred`, keeping every line read.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        if let Some(l) = self.seen.iter().find(|l| pred(l)) {
+            return Some(l.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let line = self.rx.recv_timeout(left).ok()?;
+            self.seen.push(line.clone());
+            if pred(&line) {
+                return Some(line);
+            }
+        }
+    }
+
+    /// Everything until the writer closes.
+    pub fn drain(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.rx.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// A running closetrace with JSON output.
+pub struct Tracer {
+    pub child: Child,
+    pub lines: Lines,
+    pub ready: Value,
+}
+
+pub struct Finished {
+    pub status: ExitStatus,
+    pub records: Vec<Value>,
+    pub stderr: String,
+}
+
+impl Finished {
+    pub fn of_type<'a>(&'a self, ty: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.records.iter().filter(move |r| r["type"] == ty)
+    }
+
+    pub fn summary(&self) -> &Value {
+        let last = self.records.last().expect("some output");
+        assert_eq!(last["type"], "summary", "summary must be the last line");
+        last
+    }
+
+    /// State records of the socket with this local and remote port.
+    pub fn transitions(&self, sport: u16, dport: u16) -> Vec<&Value> {
+        self.of_type("state")
+            .filter(|r| r["sport"] == sport && r["dport"] == dport)
+            .collect()
+    }
+
+    pub fn find(&self, sport: u16, dport: u16, old: &str, new: &str) -> &Value {
+        self.transitions(sport, dport)
+            .into_iter()
+            .find(|r| r["old"] == old && r["new"] == new)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {old}->{new} for {sport}->{dport}; stream had:\n{}",
+                    self.records
+                        .iter()
+                        .map(Value::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            })
+    }
+}
+
+impl Tracer {
+    pub fn start(args: &[&str]) -> Tracer {
+        let mut child = Command::new(CLOSETRACE)
+            .args(["--format", "json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn closetrace");
+        let mut lines = Lines::new(child.stdout.take().expect("stdout"));
+        let Some(ready) = lines.wait_for(Duration::from_secs(60), |l| l.contains("\"ready\""))
+        else {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("closetrace output");
+            panic!(
+                "closetrace never became ready: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ready: Value = serde_json::from_str(&ready).expect("ready is JSON");
+        Tracer {
+            child,
+            lines,
+            ready,
+        }
+    }
+
+    /// Stop with SIGINT, as Ctrl-C would, and collect everything.
+    pub fn stop(mut self) -> Finished {
+        // Let the last events cross the ring buffer first.
+        thread::sleep(Duration::from_millis(300));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.lines.drain(Duration::from_secs(30));
+        let out = self.child.wait_with_output().expect("closetrace exits");
+        let records = self
+            .lines
+            .seen
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .collect();
+        Finished {
+            status: out.status,
+            records,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// A closetrace-peer process.
+pub struct Peer {
+    pub child: Child,
+    pub lines: Lines,
+}
+
+impl Peer {
+    pub fn spawn(args: &[&str]) -> Peer {
+        let mut child = Command::new(PEER)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn closetrace-peer");
+        let lines = Lines::new(child.stdout.take().expect("stdout"));
+        Peer { child, lines }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The number after `word` on the first line starting with it.
+    pub fn value(&mut self, word: &str) -> u16 {
+        let prefix = format!("{word} ");
+        let line = self
+            .lines
+            .wait_for(Duration::from_secs(20), |l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("peer never printed {word}"));
+        line[prefix.len()..].trim().parse().expect("a port")
+    }
+
+    pub fn wait_done(&mut self) {
+        self.lines
+            .wait_for(Duration::from_secs(60), |l| l == "DONE")
+            .expect("peer finished");
+        let status = self.child.wait().expect("peer exits");
+        assert!(status.success(), "peer failed: {status}");
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
