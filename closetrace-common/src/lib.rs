@@ -156,8 +156,12 @@ pub struct SockOffsets {
     pub net: u32,
     /// `net.ns.inum` (u32), or OFFSET_ABSENT without netns
     pub net_inum: u32,
+    /// `inet_sock.inet_sport` (__be16): still set at `-> CLOSE`, after the
+    /// kernel has released the port and zeroed `skc_num`.
+    pub inet_sport: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 40);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 48);
 
 /// Everything userspace hands the programs at load time.
 #[repr(C)]
@@ -168,7 +172,7 @@ pub struct Config {
     pub filter_pids: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 48);
+const _: () = assert!(core::mem::size_of::<Config>() == 56);
 
 impl Config {
     /// Every offset absent: programs emit nothing until userspace fills it in.
@@ -184,6 +188,8 @@ impl Config {
             protocol: OFFSET_ABSENT,
             net: OFFSET_ABSENT,
             net_inum: OFFSET_ABSENT,
+            inet_sport: OFFSET_ABSENT,
+            _pad: 0,
         },
         filter_pids: 0,
         _pad: 0,

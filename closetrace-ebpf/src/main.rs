@@ -137,9 +137,15 @@ fn endpoints(sk: *const u8, off: &SockOffsets) -> Result<Endpoints, i32> {
         }
         _ => return Err(1),
     }
+    let num: u16 = read(sk, off.num)?;
+    let sport = if num != 0 {
+        num
+    } else {
+        u16::from_be(read(sk, off.inet_sport).unwrap_or(0))
+    };
     Ok(Endpoints {
         family,
-        sport: read(sk, off.num)?,
+        sport,
         dport: u16::from_be(read(sk, off.dport)?),
         saddr,
         daddr,

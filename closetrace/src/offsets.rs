@@ -64,6 +64,8 @@ pub fn resolve(btf: &Btf) -> Result<SockOffsets, OffsetError> {
         protocol: sock("sk_protocol", 2)?,
         net: optional(sock("__sk_common.skc_net.net", 8))?,
         net_inum: optional(field_offset(btf, "net", "ns.inum", 4))?,
+        inet_sport: field_offset(btf, "inet_sock", "inet_sport", 2)?,
+        _pad: 0,
     })
 }
 
