@@ -341,3 +341,60 @@ fn closed_stdout_pipe_ends_cleanly() {
     );
     assert!(err.contains(" events in "), "summary still printed: {err}");
 }
+
+/// `--output FILE` gets the whole stream and SIGTERM stops cleanly, like Ctrl-C.
+#[test]
+fn output_file_and_sigterm() {
+    let Some(_k) = kernel_test("output_file_and_sigterm") else {
+        return;
+    };
+    let path = std::env::temp_dir().join(format!("closetrace-test-{}.jsonl", std::process::id()));
+    let mut child = Command::new(CLOSETRACE)
+        .args(["--format", "json", "--output"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The file gets the ready line once tracing has begun.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .contains("\"ready\"")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ready line in {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut server = Peer::spawn(&["server"]);
+    let port = server.value("LISTENING");
+    Peer::spawn(&["client", "--connect", &format!("127.0.0.1:{port}")]).wait_done();
+    server.wait_done();
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "stdout must stay empty with --output"
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let records: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["type"] == "state" && r["sport"] == port && r["new"] == "CLOSE_WAIT"),
+        "{text}"
+    );
+    assert_eq!(records.last().unwrap()["type"], "summary");
+    assert!(err.contains(" events in "), "{err}");
+}
