@@ -349,7 +349,7 @@ fn output_file_and_sigterm() {
         return;
     };
     let path = std::env::temp_dir().join(format!("closetrace-test-{}.jsonl", std::process::id()));
-    let mut child = Command::new(CLOSETRACE)
+    let child = Command::new(CLOSETRACE)
         .args(["--format", "json", "--output"])
         .arg(&path)
         .stdout(Stdio::piped())

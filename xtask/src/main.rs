@@ -93,6 +93,51 @@ fn build_ebpf() -> anyhow::Result<PathBuf> {
     Ok(dest)
 }
 
+/// Run `cargo test`, echoing its output, and close with one total line over
+/// every suite (cargo's own last line is that of whichever suite ran last).
+fn test(args: &[String]) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cargo()
+        .args(["test", "--no-fail-fast"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().context("stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count_before(rest, " passed");
+            failed += count_before(rest, " failed");
+        }
+    }
+    let status = child.wait()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("xtask: not root: the kernel tests skipped themselves (they need to load eBPF)");
+    }
+    println!("closetrace: {passed} passed, {failed} failed");
+    if !status.success() || failed > 0 {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+/// `ok. 28 passed; 0 failed; ...` -> the number before `word`.
+fn count_before(s: &str, word: &str) -> u64 {
+    s.split(';')
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(word.trim_start())
+                .map(str::trim)
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Lint the eBPF crate for its real target: on the host it would link std.
 fn clippy_ebpf() -> anyhow::Result<()> {
     let mut c = Command::new("rustup");
@@ -161,7 +206,7 @@ fn main() -> anyhow::Result<()> {
                 .args(["--", "-D", "warnings"]))?;
             clippy_ebpf()?;
             // Default members: the eBPF crate only builds for the BPF target.
-            run(cargo().arg("test").args(&args))?;
+            test(&args)?;
         }
     }
     Ok(())
