@@ -12,6 +12,29 @@ pub const COMM_LEN: usize = 16;
 
 /// Record kinds, the first `u32` of every ring-buffer record.
 pub const RECORD_STATE: u32 = 1;
+pub const RECORD_CLOSE: u32 = 2;
+
+/// Facts about the context of a transition, in `StateRecord::flags`. The
+/// kernel only observes; userspace decides what they mean (who closed it).
+pub mod flags {
+    /// The task on the CPU is exiting (PF_EXITING): its files are being closed.
+    pub const CTX_EXITING: u16 = 1;
+    /// The task on the CPU is inside shutdown(2).
+    pub const CTX_IN_SHUTDOWN: u16 = 2;
+    /// An RST was received on this socket.
+    pub const SOCK_RESET: u16 = 4;
+    /// `sk_err` is set (reset, timeout, refused).
+    pub const SOCK_ERROR: u16 = 8;
+}
+
+/// How a `CloseRecord` was observed.
+pub mod close_src {
+    pub const FENTRY: u32 = 1;
+    pub const KPROBE: u32 = 2;
+}
+
+/// `task_struct.flags` bit for a task in do_exit().
+pub const PF_EXITING: u32 = 0x4;
 
 /// How the owner recorded in an event was learned.
 pub mod owner_src {
@@ -91,7 +114,9 @@ pub struct StateRecord {
     pub sport: u16,
     /// Remote port, host byte order.
     pub dport: u16,
-    pub _pad: [u8; 6],
+    /// Bits of [`flags`].
+    pub flags: u16,
+    pub _pad: [u8; 4],
     /// Local address: 4 bytes for IPv4 (rest zero) or 16 for IPv6, network order.
     pub saddr: [u8; 16],
     /// Remote address, like `saddr`.
@@ -104,6 +129,34 @@ pub struct StateRecord {
 pub const STATE_RECORD_SIZE: usize = 136;
 const _: () = assert!(core::mem::size_of::<StateRecord>() == STATE_RECORD_SIZE);
 
+/// A TCP socket's last close, seen at `tcp_close` (fentry or kprobe).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CloseRecord {
+    /// Always [`RECORD_CLOSE`].
+    pub kind: u32,
+    /// TCP state when the application closed it.
+    pub state: u32,
+    /// One of [`close_src`].
+    pub close_src: u32,
+    pub _pad0: u32,
+    pub ts_ns: u64,
+    pub sock_id: u64,
+    pub netns: u32,
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    /// Bits of [`flags`] (CTX_EXITING when the close is the process's exit).
+    pub flags: u16,
+    pub _pad1: [u8; 4],
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// The closing task.
+    pub task: TaskId,
+}
+pub const CLOSE_RECORD_SIZE: usize = 104;
+const _: () = assert!(core::mem::size_of::<CloseRecord>() == CLOSE_RECORD_SIZE);
+
 /// Per-socket bookkeeping, kept in the kernel's `SOCKS` LRU map by cookie.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -114,8 +167,11 @@ pub struct SockInfo {
     pub state: u32,
     /// When the socket entered `state`; 0 when unknown.
     pub since_ns: u64,
+    /// Sticky socket facts (`flags::SOCK_RESET`).
+    pub flags: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockInfo>() == 40);
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 48);
 
 /// Key of the `LISTENERS` map: a listening port inside a network namespace.
 #[repr(C)]
@@ -159,9 +215,17 @@ pub struct SockOffsets {
     /// `inet_sock.inet_sport` (__be16): still set at `-> CLOSE`, after the
     /// kernel has released the port and zeroed `skc_num`.
     pub inet_sport: u32,
+    /// `sock.sk_err` (int)
+    pub sk_err: u32,
+    /// `sock.__sk_common.skc_state` (u8)
+    pub state: u32,
+    /// `sock.sk_cookie` (atomic64_t): kprobes cannot call the cookie helper
+    pub cookie: u32,
+    /// `task_struct.flags` (unsigned int)
+    pub task_flags: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 48);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 64);
 
 /// Everything userspace hands the programs at load time.
 #[repr(C)]
@@ -172,7 +236,7 @@ pub struct Config {
     pub filter_pids: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 56);
+const _: () = assert!(core::mem::size_of::<Config>() == 72);
 
 impl Config {
     /// Every offset absent: programs emit nothing until userspace fills it in.
@@ -189,6 +253,10 @@ impl Config {
             net: OFFSET_ABSENT,
             net_inum: OFFSET_ABSENT,
             inet_sport: OFFSET_ABSENT,
+            sk_err: OFFSET_ABSENT,
+            state: OFFSET_ABSENT,
+            cookie: OFFSET_ABSENT,
+            task_flags: OFFSET_ABSENT,
             _pad: 0,
         },
         filter_pids: 0,
@@ -206,6 +274,7 @@ mod user {
     // with every padding byte spelled out as a field, so any bit pattern is valid.
     unsafe impl aya::Pod for super::TaskId {}
     unsafe impl aya::Pod for super::StateRecord {}
+    unsafe impl aya::Pod for super::CloseRecord {}
     unsafe impl aya::Pod for super::SockInfo {}
     unsafe impl aya::Pod for super::ListenKey {}
     unsafe impl aya::Pod for super::SockOffsets {}

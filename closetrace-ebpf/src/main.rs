@@ -14,17 +14,17 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
-    macros::{btf_tracepoint, map},
+    macros::{btf_tracepoint, fentry, kprobe, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::BtfTracePointContext,
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext},
 };
 use closetrace_common::{
-    AF_INET, AF_INET6, COMM_LEN, Config, IPPROTO_TCP, LOST_RINGBUF, LOST_SLOTS, ListenKey,
-    OFFSET_ABSENT, RECORD_STATE, SockInfo, SockOffsets, StateRecord, TaskId, owner_src,
-    tcp_state::*,
+    AF_INET, AF_INET6, COMM_LEN, CloseRecord, Config, IPPROTO_TCP, LOST_RINGBUF, LOST_SLOTS,
+    ListenKey, OFFSET_ABSENT, PF_EXITING, RECORD_CLOSE, RECORD_STATE, SockInfo, SockOffsets,
+    StateRecord, TaskId, close_src, flags, owner_src, tcp_state::*,
 };
 
 /// Offsets and filter switches, written by userspace before load.
@@ -51,6 +51,11 @@ static LISTENERS: LruHashMap<ListenKey, TaskId> = LruHashMap::with_max_entries(4
 #[map]
 static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 
+/// Threads currently inside shutdown(2): their CLOSE_WAIT -> LAST_ACK is a
+/// half-close, not a close. LRU in case an exit event is ever missed.
+#[map]
+static IN_SHUTDOWN: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
+
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     try_state(&ctx).map_or_else(|e| e, |()| 0)
@@ -64,6 +69,33 @@ pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     try_io(&ctx).map_or_else(|e| e, |()| 0)
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
+    try_reset(&ctx).map_or_else(|e| e, |()| 0)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_shutdown")]
+pub fn sys_enter_shutdown(_ctx: TracePointContext) -> u32 {
+    shutdown_mark(true).map_or_else(|e| e as u32, |()| 0)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_shutdown")]
+pub fn sys_exit_shutdown(_ctx: TracePointContext) -> u32 {
+    shutdown_mark(false).map_or_else(|e| e as u32, |()| 0)
+}
+
+/// The exact close hook where trampolines load.
+#[fentry(function = "tcp_close")]
+pub fn tcp_close_fentry(ctx: FEntryContext) -> i32 {
+    try_close_fentry(&ctx).map_or_else(|e| e, |()| 0)
+}
+
+/// The exact close hook where kprobes exist but trampolines do not.
+#[kprobe]
+pub fn tcp_close_kprobe(ctx: ProbeContext) -> u32 {
+    try_close_kprobe(&ctx).map_or_else(|e| e as u32, |()| 0)
 }
 
 #[inline(always)]
@@ -89,6 +121,13 @@ fn current_task() -> TaskId {
         tid: pid_tgid as u32,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     }
+}
+
+/// PF_EXITING on the current task: its files are closed by do_exit().
+#[inline(always)]
+fn current_exiting(off: &SockOffsets) -> bool {
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    matches!(read::<u32>(task, off.task_flags), Ok(f) if f & PF_EXITING != 0)
 }
 
 #[inline(always)]
@@ -192,6 +231,19 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         Some(info) if info.state == old => info.since_ns,
         _ => 0,
     };
+    let sock_flags = known.map_or(0, |i| i.flags);
+    let mut fl = (sock_flags as u16) & flags::SOCK_RESET;
+    if matches!(read::<i32>(sk, off.sk_err), Ok(e) if e != 0) {
+        fl |= flags::SOCK_ERROR;
+    }
+    if task.tgid != 0 {
+        if current_exiting(off) {
+            fl |= flags::CTX_EXITING;
+        }
+        if unsafe { IN_SHUTDOWN.get(task.tid) }.is_some() {
+            fl |= flags::CTX_IN_SHUTDOWN;
+        }
+    }
 
     // Bookkeeping happens whatever the filter says, so that ownership is
     // right when a filtered-in process later inherits or receives a socket.
@@ -219,11 +271,17 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
             owner_src: src,
             state: new,
             since_ns: now,
+            flags: sock_flags,
+            _pad: 0,
         };
         let _ = SOCKS.insert(sock_id, info, BPF_ANY as u64);
     }
 
-    if cfg.filter_pids != 0 && unsafe { PIDS.get(owner.tgid) }.is_none() {
+    // CLOSE_WAIT transitions pass the filter whoever owns them: the leak
+    // detector needs them to name holders (fork, fd passing) that the owner
+    // table cannot know. Userspace filters what it displays.
+    let close_wait = old == CLOSE_WAIT || new == CLOSE_WAIT;
+    if cfg.filter_pids != 0 && !close_wait && unsafe { PIDS.get(owner.tgid) }.is_none() {
         return Ok(());
     }
     let Some(mut entry) = EVENTS.reserve::<StateRecord>(0) else {
@@ -242,7 +300,8 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         family: ep.family,
         sport: ep.sport,
         dport: ep.dport,
-        _pad: [0; 6],
+        flags: fl,
+        _pad: [0; 4],
         saddr: ep.saddr,
         daddr: ep.daddr,
         ctx: task,
@@ -290,10 +349,91 @@ fn try_io(ctx: &BtfTracePointContext) -> Result<(), i32> {
                 owner_src: owner_src::IO,
                 state: 0,
                 since_ns: 0,
+                flags: 0,
+                _pad: 0,
             };
             let _ = SOCKS.insert(sock_id, info, BPF_ANY as u64);
         }
     }
+    Ok(())
+}
+
+/// Remember that the peer reset this socket, so the transition to CLOSE that
+/// follows is not mistaken for the application closing it.
+fn try_reset(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let sk: *const u8 = ctx.arg(0);
+    let sock_id = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    if let Some(p) = SOCKS.get_ptr_mut(sock_id) {
+        unsafe { (*p).flags |= flags::SOCK_RESET as u32 };
+    }
+    Ok(())
+}
+
+fn shutdown_mark(enter: bool) -> Result<(), i32> {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if enter {
+        IN_SHUTDOWN.insert(tid, 1, BPF_ANY as u64)
+    } else {
+        IN_SHUTDOWN.remove(tid)
+    }
+}
+
+fn try_close_fentry(ctx: &FEntryContext) -> Result<(), i32> {
+    let sk: *const u8 = ctx.arg(0);
+    let sock_id = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    emit_close(sk, sock_id, close_src::FENTRY)
+}
+
+fn try_close_kprobe(ctx: &ProbeContext) -> Result<(), i32> {
+    let sk: *const u8 = ctx.arg(0).ok_or(1)?;
+    // No cookie helper for kprobes: read the cookie the state hook generated.
+    let sock_id: u64 = read(sk, config().offsets.cookie)?;
+    emit_close(sk, sock_id, close_src::KPROBE)
+}
+
+/// The application dropped its last reference to a TCP socket.
+#[inline(always)]
+fn emit_close(sk: *const u8, sock_id: u64, src: u32) -> Result<(), i32> {
+    let cfg = config();
+    let off = &cfg.offsets;
+    if sock_id == 0 || !is_tcp(sk, off) {
+        return Ok(());
+    }
+    let state = read::<u8>(sk, off.state)? as u32;
+    let ep = endpoints(sk, off)?;
+    let netns = netns_of(sk, off);
+    let task = current_task();
+    let fl = if current_exiting(off) {
+        flags::CTX_EXITING
+    } else {
+        0
+    };
+    if cfg.filter_pids != 0 && state != CLOSE_WAIT && unsafe { PIDS.get(task.tgid) }.is_none() {
+        return Ok(());
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(mut entry) = EVENTS.reserve::<CloseRecord>(0) else {
+        count_lost();
+        return Ok(());
+    };
+    entry.write(CloseRecord {
+        kind: RECORD_CLOSE,
+        state,
+        close_src: src,
+        _pad0: 0,
+        ts_ns: now,
+        sock_id,
+        netns,
+        family: ep.family,
+        sport: ep.sport,
+        dport: ep.dport,
+        flags: fl,
+        _pad1: [0; 4],
+        saddr: ep.saddr,
+        daddr: ep.daddr,
+        task,
+    });
+    entry.submit(0);
     Ok(())
 }
 

@@ -28,6 +28,11 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
+    /// A socket in CLOSE_WAIT this long, not closed by its holder, is reported
+    /// as a leak (e.g. 500ms, 2s, 5m).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub close_wait_threshold: Duration,
+
     /// Ring buffer size in bytes: a power of two, at least one page.
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = parse_ring_size)]
     pub ring_buffer_size: u32,
@@ -88,6 +93,10 @@ mod tests {
             .unwrap();
         assert_eq!(c.pids, vec![1, 2]);
         assert_eq!(c.format, Format::Json);
+        assert_eq!(c.close_wait_threshold, Duration::from_secs(30));
+        let c = Cli::try_parse_from(["closetrace", "--close-wait-threshold", "500ms"]).unwrap();
+        assert_eq!(c.close_wait_threshold, Duration::from_millis(500));
+        assert!(Cli::try_parse_from(["closetrace", "--close-wait-threshold", "0s"]).is_err());
         assert!(Cli::try_parse_from(["closetrace", "--pid", "x"]).is_err());
         assert!(Cli::try_parse_from(["closetrace", "--format", "xml"]).is_err());
     }

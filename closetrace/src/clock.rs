@@ -19,7 +19,6 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 }
 
 /// CLOCK_MONOTONIC now, in the kernel's `bpf_ktime_get_ns` units.
-#[cfg(test)]
 pub fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC) as u64
 }

@@ -4,11 +4,15 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use closetrace_common::{
-    AF_INET, AF_INET6, COMM_LEN, RECORD_STATE, STATE_RECORD_SIZE, StateRecord, TaskId,
+    AF_INET, AF_INET6, CLOSE_RECORD_SIZE, COMM_LEN, CloseRecord, RECORD_CLOSE, RECORD_STATE,
+    STATE_RECORD_SIZE, StateRecord, TaskId, close_src, flags,
 };
 use thiserror::Error;
 
-use crate::model::{Family, KernelEvent, OwnerSource, SockRef, StateChange, Task, TcpState};
+use crate::model::{
+    Close, CloseVia, Context, Family, KernelEvent, OwnerSource, SockRef, StateChange, Task,
+    TcpState,
+};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -34,6 +38,8 @@ pub enum DecodeError {
     UnknownFamily(u16),
     #[error("unknown owner source {0}")]
     UnknownOwnerSource(u32),
+    #[error("unknown close source {0}")]
+    UnknownCloseSource(u32),
 }
 
 /// Decode one ring-buffer record.
@@ -47,6 +53,10 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         RECORD_STATE => {
             let raw: StateRecord = read_exact(kind, bytes, STATE_RECORD_SIZE)?;
             decode_state(&raw).map(KernelEvent::State)
+        }
+        RECORD_CLOSE => {
+            let raw: CloseRecord = read_exact(kind, bytes, CLOSE_RECORD_SIZE)?;
+            decode_close(&raw).map(KernelEvent::Close)
         }
         other => Err(DecodeError::UnknownKind(other)),
     }
@@ -79,11 +89,7 @@ fn decode_state(r: &StateRecord) -> Result<StateChange, DecodeError> {
     let new = TcpState::try_from(r.new_state).map_err(DecodeError::UnknownState)?;
     let owner_source =
         OwnerSource::try_from(r.owner_src).map_err(DecodeError::UnknownOwnerSource)?;
-    let (family, saddr, daddr) = match r.family {
-        AF_INET => (Family::Ipv4, ipv4(&r.saddr), ipv4(&r.daddr)),
-        AF_INET6 => (Family::Ipv6, ipv6(&r.saddr), ipv6(&r.daddr)),
-        other => return Err(DecodeError::UnknownFamily(other)),
-    };
+    let (family, saddr, daddr) = addresses(r.family, &r.saddr, &r.daddr)?;
     let old_ns =
         (r.old_since_ns != 0 && r.old_since_ns <= r.ts_ns).then(|| r.ts_ns - r.old_since_ns);
     let owner = (owner_source != OwnerSource::Unknown && r.owner.tgid != 0).then(|| task(&r.owner));
@@ -108,7 +114,51 @@ fn decode_state(r: &StateRecord) -> Result<StateChange, DecodeError> {
             OwnerSource::Unknown
         },
         owner,
+        context: Context {
+            exiting: r.flags & flags::CTX_EXITING != 0,
+            in_shutdown: r.flags & flags::CTX_IN_SHUTDOWN != 0,
+            reset: r.flags & flags::SOCK_RESET != 0,
+            error: r.flags & flags::SOCK_ERROR != 0,
+        },
     })
+}
+
+fn decode_close(r: &CloseRecord) -> Result<Close, DecodeError> {
+    let state = TcpState::try_from(r.state).map_err(DecodeError::UnknownState)?;
+    let via = match r.close_src {
+        close_src::FENTRY => CloseVia::Fentry,
+        close_src::KPROBE => CloseVia::Kprobe,
+        other => return Err(DecodeError::UnknownCloseSource(other)),
+    };
+    let (family, saddr, daddr) = addresses(r.family, &r.saddr, &r.daddr)?;
+    Ok(Close {
+        ts_ns: r.ts_ns,
+        sock: SockRef {
+            id: r.sock_id,
+            netns: r.netns,
+            family,
+            saddr,
+            sport: r.sport,
+            daddr,
+            dport: r.dport,
+        },
+        state,
+        closer: task(&r.task),
+        exiting: r.flags & flags::CTX_EXITING != 0,
+        via,
+    })
+}
+
+fn addresses(
+    family: u16,
+    saddr: &[u8; 16],
+    daddr: &[u8; 16],
+) -> Result<(Family, IpAddr, IpAddr), DecodeError> {
+    match family {
+        AF_INET => Ok((Family::Ipv4, ipv4(saddr), ipv4(daddr))),
+        AF_INET6 => Ok((Family::Ipv6, ipv6(saddr), ipv6(daddr))),
+        other => Err(DecodeError::UnknownFamily(other)),
+    }
 }
 
 fn ipv4(b: &[u8; 16]) -> IpAddr {
@@ -160,7 +210,8 @@ mod tests {
             family: AF_INET,
             sport: 9501,
             dport: 54004,
-            _pad: [0; 6],
+            flags: flags::SOCK_RESET | flags::CTX_EXITING,
+            _pad: [0; 4],
             saddr,
             daddr: saddr,
             ctx: TaskId {
@@ -176,17 +227,76 @@ mod tests {
         }
     }
 
-    fn bytes(r: &StateRecord) -> Vec<u8> {
-        // SAFETY: StateRecord is Pod; viewing it as bytes is what the kernel does.
+    fn pod_bytes<T: aya::Pod>(r: &T) -> Vec<u8> {
+        // SAFETY: T is Pod; viewing it as bytes is what the kernel does.
         unsafe {
-            std::slice::from_raw_parts((r as *const StateRecord).cast::<u8>(), STATE_RECORD_SIZE)
+            std::slice::from_raw_parts((r as *const T).cast::<u8>(), std::mem::size_of::<T>())
         }
         .to_vec()
     }
 
+    fn bytes(r: &StateRecord) -> Vec<u8> {
+        pod_bytes(r)
+    }
+
+    fn close_record() -> CloseRecord {
+        let r = record();
+        CloseRecord {
+            kind: RECORD_CLOSE,
+            state: tcp_state::CLOSE_WAIT,
+            close_src: close_src::FENTRY,
+            _pad0: 0,
+            ts_ns: r.ts_ns,
+            sock_id: r.sock_id,
+            netns: r.netns,
+            family: AF_INET6,
+            sport: 9501,
+            dport: 54004,
+            flags: flags::CTX_EXITING,
+            _pad1: [0; 4],
+            saddr: Ipv6Addr::LOCALHOST.octets(),
+            daddr: Ipv6Addr::LOCALHOST.octets(),
+            task: r.owner,
+        }
+    }
+
+    #[test]
+    fn decodes_a_close() {
+        let Ok(KernelEvent::Close(c)) = decode(&pod_bytes(&close_record())) else {
+            panic!("not a close");
+        };
+        assert_eq!(c.state, TcpState::CloseWait);
+        assert_eq!(c.via, CloseVia::Fentry);
+        assert!(c.exiting);
+        assert_eq!(c.closer.pid, 100);
+        assert_eq!(c.sock.saddr, IpAddr::V6(Ipv6Addr::LOCALHOST));
+        let b = pod_bytes(&close_record());
+        assert!(matches!(
+            decode(&b[..CLOSE_RECORD_SIZE - 1]),
+            Err(DecodeError::Truncated { .. })
+        ));
+        let mut r = close_record();
+        r.close_src = 9;
+        assert_eq!(
+            decode(&pod_bytes(&r)),
+            Err(DecodeError::UnknownCloseSource(9))
+        );
+    }
+
     #[test]
     fn decodes_a_state_change() {
-        let KernelEvent::State(s) = decode(&bytes(&record())).unwrap();
+        let Ok(KernelEvent::State(s)) = decode(&bytes(&record())) else {
+            panic!("not a state change");
+        };
+        assert_eq!(
+            s.context,
+            Context {
+                exiting: true,
+                in_shutdown: false,
+                reset: true,
+                error: false
+            }
+        );
         assert_eq!(s.old, TcpState::Established);
         assert_eq!(s.new, TcpState::CloseWait);
         assert_eq!(s.sock.saddr, "127.0.0.1".parse::<IpAddr>().unwrap());
@@ -204,7 +314,9 @@ mod tests {
         let mut r = record();
         r.family = AF_INET6;
         r.saddr = Ipv6Addr::LOCALHOST.octets();
-        let KernelEvent::State(s) = decode(&bytes(&r)).unwrap();
+        let Ok(KernelEvent::State(s)) = decode(&bytes(&r)) else {
+            panic!("not a state change");
+        };
         assert_eq!(s.sock.family, Family::Ipv6);
         assert_eq!(s.sock.saddr, IpAddr::V6(Ipv6Addr::LOCALHOST));
     }
@@ -254,14 +366,18 @@ mod tests {
         let mut r = record();
         r.owner_src = owner_src::UNKNOWN;
         r.old_since_ns = 0;
-        let KernelEvent::State(s) = decode(&bytes(&r)).unwrap();
+        let Ok(KernelEvent::State(s)) = decode(&bytes(&r)) else {
+            panic!("not a state change");
+        };
         assert_eq!(s.owner, None);
         assert_eq!(s.owner_source, OwnerSource::Unknown);
         assert_eq!(s.old_ns, None);
         // An entry time after the event (clock confusion) is not reported as negative.
         let mut r = record();
         r.old_since_ns = r.ts_ns + 1;
-        let KernelEvent::State(s) = decode(&bytes(&r)).unwrap();
+        let Ok(KernelEvent::State(s)) = decode(&bytes(&r)) else {
+            panic!("not a state change");
+        };
         assert_eq!(s.old_ns, None);
     }
 

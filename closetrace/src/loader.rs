@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::BtfTracePoint;
+use aya::programs::{BtfTracePoint, FEntry, KProbe, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use closetrace_common::{
     COMM_LEN, Config, ListenKey, SockInfo, TaskId, owner_src, tcp_state::LISTEN,
@@ -15,7 +15,7 @@ use thiserror::Error;
 use crate::offsets::{self, OffsetError};
 use crate::owners::OwnerTable;
 use crate::records::HookReport;
-use crate::snapshot;
+use crate::snapshot::{self, KernelView};
 
 pub const SYSFS_BTF: &str = "/sys/kernel/btf/vmlinux";
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -55,11 +55,21 @@ pub struct LoadOptions<'a> {
     pub ring_bytes: u32,
 }
 
+/// How application closes are observed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseHook {
+    Fentry,
+    Kprobe,
+    /// Neither loads: inferred from owner-context transitions.
+    Transitions,
+}
+
 /// The loaded programs and the maps userspace reads.
 pub struct Kernel {
     /// Kept alive for as long as tracing runs: dropping it detaches everything.
     pub ebpf: Ebpf,
     pub hooks: Vec<HookReport>,
+    pub close_hook: CloseHook,
     pub events: RingBuf<MapData>,
     pub lost: PerCpuArray<MapData, u64>,
 }
@@ -184,19 +194,47 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
         ("sock_send_length", "sock:sock_send_length"),
         ("sock_recv_length", "sock:sock_recv_length"),
     ] {
-        hooks.push(match attach_btf_tp(&mut ebpf, &btf, prog, hook) {
-            Ok(()) => ok_hook(hook, "tp_btf"),
-            Err(reason) => HookReport {
-                hook: hook.into(),
-                attach: "none".into(),
-                status: "unavailable",
-                reason: Some(format!(
-                    "{reason}; owners of accepted sockets come from their listener until the \
-                     acceptor closes or shuts them down"
-                )),
-            },
-        });
+        hooks.push(optional_hook(
+            hook,
+            "tp_btf",
+            attach_btf_tp(&mut ebpf, &btf, prog, hook),
+            "owners of accepted sockets come from their listener until the acceptor closes or \
+             shuts them down",
+        ));
     }
+    hooks.push(optional_hook(
+        "tcp:tcp_receive_reset",
+        "tp_btf",
+        attach_btf_tp(
+            &mut ebpf,
+            &btf,
+            "tcp_receive_reset",
+            "tcp:tcp_receive_reset",
+        ),
+        "a peer's reset is told from a close only by the socket's pending error",
+    ));
+    let shutdown = attach_tracepoint(
+        &mut ebpf,
+        "sys_enter_shutdown",
+        "syscalls",
+        "sys_enter_shutdown",
+    )
+    .and_then(|()| {
+        attach_tracepoint(
+            &mut ebpf,
+            "sys_exit_shutdown",
+            "syscalls",
+            "sys_exit_shutdown",
+        )
+    });
+    hooks.push(optional_hook(
+        "syscalls:sys_enter_shutdown/sys_exit_shutdown",
+        "tracepoint",
+        shutdown,
+        "shutdown(SHUT_WR) cannot be told from close(); half-closes count as closes",
+    ));
+    let (close_hook, report) = attach_close_hook(&mut ebpf, &btf);
+    hooks.push(report);
 
     let events = RingBuf::try_from(
         ebpf.take_map("EVENTS")
@@ -211,6 +249,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
     Ok(Kernel {
         ebpf,
         hooks,
+        close_hook,
         events,
         lost,
     })
@@ -225,12 +264,88 @@ fn ok_hook(hook: &str, attach: &str) -> HookReport {
     }
 }
 
-fn attach_btf_tp(ebpf: &mut Ebpf, btf: &Btf, prog: &str, tracepoint: &str) -> Result<(), String> {
-    let p: &mut BtfTracePoint = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| format!("program {prog} missing from the object"))?
+fn optional_hook(hook: &str, attach: &str, result: Result<(), String>, cost: &str) -> HookReport {
+    match result {
+        Ok(()) => ok_hook(hook, attach),
+        Err(reason) => HookReport {
+            hook: hook.into(),
+            attach: "none".into(),
+            status: "unavailable",
+            reason: Some(format!("{reason}; {cost}")),
+        },
+    }
+}
+
+/// tcp_close: fentry, else kprobe, else inference from transitions; the
+/// report says which, and why each better method was refused.
+fn attach_close_hook(ebpf: &mut Ebpf, btf: &Btf) -> (CloseHook, HookReport) {
+    let fentry = (|| -> Result<(), String> {
+        let p: &mut FEntry = program(ebpf, "tcp_close_fentry")?;
+        p.load("tcp_close", btf)
+            .map_err(|e| format!("fentry: load: {e:#}"))?;
+        p.attach().map_err(|e| format!("fentry: attach: {e:#}"))?;
+        Ok(())
+    })();
+    let fentry_err = match fentry {
+        Ok(()) => return (CloseHook::Fentry, ok_hook("tcp_close", "fentry")),
+        Err(e) => e,
+    };
+    let kprobe = (|| -> Result<(), String> {
+        let p: &mut KProbe = program(ebpf, "tcp_close_kprobe")?;
+        p.load().map_err(|e| format!("kprobe: load: {e:#}"))?;
+        p.attach("tcp_close", 0)
+            .map_err(|e| format!("kprobe: attach: {e:#}"))?;
+        Ok(())
+    })();
+    let kprobe_err = match kprobe {
+        Ok(()) => {
+            let mut r = ok_hook("tcp_close", "kprobe");
+            r.status = "degraded";
+            r.reason = Some(format!(
+                "{fentry_err}; kprobe works the same, a little slower"
+            ));
+            return (CloseHook::Kprobe, r);
+        }
+        Err(e) => e,
+    };
+    let report = HookReport {
+        hook: "tcp_close".into(),
+        attach: "transitions".into(),
+        status: "degraded",
+        reason: Some(format!(
+            "{fentry_err}; {kprobe_err}; closes are inferred from the transitions only a close \
+             causes, in the closer's context (closing a socket already in CLOSE goes unseen)"
+        )),
+    };
+    (CloseHook::Transitions, report)
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the object"))?
         .try_into()
-        .map_err(|e| format!("{e}"))?;
+        .map_err(|e: aya::programs::ProgramError| format!("{e}"))
+}
+
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    category: &str,
+    name: &str,
+) -> Result<(), String> {
+    let p: &mut TracePoint = program(ebpf, prog)?;
+    p.load()
+        .map_err(|e| format!("{category}:{name}: load: {e:#}"))?;
+    p.attach(category, name)
+        .map_err(|e| format!("{category}:{name}: attach: {e:#}"))?;
+    Ok(())
+}
+
+fn attach_btf_tp(ebpf: &mut Ebpf, btf: &Btf, prog: &str, tracepoint: &str) -> Result<(), String> {
+    let p: &mut BtfTracePoint = program(ebpf, prog)?;
     p.load(prog, btf)
         .map_err(|e| format!("{tracepoint}: load: {e:#}"))?;
     p.attach()
@@ -241,18 +356,12 @@ fn attach_btf_tp(ebpf: &mut Ebpf, btf: &Btf, prog: &str, tracepoint: &str) -> Re
 /// Give sockets that existed before start-up the owner found in /proc, in the
 /// kernel maps (so the programs report them right) and in `table`. Never
 /// overwrites what the programs already learned since attaching.
-pub fn seed_existing(kernel: &mut Kernel, table: &mut OwnerTable) -> Result<usize, LoadError> {
+pub fn seed_existing(
+    kernel: &mut Kernel,
+    table: &mut OwnerTable,
+    view: &KernelView,
+) -> Result<usize, LoadError> {
     let netns = snapshot::own_netns().unwrap_or(0);
-    let holders = snapshot::socket_holders();
-    let mut socks = Vec::new();
-    for family in [closetrace_common::AF_INET, closetrace_common::AF_INET6] {
-        match snapshot::tcp_sockets(family) {
-            Ok(s) => socks.extend(s),
-            // No IPv6 on this kernel is not worth failing for.
-            Err(e) if family == closetrace_common::AF_INET6 => log::info!("IPv6 snapshot: {e}"),
-            Err(e) => return Err(LoadError::Load(format!("start-up snapshot: {e}"))),
-        }
-    }
     let [Some(sock_map), Some(listen_map)] = kernel.ebpf.maps_disjoint_mut(["SOCKS", "LISTENERS"])
     else {
         return Err(LoadError::Map("SOCKS", "missing".into()));
@@ -262,13 +371,10 @@ pub fn seed_existing(kernel: &mut Kernel, table: &mut OwnerTable) -> Result<usiz
     let mut listen_map: BpfHashMap<_, ListenKey, TaskId> =
         BpfHashMap::try_from(listen_map).map_err(map_err("LISTENERS"))?;
     let mut seeded = 0;
-    for s in socks {
+    for s in view.by_cookie.values() {
         // Several holders (fork, fd passing): the lowest pid is usually the
         // parent that made it; good enough for ownership of the stream.
-        let Some(h) = holders
-            .get(&s.inode)
-            .and_then(|v| v.iter().min_by_key(|h| h.pid))
-        else {
+        let Some(h) = view.holders_of(s.cookie).iter().min_by_key(|h| h.pid) else {
             continue;
         };
         let Ok(state) = crate::model::TcpState::try_from(s.state as u32) else {
@@ -284,6 +390,8 @@ pub fn seed_existing(kernel: &mut Kernel, table: &mut OwnerTable) -> Result<usiz
             owner_src: owner_src::SNAPSHOT,
             state: s.state as u32,
             since_ns: 0,
+            flags: 0,
+            _pad: 0,
         };
         // BPF_NOEXIST: what the programs saw since attaching is fresher.
         let _ = sock_map.insert(s.cookie, info, BPF_NOEXIST);

@@ -5,9 +5,12 @@
 //! (privileges, kernel support, output failures).
 mod cli;
 mod clock;
+mod closes;
 mod decode;
+mod leaks;
 mod loader;
 mod model;
+mod monitor;
 mod offsets;
 mod owners;
 mod pipeline;
@@ -28,13 +31,11 @@ use tokio::sync::watch;
 
 use crate::cli::Cli;
 use crate::clock::WallClock;
-use crate::loader::LoadOptions;
-use crate::owners::OwnerTable;
+use crate::loader::{CloseHook, LoadOptions};
+use crate::monitor::Monitor;
 use crate::records::{Ready, SCHEMA_VERSION};
 use crate::sink::Sink;
-
-/// Sockets the userspace owner table remembers at most.
-const OWNER_TABLE_CAPACITY: usize = 65536;
+use crate::snapshot::KernelView;
 
 /// Bad input from the command line: exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -99,10 +100,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         pids: &pids,
         ring_bytes: cli.ring_buffer_size,
     })?;
-    let mut table = OwnerTable::new(OWNER_TABLE_CAPACITY);
-    let seeded = loader::seed_existing(&mut kernel, &mut table)?;
-
     let clock = WallClock::sample();
+    let threshold = cli.close_wait_threshold;
+    let mut monitor = Monitor::new(
+        threshold.as_nanos().min(u64::MAX as u128) as u64,
+        pids.clone(),
+        kernel.close_hook == CloseHook::Transitions,
+        snapshot::own_netns().unwrap_or(0),
+        clock,
+    );
+    let view = KernelView::take().context("start-up snapshot of TCP sockets")?;
+    let seeded = loader::seed_existing(&mut kernel, monitor.table_mut(), &view)?;
+    monitor.seed_leaks(&view, clock::monotonic_ns());
+    drop(view);
+
     let mut sink = Sink::new(cli.format, out, clock);
     sink.ready(&Ready {
         kind: "ready",
@@ -111,9 +122,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         hooks: &kernel.hooks,
         pids: &pids,
         snapshot_sockets: seeded,
+        close_wait_threshold_ms: threshold.as_millis().min(u64::MAX as u128) as u64,
     })
     .and_then(|()| sink.flush())
     .context("writing output")?;
+    // Leaks are checked a few times per threshold, at most once per second.
+    let tick = (threshold / 4).clamp(
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_secs(1),
+    );
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -123,7 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let loader::Kernel {
         ebpf, events, lost, ..
     } = kernel;
-    let (summary, result) = runtime.block_on(async {
+    let result = runtime.block_on(async {
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let trigger = async {
             let mut term = signal(SignalKind::terminate())?;
@@ -144,10 +161,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let _ = stop_tx.send(true);
             io::Result::Ok(())
         };
-        let pipeline = pipeline::run(events, lost, &mut table, &mut sink, &stop_tx);
-        let (signals, (summary, result)) = tokio::join!(trigger, pipeline);
-        (summary, signals.and(result))
+        let pipeline = pipeline::run(events, lost, &mut monitor, &mut sink, tick, &stop_tx);
+        let (signals, result) = tokio::join!(trigger, pipeline);
+        signals.and(result)
     });
+    let summary = &monitor.summary;
     // Detach before reporting, so the summary is final.
     drop(ebpf);
 

@@ -149,6 +149,19 @@ pub struct SockRef {
     pub dport: u16,
 }
 
+/// What the kernel saw around a transition (see `closetrace_common::flags`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Context {
+    /// The task on the CPU was exiting: the kernel was closing its files.
+    pub exiting: bool,
+    /// The task on the CPU was inside shutdown(2).
+    pub in_shutdown: bool,
+    /// The socket had received an RST.
+    pub reset: bool,
+    /// The socket had an error pending (reset, timeout, refused).
+    pub error: bool,
+}
+
 /// One TCP state transition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateChange {
@@ -164,10 +177,97 @@ pub struct StateChange {
     /// The socket's owner; `None` when not yet known.
     pub owner: Option<Task>,
     pub owner_source: OwnerSource,
+    pub context: Context,
+}
+
+/// How a close was observed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseVia {
+    /// fentry on tcp_close: every last close, exactly.
+    Fentry,
+    /// kprobe on tcp_close: the same, where trampolines are refused.
+    Kprobe,
+    /// Inferred from an owner-context transition (neither hook loads here).
+    Transition,
+}
+
+impl CloseVia {
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseVia::Fentry => "fentry",
+            CloseVia::Kprobe => "kprobe",
+            CloseVia::Transition => "transition",
+        }
+    }
+}
+
+/// The application (or its exit) released a TCP socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Close {
+    pub ts_ns: u64,
+    pub sock: SockRef,
+    /// TCP state at the close.
+    pub state: TcpState,
+    /// The task that closed it.
+    pub closer: Task,
+    /// Closed by the process's exit rather than by close(2).
+    pub exiting: bool,
+    pub via: CloseVia,
 }
 
 /// Everything the ring buffer can carry, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelEvent {
     State(StateChange),
+    Close(Close),
+}
+
+/// Test builders shared by the state machines' unit tests.
+#[cfg(test)]
+pub mod fixtures {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+
+    pub fn task(pid: u32, comm: &str) -> Task {
+        Task {
+            pid,
+            tid: pid,
+            comm: comm.into(),
+        }
+    }
+
+    /// Socket `id` on 127.0.0.1:`sport` <-> 127.0.0.1:40000 in netns 1, at
+    /// t = 1000 * id ns, seen in the context of pid 999 "peer", owner unknown.
+    pub fn change(id: u64, sport: u16, old: TcpState, new: TcpState) -> StateChange {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        StateChange {
+            ts_ns: 1_000 * id,
+            sock: SockRef {
+                id,
+                netns: 1,
+                family: Family::Ipv4,
+                saddr: lo,
+                sport,
+                daddr: lo,
+                dport: 40000,
+            },
+            old,
+            new,
+            old_ns: None,
+            ctx: task(999, "peer"),
+            owner: None,
+            owner_source: OwnerSource::Unknown,
+            context: Context::default(),
+        }
+    }
+
+    /// The same, owned by `owner` as learned from a transition.
+    pub fn owned(id: u64, sport: u16, old: TcpState, new: TcpState, owner: Task) -> StateChange {
+        StateChange {
+            owner: Some(owner),
+            owner_source: OwnerSource::Transition,
+            ..change(id, sport, old, new)
+        }
+    }
 }

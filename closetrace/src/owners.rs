@@ -143,18 +143,8 @@ impl OwnerTable {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{IpAddr, Ipv4Addr};
-
     use super::*;
-    use crate::model::{Family, SockRef};
-
-    fn task(pid: u32, comm: &str) -> Task {
-        Task {
-            pid,
-            tid: pid,
-            comm: comm.into(),
-        }
-    }
+    use crate::model::fixtures::{self, owned, task};
 
     fn change(
         id: u64,
@@ -163,28 +153,9 @@ mod tests {
         new: TcpState,
         owner: Option<Task>,
     ) -> StateChange {
-        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        StateChange {
-            ts_ns: 1_000 * id,
-            sock: SockRef {
-                id,
-                netns: 1,
-                family: Family::Ipv4,
-                saddr: lo,
-                sport: port,
-                daddr: lo,
-                dport: 40000,
-            },
-            old,
-            new,
-            old_ns: None,
-            ctx: task(999, "peer"),
-            owner_source: if owner.is_some() {
-                OwnerSource::Transition
-            } else {
-                OwnerSource::Unknown
-            },
-            owner,
+        match owner {
+            Some(o) => owned(id, port, old, new, o),
+            None => fixtures::change(id, port, old, new),
         }
     }
 

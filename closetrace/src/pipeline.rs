@@ -13,11 +13,11 @@ use closetrace_common::LOST_RINGBUF;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 
+use crate::clock::monotonic_ns;
 use crate::decode::{DecodeError, decode};
 use crate::model::KernelEvent;
-use crate::owners::OwnerTable;
+use crate::monitor::Monitor;
 use crate::sink::Sink;
-use crate::summary::Summary;
 
 const CHANNEL_DEPTH: usize = 8192;
 const LOST_POLL: Duration = Duration::from_millis(250);
@@ -38,22 +38,22 @@ pub enum Msg {
 pub async fn run(
     events: RingBuf<MapData>,
     lost: PerCpuArray<MapData, u64>,
-    table: &mut OwnerTable,
+    monitor: &mut Monitor,
     sink: &mut Sink,
+    tick: Duration,
     stop_tx: &watch::Sender<bool>,
-) -> (Summary, io::Result<()>) {
+) -> io::Result<()> {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let reader = read_ring(events, tx.clone(), stop_tx.subscribe());
     let poller = poll_lost(lost, tx, stop_tx.subscribe());
     let consumer = async {
-        let out = consume(rx, table, sink).await;
+        let out = consume(rx, monitor, sink, tick).await;
         // An output failure ends the run: stop the producers too.
         let _ = stop_tx.send(true);
         out
     };
-    let (reader_result, (), (summary, out)) = tokio::join!(reader, poller, consumer);
-    let out = out.and(reader_result);
-    (summary, out)
+    let (reader_result, (), out) = tokio::join!(reader, poller, consumer);
+    out.and(reader_result)
 }
 
 async fn read_ring(
@@ -137,52 +137,58 @@ async fn poll_lost(
 
 async fn consume(
     mut rx: mpsc::Receiver<Msg>,
-    table: &mut OwnerTable,
+    monitor: &mut Monitor,
     sink: &mut Sink,
-) -> (Summary, io::Result<()>) {
-    let mut summary = Summary::default();
-    let mut result = Ok(());
-    'outer: while let Some(first) = rx.recv().await {
+    tick: Duration,
+) -> io::Result<()> {
+    let mut ticks = tokio::time::interval(tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
+        let first = tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(m) => m,
+                None => break Ok(()),
+            },
+            _ = ticks.tick() => {
+                if let Err(e) = monitor.on_tick(monotonic_ns(), sink).and_then(|()| sink.flush()) {
+                    break Err(e);
+                }
+                continue;
+            }
+        };
         let mut next = Some(first);
+        let mut failed = None;
         while let Some(msg) = next {
-            if let Err(e) = handle(msg, table, sink, &mut summary) {
-                result = Err(e);
-                break 'outer;
+            if let Err(e) = handle(msg, monitor, sink) {
+                failed = Some(e);
+                break;
             }
             next = rx.try_recv().ok();
         }
+        if let Some(e) = failed {
+            break Err(e);
+        }
         // Flush once the channel is empty: live for people, batched under load.
         if let Err(e) = sink.flush() {
-            result = Err(e);
-            break;
+            break Err(e);
         }
-    }
-    summary.sockets_open = table.len();
-    summary.owner_table_evicted = table.evicted();
-    (summary, result)
+    };
+    monitor.finish();
+    result
 }
 
-fn handle(
-    msg: Msg,
-    table: &mut OwnerTable,
-    sink: &mut Sink,
-    summary: &mut Summary,
-) -> io::Result<()> {
+fn handle(msg: Msg, monitor: &mut Monitor, sink: &mut Sink) -> io::Result<()> {
     match msg {
-        Msg::Event(KernelEvent::State(mut ev)) => {
-            table.apply(&mut ev);
-            summary.record_state(&ev);
-            sink.state(&ev)
-        }
+        Msg::Event(ev) => monitor.on_event(ev, sink),
         Msg::Undecodable(e) => {
-            summary.undecodable += 1;
-            if summary.undecodable <= 5 {
+            monitor.summary.undecodable += 1;
+            if monitor.summary.undecodable <= 5 {
                 eprintln!("closetrace: warning: undecodable kernel record: {e}");
             }
             Ok(())
         }
         Msg::Lost { count, total } => {
-            summary.lost = total;
+            monitor.summary.lost = total;
             sink.lost(count, total)
         }
     }

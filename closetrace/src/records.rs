@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::clock::WallClock;
-use crate::model::StateChange;
+use crate::model::{SockRef, StateChange};
 
 /// Bumped whenever a record changes incompatibly.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -32,6 +32,7 @@ pub struct Ready<'a> {
     pub pids: &'a [u32],
     /// Sockets found at start-up and given an owner from /proc.
     pub snapshot_sockets: usize,
+    pub close_wait_threshold_ms: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -80,6 +81,95 @@ impl<'a> State<'a> {
     }
 }
 
+/// The socket fields every socket record carries.
+#[derive(Debug, Serialize)]
+pub struct SockFields {
+    pub family: &'static str,
+    pub saddr: String,
+    pub sport: u16,
+    pub daddr: String,
+    pub dport: u16,
+    pub sock: u64,
+}
+
+impl SockFields {
+    pub fn new(s: &SockRef) -> Self {
+        SockFields {
+            family: s.family.name(),
+            saddr: s.saddr.to_string(),
+            sport: s.sport,
+            daddr: s.daddr.to_string(),
+            dport: s.dport,
+            sock: s.id,
+        }
+    }
+}
+
+/// The application (or its exit) closed a socket.
+#[derive(Debug, Serialize)]
+pub struct Close<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub ts: String,
+    pub pid: u32,
+    pub comm: &'a str,
+    #[serde(flatten)]
+    pub sock: SockFields,
+    /// TCP state at the close.
+    pub state: &'static str,
+    /// `close` (close(2) and the like) or `exit` (the process exited).
+    pub by: &'static str,
+    /// `fentry`, `kprobe` or `transition` (inferred).
+    pub via: &'static str,
+}
+
+#[derive(Debug, Serialize, Clone, PartialEq, Eq)]
+pub struct HolderRecord {
+    pub pid: u32,
+    pub comm: String,
+    pub fd: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CloseWaitLeak<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub ts: String,
+    /// The holder closetrace blames: the owner if it holds the socket, else
+    /// the first holder.
+    pub pid: Option<u32>,
+    pub comm: Option<&'a str>,
+    #[serde(flatten)]
+    pub sock: SockFields,
+    pub close_wait_ms: f64,
+    /// `transition` (age measured from entering CLOSE_WAIT) or `startup`
+    /// (it was already in CLOSE_WAIT when closetrace started: a lower bound).
+    pub since: &'static str,
+    /// Unread bytes: > 0 the EOF was never read; 0 it was read and the
+    /// socket not closed. Null when the kernel could not be asked.
+    pub recv_q: Option<u32>,
+    /// Every process with the socket in its fd table.
+    pub holders: &'a [HolderRecord],
+    /// 1 for the first report of this leak, then 2, 3 ... (backing off).
+    pub report: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CloseWaitResolved<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub ts: String,
+    pub pid: Option<u32>,
+    pub comm: Option<&'a str>,
+    #[serde(flatten)]
+    pub sock: SockFields,
+    pub close_wait_ms: f64,
+    /// `closed`, `shutdown`, `reset`, `process_exit` or `unknown`.
+    pub how: &'static str,
+    /// The task in whose context it ended, when known.
+    pub by_pid: Option<u32>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Lost {
     #[serde(rename = "type")]
@@ -104,32 +194,18 @@ mod tests {
     use std::net::{IpAddr, Ipv6Addr};
 
     use super::*;
-    use crate::model::{Family, OwnerSource, SockRef, Task, TcpState};
+    use crate::model::fixtures::change;
+    use crate::model::{Family, TcpState};
 
     #[test]
     fn state_record_shape() {
-        let ev = StateChange {
-            ts_ns: 2_000_000_000,
-            sock: SockRef {
-                id: 77,
-                netns: 1,
-                family: Family::Ipv6,
-                saddr: IpAddr::V6(Ipv6Addr::LOCALHOST),
-                sport: 9501,
-                daddr: IpAddr::V6(Ipv6Addr::LOCALHOST),
-                dport: 40000,
-            },
-            old: TcpState::Established,
-            new: TcpState::CloseWait,
-            old_ns: Some(1_234_567),
-            ctx: Task {
-                pid: 2,
-                tid: 3,
-                comm: "cli\"ent\n".into(),
-            },
-            owner: None,
-            owner_source: OwnerSource::Unknown,
-        };
+        let mut ev = change(77, 9501, TcpState::Established, TcpState::CloseWait);
+        ev.ts_ns = 2_000_000_000;
+        ev.sock.family = Family::Ipv6;
+        ev.sock.saddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        ev.sock.daddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        ev.old_ns = Some(1_234_567);
+        ev.ctx.comm = "cli\"ent\n".into();
         let clock = WallClock::from_offset(0);
         let v: serde_json::Value =
             serde_json::from_str(&serde_json::to_string(&State::new(&ev, &clock)).unwrap())

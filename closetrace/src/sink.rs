@@ -7,7 +7,9 @@ use serde::Serialize;
 
 use crate::clock::WallClock;
 use crate::model::StateChange;
-use crate::records::{self, HookReport, Lost, Ready, State};
+use crate::records::{
+    self, Close, CloseWaitLeak, CloseWaitResolved, HookReport, Lost, Ready, State,
+};
 use crate::summary::SummaryRecord;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -54,6 +56,86 @@ impl Sink {
                 }
                 writeln!(self.out, "{}", text_line(ev, &self.clock))
             }
+        }
+    }
+
+    pub fn close(&mut self, rec: &Close<'_>) -> io::Result<()> {
+        match self.format {
+            Format::Json => self.json(rec),
+            Format::Text => {
+                let time = rec.ts.get(11..26).unwrap_or(&rec.ts);
+                let what = format!(
+                    "{} in {}",
+                    if rec.by == "exit" { "exit" } else { "close" },
+                    rec.state
+                );
+                writeln!(
+                    self.out,
+                    "{time:<15} {:>7} {:<16} {:<W_ADDR$} {:<W_ADDR$} {what:<26} {:>10}",
+                    rec.pid,
+                    printable(rec.comm),
+                    endpoint_str(&rec.sock.saddr, rec.sock.sport),
+                    endpoint_str(&rec.sock.daddr, rec.sock.dport),
+                    "-"
+                )
+            }
+        }
+    }
+
+    /// `process_leaks`: this process's leaks so far, for the running count.
+    pub fn leak(&mut self, rec: &CloseWaitLeak<'_>, process_leaks: u64) -> io::Result<()> {
+        match self.format {
+            Format::Json => self.json(rec),
+            Format::Text => {
+                let who = match (rec.pid, rec.comm) {
+                    (Some(p), Some(c)) => format!("{}({p})", printable(c)),
+                    _ => "unknown process".into(),
+                };
+                let holders: Vec<String> = rec
+                    .holders
+                    .iter()
+                    .map(|h| format!("{}({}) fd {}", printable(&h.comm), h.pid, h.fd))
+                    .collect();
+                let eof = match rec.recv_q {
+                    Some(0) => "EOF read, never closed".to_string(),
+                    Some(n) => format!("EOF never read, {n} bytes unread"),
+                    None => "recv_q unknown".to_string(),
+                };
+                let age = format!(
+                    "{}{:.1} s",
+                    if rec.since == "startup" { ">= " } else { "" },
+                    rec.close_wait_ms / 1000.0
+                );
+                writeln!(
+                    self.out,
+                    "!! CLOSE_WAIT LEAK #{} {} {} -> {} for {age} ({eof}); held by {}; {who} leaks: {process_leaks}",
+                    rec.report,
+                    who,
+                    endpoint_str(&rec.sock.saddr, rec.sock.sport),
+                    endpoint_str(&rec.sock.daddr, rec.sock.dport),
+                    if holders.is_empty() {
+                        "nobody visible".to_string()
+                    } else {
+                        holders.join(", ")
+                    },
+                )
+            }
+        }
+    }
+
+    pub fn resolved(&mut self, rec: &CloseWaitResolved<'_>) -> io::Result<()> {
+        match self.format {
+            Format::Json => self.json(rec),
+            Format::Text => writeln!(
+                self.out,
+                "== CLOSE_WAIT leak ended: {}({}) {} -> {} after {:.1} s: {}",
+                printable(rec.comm.unwrap_or("?")),
+                rec.pid.map_or("?".into(), |p| p.to_string()),
+                endpoint_str(&rec.sock.saddr, rec.sock.sport),
+                endpoint_str(&rec.sock.daddr, rec.sock.dport),
+                rec.close_wait_ms / 1000.0,
+                rec.how
+            ),
         }
     }
 
@@ -142,6 +224,14 @@ pub fn text_line(ev: &StateChange, clock: &WallClock) -> String {
     )
 }
 
+/// `saddr` as JSON records carry it (a string) with its port.
+fn endpoint_str(addr: &str, port: u16) -> String {
+    match addr.parse::<IpAddr>() {
+        Ok(ip) => endpoint(ip, port),
+        Err(_) => format!("{addr}:{port}"),
+    }
+}
+
 fn endpoint(ip: IpAddr, port: u16) -> String {
     match ip {
         IpAddr::V4(a) => format!("{a}:{port}"),
@@ -159,34 +249,22 @@ pub fn printable(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::net::Ipv6Addr;
 
     use super::*;
+    use crate::model::fixtures::change;
     use crate::model::*;
 
     fn ev(owner: Option<Task>) -> StateChange {
-        StateChange {
-            ts_ns: 3_600_000_000_000 + 1_500_000,
-            sock: SockRef {
-                id: 1,
-                netns: 0,
-                family: Family::Ipv4,
-                saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-                sport: 9501,
-                daddr: IpAddr::V6(Ipv6Addr::LOCALHOST),
-                dport: 54004,
-            },
-            old: TcpState::Established,
-            new: TcpState::CloseWait,
-            old_ns: Some(200_000_000),
-            ctx: Task {
-                pid: 7,
-                tid: 7,
-                comm: "cli\x1b[31m".into(),
-            },
-            owner,
-            owner_source: OwnerSource::Listener,
-        }
+        let mut ev = change(1, 9501, TcpState::Established, TcpState::CloseWait);
+        ev.ts_ns = 3_600_000_000_000 + 1_500_000;
+        ev.sock.daddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        ev.sock.dport = 54004;
+        ev.old_ns = Some(200_000_000);
+        ev.ctx.comm = "cli\x1b[31m".into();
+        ev.owner_source = OwnerSource::Listener;
+        ev.owner = owner;
+        ev
     }
 
     #[test]

@@ -157,6 +157,39 @@ fn parse_diag_msg(m: &[u8]) -> Result<DiagSocket, SnapshotError> {
     })
 }
 
+/// The kernel's own account of TCP sockets right now, with their holders.
+pub struct KernelView {
+    pub by_cookie: HashMap<u64, DiagSocket>,
+    pub holders: HashMap<u32, Vec<Holder>>,
+}
+
+impl KernelView {
+    /// Dump both families and scan /proc. IPv6 failing (no IPv6 in this
+    /// kernel) is not an error; IPv4 failing is.
+    pub fn take() -> Result<KernelView, SnapshotError> {
+        let mut by_cookie = HashMap::new();
+        for s in tcp_sockets(AF_INET)? {
+            by_cookie.insert(s.cookie, s);
+        }
+        if let Ok(v6) = tcp_sockets(AF_INET6) {
+            for s in v6 {
+                by_cookie.insert(s.cookie, s);
+            }
+        }
+        Ok(KernelView {
+            by_cookie,
+            holders: socket_holders(),
+        })
+    }
+
+    pub fn holders_of(&self, cookie: u64) -> &[Holder] {
+        self.by_cookie
+            .get(&cookie)
+            .and_then(|s| self.holders.get(&s.inode))
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
 /// Map socket inode -> every process holding it, from /proc/*/fd. Processes
 /// that vanish or deny access mid-scan are skipped: this is best effort, as
 /// with `ss -p`.

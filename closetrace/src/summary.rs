@@ -1,5 +1,5 @@
 //! Run totals: what was seen, what was lost, which transitions happened.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -15,7 +15,25 @@ pub struct Summary {
     pub sockets_open: usize,
     /// Sockets the owner table had to forget because it was full.
     pub owner_table_evicted: u64,
+    /// Closes reported (`close` records).
+    pub closes: u64,
+    /// CLOSE_WAIT sockets the leak detector dropped because it was full.
+    pub close_wait_untracked: u64,
     transitions: BTreeMap<(TcpState, TcpState), u64>,
+    leaks: BTreeMap<u32, LeakStats>,
+}
+
+/// CLOSE_WAIT leaks of one process.
+#[derive(Debug, Default, Clone, Serialize, PartialEq)]
+pub struct LeakStats {
+    pub pid: u32,
+    pub comm: String,
+    /// Distinct sockets reported as leaked.
+    pub leaks: u64,
+    /// Still leaked when closetrace stopped.
+    pub open: u64,
+    /// Longest CLOSE_WAIT age reported.
+    pub oldest_ms: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -28,6 +46,10 @@ pub struct SummaryRecord {
     pub undecodable: u64,
     pub sockets_open: usize,
     pub owner_table_evicted: u64,
+    pub closes: u64,
+    pub close_wait_untracked: u64,
+    /// Leaking processes, most leaks first.
+    pub leaks: Vec<LeakStats>,
     /// "OLD->NEW" -> count
     pub transitions: BTreeMap<String, u64>,
 }
@@ -36,6 +58,33 @@ impl Summary {
     pub fn record_state(&mut self, ev: &StateChange) {
         self.events += 1;
         *self.transitions.entry((ev.old, ev.new)).or_default() += 1;
+    }
+
+    /// A leak report for `pid`; returns its running count of leaked sockets.
+    pub fn leak_reported(&mut self, pid: u32, comm: &str, first: bool, age_ns: u64) -> u64 {
+        let s = self.leaks.entry(pid).or_insert_with(|| LeakStats {
+            pid,
+            comm: comm.to_string(),
+            ..Default::default()
+        });
+        if first {
+            s.leaks += 1;
+        }
+        s.oldest_ms = s.oldest_ms.max(crate::records::ns_to_ms(age_ns));
+        s.leaks
+    }
+
+    /// Leaks still open per process at exit.
+    pub fn set_open_leaks(&mut self, open: &HashMap<u32, usize>) {
+        for s in self.leaks.values_mut() {
+            s.open = open.get(&s.pid).copied().unwrap_or(0) as u64;
+        }
+    }
+
+    fn leaks_by_count(&self) -> Vec<LeakStats> {
+        let mut v: Vec<LeakStats> = self.leaks.values().cloned().collect();
+        v.sort_by(|a, b| b.leaks.cmp(&a.leaks).then(a.pid.cmp(&b.pid)));
+        v
     }
 
     pub fn to_record(&self, duration_s: f64) -> SummaryRecord {
@@ -47,6 +96,9 @@ impl Summary {
             undecodable: self.undecodable,
             sockets_open: self.sockets_open,
             owner_table_evicted: self.owner_table_evicted,
+            closes: self.closes,
+            close_wait_untracked: self.close_wait_untracked,
+            leaks: self.leaks_by_count(),
             transitions: self
                 .transitions
                 .iter()
@@ -61,6 +113,20 @@ impl Summary {
             "closetrace: {} events in {:.1} s, {} lost, {} undecodable\n",
             self.events, duration_s, self.lost, self.undecodable
         );
+        if !self.leaks.is_empty() {
+            s += "  CLOSE_WAIT leaks by process:\n";
+            for l in self.leaks_by_count() {
+                let _ = writeln!(
+                    s,
+                    "    {}({}): {} leaked, {} still open, oldest {:.1} s",
+                    crate::sink::printable(&l.comm),
+                    l.pid,
+                    l.leaks,
+                    l.open,
+                    l.oldest_ms / 1000.0
+                );
+            }
+        }
         let mut rows: Vec<_> = self.transitions.iter().collect();
         rows.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         for ((o, n), c) in rows {
@@ -74,33 +140,10 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::*;
-    use std::net::{IpAddr, Ipv4Addr};
+    use crate::model::fixtures::change;
 
     fn ev(old: TcpState, new: TcpState) -> StateChange {
-        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        StateChange {
-            ts_ns: 1,
-            sock: SockRef {
-                id: 1,
-                netns: 0,
-                family: Family::Ipv4,
-                saddr: lo,
-                sport: 1,
-                daddr: lo,
-                dport: 2,
-            },
-            old,
-            new,
-            old_ns: None,
-            ctx: Task {
-                pid: 1,
-                tid: 1,
-                comm: "x".into(),
-            },
-            owner: None,
-            owner_source: OwnerSource::Unknown,
-        }
+        change(1, 1, old, new)
     }
 
     #[test]
@@ -116,9 +159,26 @@ mod tests {
         assert_eq!(r.duration_s, 1.235);
         assert_eq!(r.transitions["ESTABLISHED->CLOSE_WAIT"], 2);
         assert_eq!(r.transitions["CLOSE_WAIT->LAST_ACK"], 1);
+        assert_eq!(s.leak_reported(7, "php", true, 2_000_000_000), 1);
+        assert_eq!(s.leak_reported(7, "php", false, 4_000_000_000), 1);
+        assert_eq!(s.leak_reported(7, "php", true, 1_000_000_000), 2);
+        s.set_open_leaks(&HashMap::from([(7, 1)]));
+        let r = s.to_record(1.0);
+        assert_eq!(r.leaks.len(), 1);
+        assert_eq!(
+            (r.leaks[0].leaks, r.leaks[0].open, r.leaks[0].oldest_ms),
+            (2, 1, 4000.0)
+        );
         let text = s.to_text(2.0);
+        assert!(
+            text.contains("    php(7): 2 leaked, 1 still open, oldest 4.0 s"),
+            "{text}"
+        );
         assert!(text.starts_with("closetrace: 3 events in 2.0 s, 3 lost, 0 undecodable\n"));
-        let first_row = text.lines().nth(1).unwrap();
-        assert!(first_row.contains("ESTABLISHED -> CLOSE_WAIT") && first_row.ends_with(" 2"));
+        let rows: Vec<&str> = text.lines().filter(|l| l.contains(" -> ")).collect();
+        assert!(
+            rows[0].contains("ESTABLISHED -> CLOSE_WAIT") && rows[0].ends_with(" 2"),
+            "{text}"
+        );
     }
 }

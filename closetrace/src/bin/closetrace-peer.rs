@@ -2,10 +2,13 @@
 //! trying closetrace by hand). It plays the server or the client of the
 //! article's scenarios on real sockets and prints one line per milestone on
 //! stdout so a test can synchronise with it:
-//!   LISTENING <port>   CONNECTED <local port>   ACCEPTED <peer port>   DONE
+//!   LISTENING <port>   CONNECTED <local port>   ACCEPTED <peer port>
+//!   FD <fd>   CHILD <pid>   WORKER <pid>   PASSED   RECEIVED <fd>   DONE
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
 use std::thread::sleep;
 use std::time::Duration;
 
@@ -34,6 +37,29 @@ enum Role {
         /// Close at once after accepting, without reading.
         #[arg(long)]
         no_read: bool,
+        /// Never close accepted connections (the leak): hold them until killed.
+        #[arg(long)]
+        never_close: bool,
+        /// Fork after accepting; the child keeps the connection and blocks,
+        /// the parent closes its copy.
+        #[arg(long)]
+        fork_child: bool,
+        /// Pass each accepted connection to the `holder` at this Unix
+        /// socket (SCM_RIGHTS), then close our copy.
+        #[arg(long, value_name = "PATH")]
+        pass_to: Option<PathBuf>,
+        /// After EOF (and --close-delay-ms), shutdown(SHUT_WR) but never close.
+        #[arg(long)]
+        shutdown_only: bool,
+        /// Swoole PROCESS mode: a master holds connections and waits for a
+        /// worker to say "close"; the worker is blocked and never does.
+        #[arg(long)]
+        blocked_worker: bool,
+    },
+    /// Receive connections over a Unix socket and hold them forever.
+    Holder {
+        #[arg(long, value_name = "PATH")]
+        unix: PathBuf,
     },
     /// Connect, send a byte, wait, close first.
     Client {
@@ -85,25 +111,204 @@ fn serve(
     connections: u64,
     close_delay_ms: u64,
     no_read: bool,
+    mode: ServeMode,
 ) -> anyhow::Result<()> {
+    // The blocked worker is forked first, so it holds no socket of ours.
+    let worker_pipe = match mode {
+        ServeMode::BlockedWorker => Some(spawn_blocked_worker()?),
+        _ => None,
+    };
     let l = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
     say(&format!("LISTENING {}", l.local_addr()?.port()))?;
+    let mut held = Vec::new();
     let mut served = 0;
     while connections == 0 || served < connections {
         let (mut s, peer) = l.accept().context("accept")?;
         if connections != 0 {
             say(&format!("ACCEPTED {}", peer.port()))?;
+            say(&format!("FD {}", s.as_raw_fd()))?;
         }
         if !no_read {
             let mut buf = [0u8; 4096];
             while s.read(&mut buf).context("read")? > 0 {}
         }
-        sleep(Duration::from_millis(close_delay_ms));
-        drop(s);
         served += 1;
+        match &mode {
+            ServeMode::Plain => {
+                sleep(Duration::from_millis(close_delay_ms));
+                drop(s);
+            }
+            ServeMode::NeverClose => held.push(s),
+            ServeMode::ShutdownOnly => {
+                sleep(Duration::from_millis(close_delay_ms));
+                s.shutdown(std::net::Shutdown::Write).context("shutdown")?;
+                held.push(s);
+            }
+            ServeMode::ForkChild => {
+                // SAFETY: single-threaded process; the child only sleeps.
+                let pid = unsafe { libc::fork() };
+                if pid < 0 {
+                    return Err(io::Error::last_os_error()).context("fork");
+                }
+                if pid == 0 {
+                    say(&format!("CHILD {}", std::process::id()))?;
+                    drop(l);
+                    hold_forever(vec![s]);
+                }
+                drop(s);
+            }
+            ServeMode::PassTo(path) => {
+                let unix = UnixStream::connect(path)
+                    .with_context(|| format!("connect {}", path.display()))?;
+                send_fd(&unix, s.as_raw_fd())?;
+                drop(s);
+                say("PASSED")?;
+            }
+            ServeMode::BlockedWorker => {
+                // Ask the worker what to do with the closed connection and
+                // wait for its answer, holding the socket: it never answers.
+                let (to_worker, from_worker) = worker_pipe.as_ref().expect("worker");
+                (&*to_worker)
+                    .write_all(b"closed\n")
+                    .context("tell worker")?;
+                let mut answer = [0u8; 1];
+                let _ = (&*from_worker).read(&mut answer);
+                drop(s);
+            }
+        }
     }
     say("DONE")?;
+    if !held.is_empty() {
+        hold_forever(held);
+    }
     Ok(())
+}
+
+enum ServeMode {
+    Plain,
+    NeverClose,
+    ShutdownOnly,
+    ForkChild,
+    PassTo(PathBuf),
+    BlockedWorker,
+}
+
+fn hold_forever<T>(held: Vec<T>) -> ! {
+    loop {
+        sleep(Duration::from_secs(3600));
+        let _ = &held;
+    }
+}
+
+/// A worker process that reads one request and then blocks forever
+/// (the article's onClose callback that never returns).
+fn spawn_blocked_worker() -> anyhow::Result<(std::fs::File, std::fs::File)> {
+    let (to_worker_r, to_worker_w) = pipe()?;
+    let (from_worker_r, from_worker_w) = pipe()?;
+    // SAFETY: single-threaded process; the child only reads and sleeps.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error()).context("fork");
+    }
+    if pid == 0 {
+        drop(to_worker_w);
+        drop(from_worker_r);
+        let mut buf = [0u8; 64];
+        let _ = (&to_worker_r).read(&mut buf);
+        hold_forever(vec![from_worker_w]);
+    }
+    say(&format!("WORKER {pid}"))?;
+    Ok((to_worker_w, from_worker_r))
+}
+
+fn pipe() -> anyhow::Result<(std::fs::File, std::fs::File)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error()).context("pipe");
+    }
+    // SAFETY: both descriptors are fresh and ours.
+    Ok(unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+fn send_fd(unix: &UnixStream, fd: RawFd) -> anyhow::Result<()> {
+    let mut byte = [b'x'];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: msghdr is plain data; every pointer below points into live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: the control buffer is CMSG_SPACE(sizeof fd) bytes, enough for one header.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+    }
+    // SAFETY: msg is fully initialised above.
+    if unsafe { libc::sendmsg(unix.as_raw_fd(), &msg, 0) } < 0 {
+        return Err(io::Error::last_os_error()).context("sendmsg SCM_RIGHTS");
+    }
+    Ok(())
+}
+
+fn recv_fd(unix: &UnixStream) -> anyhow::Result<RawFd> {
+    let mut byte = [0u8];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: as in send_fd.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: msg points at live buffers of the sizes given.
+    if unsafe { libc::recvmsg(unix.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error()).context("recvmsg");
+    }
+    // SAFETY: the kernel filled msg; CMSG_FIRSTHDR checks the length.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
+            anyhow::bail!("no descriptor received");
+        }
+        Ok(std::ptr::read_unaligned(
+            libc::CMSG_DATA(cmsg).cast::<RawFd>(),
+        ))
+    }
+}
+
+fn holder(path: PathBuf) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(&path);
+    let l = UnixListener::bind(&path).with_context(|| format!("bind {}", path.display()))?;
+    say("READY")?;
+    let mut held = Vec::new();
+    loop {
+        let (conn, _) = l.accept().context("accept")?;
+        let fd = recv_fd(&conn)?;
+        say(&format!("RECEIVED {fd}"))?;
+        // SAFETY: the descriptor was just received and is ours.
+        held.push(unsafe { TcpStream::from_raw_fd(fd) });
+    }
 }
 
 fn client(
@@ -136,7 +341,30 @@ fn main() -> anyhow::Result<()> {
             connections,
             close_delay_ms,
             no_read,
-        } => serve(listen, connections, close_delay_ms, no_read),
+            never_close,
+            shutdown_only,
+            fork_child,
+            pass_to,
+            blocked_worker,
+        } => {
+            let modes = [
+                never_close.then_some(ServeMode::NeverClose),
+                shutdown_only.then_some(ServeMode::ShutdownOnly),
+                fork_child.then_some(ServeMode::ForkChild),
+                pass_to.map(ServeMode::PassTo),
+                blocked_worker.then_some(ServeMode::BlockedWorker),
+            ];
+            let mut chosen = modes.into_iter().flatten();
+            let mode = chosen.next().unwrap_or(ServeMode::Plain);
+            if chosen.next().is_some() {
+                anyhow::bail!(
+                    "choose one of --never-close, --shutdown-only, --fork-child, --pass-to, \
+                     --blocked-worker"
+                );
+            }
+            serve(listen, connections, close_delay_ms, no_read, mode)
+        }
+        Role::Holder { unix } => holder(unix),
         Role::Client {
             connect,
             count,

@@ -168,6 +168,19 @@ impl Tracer {
         }
     }
 
+    /// Wait for a JSON record satisfying `pred`.
+    pub fn wait_record(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        self.lines
+            .wait_for(timeout, |l| {
+                serde_json::from_str::<Value>(l).is_ok_and(|v| pred(&v))
+            })
+            .map(|l| serde_json::from_str(&l).expect("JSON"))
+    }
+
     /// Stop with SIGINT, as Ctrl-C would, and collect everything.
     pub fn stop(mut self) -> Finished {
         // Let the last events cross the ring buffer first.
@@ -188,6 +201,12 @@ impl Tracer {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
     }
+}
+
+/// SIGKILL a process the test made (forked children of peers included).
+pub fn kill(pid: u32) {
+    // SAFETY: signalling a process of this test.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
 }
 
 /// A closetrace-peer process.
@@ -213,12 +232,16 @@ impl Peer {
 
     /// The number after `word` on the first line starting with it.
     pub fn value(&mut self, word: &str) -> u16 {
+        self.number(word) as u16
+    }
+
+    pub fn number(&mut self, word: &str) -> u32 {
         let prefix = format!("{word} ");
         let line = self
             .lines
             .wait_for(Duration::from_secs(20), |l| l.starts_with(&prefix))
             .unwrap_or_else(|| panic!("peer never printed {word}"));
-        line[prefix.len()..].trim().parse().expect("a port")
+        line[prefix.len()..].trim().parse().expect("a number")
     }
 
     pub fn wait_done(&mut self) {

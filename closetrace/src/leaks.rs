@@ -1,0 +1,290 @@
+//! CLOSE_WAIT leak detection: a socket whose peer has closed and whose
+//! holder has not, for longer than the threshold.
+//!
+//! Pure: fed transitions and the current time (CLOCK_MONOTONIC ns, the
+//! kernel's clock), it says which sockets are due a report and how tracked
+//! leaks ended. Reports back off (at ages T, 3T, 7T, 15T, ...) so a long
+//! leak is re-reported at most once per threshold period and ever more
+//! rarely, never flooding. Bounded: at capacity the oldest is dropped.
+use std::collections::HashMap;
+
+use crate::closes::{How, how_left_close_wait};
+use crate::model::{SockRef, StateChange, Task, TcpState};
+
+/// Longest gap between two reports of the same leak.
+const MAX_REPORT_GAP_NS: u64 = 3600 * 1_000_000_000;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tracked {
+    pub sock: SockRef,
+    pub owner: Option<Task>,
+    /// When it entered CLOSE_WAIT (or closetrace started, see `from_startup`).
+    pub since_ns: u64,
+    /// Already in CLOSE_WAIT when closetrace started: the age is a lower bound.
+    pub from_startup: bool,
+    /// Leak reports so far.
+    pub reports: u32,
+    next_report_ns: u64,
+}
+
+/// A leak to report now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Due {
+    pub tracked: Tracked,
+    pub age_ns: u64,
+}
+
+/// A reported leak that ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub tracked: Tracked,
+    pub age_ns: u64,
+    pub how: How,
+    /// The task in whose context it ended (the closer, when closed).
+    pub by: Option<Task>,
+}
+
+#[derive(Debug)]
+pub struct LeakDetector {
+    threshold_ns: u64,
+    socks: HashMap<u64, Tracked>,
+    capacity: usize,
+    dropped: u64,
+}
+
+impl LeakDetector {
+    pub fn new(threshold_ns: u64, capacity: usize) -> Self {
+        LeakDetector {
+            threshold_ns: threshold_ns.max(1),
+            socks: HashMap::new(),
+            capacity: capacity.max(1),
+            dropped: 0,
+        }
+    }
+
+    /// Sockets in CLOSE_WAIT now.
+    pub fn tracked(&self) -> impl Iterator<Item = &Tracked> {
+        self.socks.values()
+    }
+
+    /// Sockets dropped because the detector was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    fn track(&mut self, sock: SockRef, owner: Option<Task>, since_ns: u64, from_startup: bool) {
+        // Full: forget the oldest. A linear scan, but only ever at capacity.
+        let full = !self.socks.contains_key(&sock.id) && self.socks.len() >= self.capacity;
+        if full
+            && let Some(oldest) = self
+                .socks
+                .values()
+                .min_by_key(|t| t.since_ns)
+                .map(|t| t.sock.id)
+        {
+            self.socks.remove(&oldest);
+            self.dropped += 1;
+        }
+        let next_report_ns = since_ns.saturating_add(self.threshold_ns);
+        self.socks.insert(
+            sock.id,
+            Tracked {
+                sock,
+                owner,
+                since_ns,
+                from_startup,
+                reports: 0,
+                next_report_ns,
+            },
+        );
+    }
+
+    /// A socket found in CLOSE_WAIT at start-up, aged from `now`.
+    pub fn seed(&mut self, sock: SockRef, owner: Option<Task>, now_ns: u64) {
+        self.track(sock, owner, now_ns, true);
+    }
+
+    /// Apply a transition; returns the resolution if it ended a reported leak.
+    pub fn on_state(&mut self, ev: &StateChange) -> Option<Resolved> {
+        if ev.new == TcpState::CloseWait {
+            self.track(ev.sock.clone(), ev.owner.clone(), ev.ts_ns, false);
+            return None;
+        }
+        // Any other transition of a tracked socket means it left CLOSE_WAIT
+        // (possibly through a transition whose event was lost).
+        let tracked = self.socks.remove(&ev.sock.id)?;
+        let how = if ev.old == TcpState::CloseWait {
+            how_left_close_wait(ev)
+        } else {
+            How::Unknown
+        };
+        self.resolved(tracked, ev.ts_ns, how, Some(ev.ctx.clone()))
+    }
+
+    /// The socket is gone or no longer in CLOSE_WAIT, by the kernel's own
+    /// account, without closetrace having seen it leave.
+    pub fn vanished(&mut self, sock_id: u64, now_ns: u64) -> Option<Resolved> {
+        let tracked = self.socks.remove(&sock_id)?;
+        self.resolved(tracked, now_ns, How::Unknown, None)
+    }
+
+    fn resolved(
+        &self,
+        tracked: Tracked,
+        now_ns: u64,
+        how: How,
+        by: Option<Task>,
+    ) -> Option<Resolved> {
+        (tracked.reports > 0).then(|| Resolved {
+            age_ns: now_ns.saturating_sub(tracked.since_ns),
+            tracked,
+            how,
+            by,
+        })
+    }
+
+    /// Leaks due a report at `now_ns`; each is scheduled for its next one.
+    pub fn due(&mut self, now_ns: u64) -> Vec<Due> {
+        let t = self.threshold_ns;
+        let mut out = Vec::new();
+        for tracked in self.socks.values_mut() {
+            if now_ns < tracked.next_report_ns {
+                continue;
+            }
+            tracked.reports += 1;
+            // Gaps of 2T, 4T, 8T ... after the first report, capped.
+            let gap = t
+                .saturating_mul(1u64 << tracked.reports.min(40))
+                .min(MAX_REPORT_GAP_NS.max(t));
+            tracked.next_report_ns = now_ns.saturating_add(gap);
+            out.push(Due {
+                age_ns: now_ns.saturating_sub(tracked.since_ns),
+                tracked: tracked.clone(),
+            });
+        }
+        out.sort_by_key(|d| d.tracked.since_ns);
+        out
+    }
+
+    /// Learn a better owner for a tracked socket (from its fd holders).
+    pub fn set_owner(&mut self, sock_id: u64, owner: Task) {
+        if let Some(t) = self.socks.get_mut(&sock_id) {
+            t.owner = Some(owner);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fixtures::{change, owned, task};
+    use TcpState::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn enter(id: u64, at: u64) -> StateChange {
+        let mut ev = owned(id, 9501, Established, CloseWait, task(10, "srv"));
+        ev.ts_ns = at;
+        ev
+    }
+
+    fn leave(id: u64, at: u64) -> StateChange {
+        let mut ev = change(id, 9501, CloseWait, LastAck);
+        ev.ts_ns = at;
+        ev.ctx = task(10, "srv");
+        ev
+    }
+
+    #[test]
+    fn prompt_close_is_never_a_leak() {
+        let mut d = LeakDetector::new(2 * S, 100);
+        for i in 0..1000 {
+            d.on_state(&enter(i, i * S / 100));
+            assert_eq!(d.on_state(&leave(i, i * S / 100 + S / 10)), None);
+        }
+        assert!(d.due(100 * S).is_empty());
+        assert_eq!(d.tracked().count(), 0);
+    }
+
+    #[test]
+    fn leak_is_reported_after_threshold_with_backoff() {
+        let mut d = LeakDetector::new(2 * S, 100);
+        d.on_state(&enter(1, 10 * S));
+        assert!(d.due(11 * S).is_empty());
+        let due = d.due(12 * S);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].age_ns, 2 * S);
+        assert_eq!(due[0].tracked.owner.as_ref().unwrap().pid, 10);
+        // Not again within the next 2T, then at age 3T + ...
+        assert!(d.due(13 * S).is_empty());
+        assert!(d.due(15 * S).is_empty());
+        let again = d.due(16 * S);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].tracked.reports, 2);
+        // ... then 4T later: reports get rarer, never more than one per T.
+        assert!(d.due(23 * S).is_empty());
+        assert_eq!(d.due(24 * S).len(), 1);
+    }
+
+    #[test]
+    fn late_close_gives_one_report_then_resolution() {
+        let mut d = LeakDetector::new(2 * S, 100);
+        d.on_state(&enter(1, 0));
+        let mut reports = 0;
+        let mut now = 0;
+        while now < 5 * S {
+            reports += d.due(now).len();
+            now += S / 10;
+        }
+        assert_eq!(reports, 1, "closing at 2.5 x threshold: one report");
+        let r = d.on_state(&leave(1, 5 * S)).expect("resolution");
+        assert_eq!(r.how, How::Closed);
+        assert_eq!(r.age_ns, 5 * S);
+        assert_eq!(r.by.unwrap().pid, 10);
+        assert_eq!(d.tracked().count(), 0);
+    }
+
+    #[test]
+    fn resolutions_say_how() {
+        let mut d = LeakDetector::new(S, 100);
+        for id in 1..=4 {
+            d.on_state(&enter(id, 0));
+        }
+        assert_eq!(d.due(S).len(), 4);
+        let mut exit = leave(1, 2 * S);
+        exit.context.exiting = true;
+        assert_eq!(d.on_state(&exit).unwrap().how, How::ProcessExit);
+        let mut rst = change(2, 9501, CloseWait, Close);
+        rst.context.reset = true;
+        assert_eq!(d.on_state(&rst).unwrap().how, How::Reset);
+        let mut shut = leave(3, 2 * S);
+        shut.context.in_shutdown = true;
+        assert_eq!(d.on_state(&shut).unwrap().how, How::Shutdown);
+        let r = d.vanished(4, 3 * S).unwrap();
+        assert_eq!((r.how, r.age_ns), (How::Unknown, 3 * S));
+        assert_eq!(d.vanished(4, 3 * S), None, "no ghost left behind");
+    }
+
+    #[test]
+    fn startup_seeds_age_from_start_and_owner_can_be_corrected() {
+        let mut d = LeakDetector::new(S, 100);
+        let sock = change(5, 9501, CloseWait, CloseWait).sock;
+        d.seed(sock, None, 100 * S);
+        d.set_owner(5, task(42, "holder"));
+        let due = d.due(101 * S);
+        assert_eq!(due.len(), 1);
+        assert!(due[0].tracked.from_startup);
+        assert_eq!(due[0].tracked.owner.as_ref().unwrap().pid, 42);
+    }
+
+    #[test]
+    fn bounded() {
+        let mut d = LeakDetector::new(S, 10);
+        for id in 0..100 {
+            d.on_state(&enter(id, id));
+        }
+        assert_eq!(d.tracked().count(), 10);
+        assert_eq!(d.dropped(), 90);
+        assert!(d.tracked().all(|t| t.sock.id >= 90), "the newest are kept");
+    }
+}

@@ -1,0 +1,289 @@
+//! The consumer side of the pipeline: runs each decoded event through the
+//! state machines (owner table, close inference, leak detector), asks the
+//! kernel for holders when a leak is due, and writes records to the sink.
+use std::collections::{HashMap, HashSet};
+use std::io;
+
+use crate::clock::WallClock;
+use crate::closes::infer_close;
+use crate::leaks::{Due, LeakDetector, Resolved};
+use crate::model::{Close, KernelEvent, Task, TcpState};
+use crate::owners::OwnerTable;
+use crate::records::{self, CloseWaitLeak, CloseWaitResolved, HolderRecord, SockFields};
+use crate::sink::Sink;
+use crate::snapshot::{Holder, KernelView};
+use crate::summary::Summary;
+
+/// Sockets the userspace tables remember at most.
+const TABLE_CAPACITY: usize = 65536;
+
+pub struct Monitor {
+    table: OwnerTable,
+    leaks: LeakDetector,
+    pub summary: Summary,
+    clock: WallClock,
+    /// `--pid`: what is displayed (the kernel already dropped most else).
+    pids: Vec<u32>,
+    /// No exact tcp_close hook: closes are inferred from transitions.
+    infer_closes: bool,
+    own_netns: u32,
+    /// Leaks that were displayed, so their resolution is displayed too.
+    shown: HashSet<u64>,
+}
+
+impl Monitor {
+    pub fn new(
+        threshold_ns: u64,
+        pids: Vec<u32>,
+        infer_closes: bool,
+        own_netns: u32,
+        clock: WallClock,
+    ) -> Self {
+        Monitor {
+            table: OwnerTable::new(TABLE_CAPACITY),
+            leaks: LeakDetector::new(threshold_ns, TABLE_CAPACITY),
+            summary: Summary::default(),
+            clock,
+            pids,
+            infer_closes,
+            own_netns,
+            shown: HashSet::new(),
+        }
+    }
+
+    pub fn table_mut(&mut self) -> &mut OwnerTable {
+        &mut self.table
+    }
+
+    fn wants(&self, pid: Option<u32>) -> bool {
+        self.pids.is_empty() || pid.is_some_and(|p| self.pids.contains(&p))
+    }
+
+    /// Sockets already in CLOSE_WAIT at start-up, aged from `now_ns`.
+    pub fn seed_leaks(&mut self, view: &KernelView, now_ns: u64) {
+        for s in view.by_cookie.values() {
+            if TcpState::try_from(s.state as u32) != Ok(TcpState::CloseWait) {
+                continue;
+            }
+            let sock = crate::model::SockRef {
+                id: s.cookie,
+                netns: self.own_netns,
+                family: if s.family == closetrace_common::AF_INET6 {
+                    crate::model::Family::Ipv6
+                } else {
+                    crate::model::Family::Ipv4
+                },
+                saddr: s.saddr,
+                sport: s.sport,
+                daddr: s.daddr,
+                dport: s.dport,
+            };
+            let owner = blame(None, view.holders_of(s.cookie));
+            self.leaks.seed(sock, owner, now_ns);
+        }
+    }
+
+    pub fn on_event(&mut self, ev: KernelEvent, sink: &mut Sink) -> io::Result<()> {
+        match ev {
+            KernelEvent::State(mut ev) => {
+                self.table.apply(&mut ev);
+                let resolved = self.leaks.on_state(&ev);
+                if self.wants(ev.owner.as_ref().map(|o| o.pid)) {
+                    self.summary.record_state(&ev);
+                    sink.state(&ev)?;
+                }
+                if self.infer_closes
+                    && let Some(close) = infer_close(&ev)
+                {
+                    self.close(&close, sink)?;
+                }
+                if let Some(r) = resolved {
+                    self.resolve(&r, sink)?;
+                }
+                Ok(())
+            }
+            KernelEvent::Close(close) => self.close(&close, sink),
+        }
+    }
+
+    fn close(&mut self, c: &Close, sink: &mut Sink) -> io::Result<()> {
+        if !self.wants(Some(c.closer.pid)) {
+            return Ok(());
+        }
+        self.summary.closes += 1;
+        sink.close(&records::Close {
+            kind: "close",
+            ts: records::rfc3339(&self.clock, c.ts_ns),
+            pid: c.closer.pid,
+            comm: &c.closer.comm,
+            sock: SockFields::new(&c.sock),
+            state: c.state.name(),
+            by: if c.exiting { "exit" } else { "close" },
+            via: c.via.name(),
+        })
+    }
+
+    fn resolve(&mut self, r: &Resolved, sink: &mut Sink) -> io::Result<()> {
+        if !self.shown.remove(&r.tracked.sock.id) {
+            return Ok(());
+        }
+        let owner = r.tracked.owner.as_ref();
+        sink.resolved(&CloseWaitResolved {
+            kind: "close_wait_resolved",
+            ts: records::rfc3339(&self.clock, r.tracked.since_ns + r.age_ns),
+            pid: owner.map(|o| o.pid),
+            comm: owner.map(|o| o.comm.as_str()),
+            sock: SockFields::new(&r.tracked.sock),
+            close_wait_ms: records::ns_to_ms(r.age_ns),
+            how: r.how.name(),
+            by_pid: r.by.as_ref().map(|t| t.pid),
+        })
+    }
+
+    /// Report the leaks due at `now_ns`, each checked against the kernel's
+    /// own view first: a socket that is gone, or no longer in CLOSE_WAIT,
+    /// is resolved rather than reported (no ghosts).
+    pub fn on_tick(&mut self, now_ns: u64, sink: &mut Sink) -> io::Result<()> {
+        let due = self.leaks.due(now_ns);
+        if due.is_empty() {
+            return Ok(());
+        }
+        let view = match KernelView::take() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                eprintln!("closetrace: warning: cannot list sockets for leak holders: {e}");
+                None
+            }
+        };
+        for d in due {
+            self.report(d, view.as_ref(), now_ns, sink)?;
+        }
+        Ok(())
+    }
+
+    fn report(
+        &mut self,
+        d: Due,
+        view: Option<&KernelView>,
+        now_ns: u64,
+        sink: &mut Sink,
+    ) -> io::Result<()> {
+        let id = d.tracked.sock.id;
+        let local = d.tracked.sock.netns == self.own_netns || d.tracked.sock.netns == 0;
+        let diag = view.and_then(|v| v.by_cookie.get(&id));
+        let gone = view.is_some()
+            && local
+            && diag.is_none_or(|s| TcpState::try_from(s.state as u32) != Ok(TcpState::CloseWait));
+        if gone {
+            // Left CLOSE_WAIT unseen (lost events): resolve if it was shown.
+            if let Some(r) = self.leaks.vanished(id, now_ns) {
+                self.resolve(&r, sink)?;
+            }
+            return Ok(());
+        }
+        let holders: &[Holder] = view.map_or(&[], |v| v.holders_of(id));
+        let owner = blame(d.tracked.owner.clone(), holders);
+        if let Some(o) = &owner {
+            self.leaks.set_owner(id, o.clone());
+        }
+        let visible = self.pids.is_empty()
+            || owner.as_ref().is_some_and(|o| self.pids.contains(&o.pid))
+            || holders.iter().any(|h| self.pids.contains(&h.pid));
+        if !visible {
+            return Ok(());
+        }
+        let first = self.shown.insert(id);
+        let process_leaks = match &owner {
+            Some(o) => self.summary.leak_reported(o.pid, &o.comm, first, d.age_ns),
+            None => 0,
+        };
+        let holder_records: Vec<HolderRecord> = holders
+            .iter()
+            .map(|h| HolderRecord {
+                pid: h.pid,
+                comm: h.comm.clone(),
+                fd: h.fd,
+            })
+            .collect();
+        sink.leak(
+            &CloseWaitLeak {
+                kind: "close_wait_leak",
+                ts: records::rfc3339(&self.clock, now_ns),
+                pid: owner.as_ref().map(|o| o.pid),
+                comm: owner.as_ref().map(|o| o.comm.as_str()),
+                sock: SockFields::new(&d.tracked.sock),
+                close_wait_ms: records::ns_to_ms(d.age_ns),
+                since: if d.tracked.from_startup {
+                    "startup"
+                } else {
+                    "transition"
+                },
+                recv_q: diag.map(|s| s.rqueue),
+                holders: &holder_records,
+                report: d.tracked.reports,
+            },
+            process_leaks,
+        )
+    }
+
+    /// Leaks still open at exit, for the summary.
+    pub fn finish(&mut self) {
+        self.summary.sockets_open = self.table.len();
+        self.summary.owner_table_evicted = self.table.evicted();
+        self.summary.close_wait_untracked = self.leaks.dropped();
+        let open: HashMap<u32, usize> = self
+            .leaks
+            .tracked()
+            .filter(|t| self.shown.contains(&t.sock.id))
+            .fold(HashMap::new(), |mut m, t| {
+                if let Some(o) = &t.owner {
+                    *m.entry(o.pid).or_default() += 1;
+                }
+                m
+            });
+        self.summary.set_open_leaks(&open);
+    }
+}
+
+/// Whom to name for a socket: its owner if it still holds it, else the
+/// first process that does (fork, fd passing), else the owner as known.
+fn blame(owner: Option<Task>, holders: &[Holder]) -> Option<Task> {
+    if let Some(o) = &owner
+        && holders.iter().any(|h| h.pid == o.pid)
+    {
+        return owner;
+    }
+    match holders.first() {
+        Some(h) => Some(Task {
+            pid: h.pid,
+            tid: h.pid,
+            comm: h.comm.clone(),
+        }),
+        None => owner,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fixtures::task;
+
+    fn holder(pid: u32, comm: &str, fd: u32) -> Holder {
+        Holder {
+            pid,
+            comm: comm.into(),
+            fd,
+        }
+    }
+
+    #[test]
+    fn blame_prefers_an_owner_that_still_holds_it() {
+        let hs = [holder(20, "child", 4), holder(10, "parent", 5)];
+        assert_eq!(blame(Some(task(10, "parent")), &hs).unwrap().pid, 10);
+        // The parent closed its copy: the child holds it.
+        assert_eq!(blame(Some(task(10, "parent")), &hs[..1]).unwrap().pid, 20);
+        assert_eq!(blame(None, &hs).unwrap().pid, 20);
+        assert_eq!(blame(Some(task(10, "parent")), &[]).unwrap().pid, 10);
+        assert_eq!(blame(None, &[]), None);
+    }
+}

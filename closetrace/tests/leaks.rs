@@ -1,0 +1,316 @@
+//! Kernel tests for CLOSE_WAIT leak hunting: the article's leaky servers,
+//! as real processes on loopback.
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Peer, Tracer, kernel_test, kill};
+
+fn connect_and_close(port: u16, host: &str) -> u16 {
+    let mut c = Peer::spawn(&[
+        "client",
+        "--connect",
+        &format!("{host}:{port}"),
+        "--hold-ms",
+        "50",
+        "--verbose",
+    ]);
+    let cport = c.value("CONNECTED");
+    c.wait_done();
+    cport
+}
+
+fn is_leak(port: u16) -> impl Fn(&Value) -> bool {
+    move |r| r["type"] == "close_wait_leak" && r["sport"] == port
+}
+
+fn is_resolved(port: u16) -> impl Fn(&Value) -> bool {
+    move |r| r["type"] == "close_wait_resolved" && r["sport"] == port
+}
+
+fn holder_pids(leak: &Value) -> Vec<u64> {
+    leak["holders"]
+        .as_array()
+        .expect("holders")
+        .iter()
+        .map(|h| h["pid"].as_u64().unwrap())
+        .collect()
+}
+
+/// Acceptance 1: Accepts, reads EOF, never closes: reported within threshold + 2 s,
+/// naming the server and its fd; when it dies, the resolution says so.
+#[test]
+fn leaky_server_is_reported_with_its_fd() {
+    let Some(_k) = kernel_test("leaky_server_is_reported_with_its_fd") else {
+        return;
+    };
+    let mut tracer = Tracer::start(&["--close-wait-threshold", "2s"]);
+    let mut server = Peer::spawn(&["server", "--never-close"]);
+    let port = server.value("LISTENING");
+    let cport = connect_and_close(port, "127.0.0.1");
+    let fd = server.number("FD");
+    let closed_at = Instant::now();
+    let leak = tracer
+        .wait_record(Duration::from_secs(4), is_leak(port))
+        .expect("a close_wait_leak within threshold + 2 s");
+    assert!(
+        closed_at.elapsed() >= Duration::from_millis(1900),
+        "not before the threshold"
+    );
+    assert_eq!(leak["pid"], server.pid());
+    assert_eq!(leak["dport"], cport);
+    assert_eq!(leak["recv_q"], 0, "the server read the EOF: {leak}");
+    assert_eq!(leak["since"], "transition");
+    assert_eq!(leak["report"], 1);
+    assert!(leak["close_wait_ms"].as_f64().unwrap() >= 1900.0, "{leak}");
+    assert_eq!(
+        leak["holders"],
+        serde_json::json!([{"pid": server.pid(), "comm": "closetrace-peer", "fd": fd}])
+    );
+    kill(server.pid());
+    let resolved = tracer
+        .wait_record(Duration::from_secs(5), is_resolved(port))
+        .expect("the kernel closes a dead process's sockets: resolved");
+    assert_eq!(resolved["how"], "process_exit", "{resolved}");
+    let out = tracer.stop();
+    let s = out.summary();
+    assert_eq!(s["leaks"][0]["pid"], server.pid());
+    assert_eq!(s["leaks"][0]["leaks"], 1);
+    assert_eq!(s["leaks"][0]["open"], 0, "no ghost after the process died");
+    assert!(
+        out.stderr.contains("CLOSE_WAIT leaks by process:"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Acceptance 2: A server that closes promptly is never a leak, over 1,000 connections.
+#[test]
+fn prompt_server_never_leaks() {
+    let Some(_k) = kernel_test("prompt_server_never_leaks") else {
+        return;
+    };
+    let tracer = Tracer::start(&["--close-wait-threshold", "2s"]);
+    let mut server = Peer::spawn(&["server", "--connections", "1000", "--close-delay-ms", "5"]);
+    let port = server.value("LISTENING");
+    let mut c = Peer::spawn(&[
+        "client",
+        "--connect",
+        &format!("127.0.0.1:{port}"),
+        "--count",
+        "1000",
+    ]);
+    c.wait_done();
+    server.wait_done();
+    // Long enough for any leak to come due.
+    std::thread::sleep(Duration::from_millis(2500));
+    let out = tracer.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let close_waits = out
+        .of_type("state")
+        .filter(|r| r["sport"] == port && r["new"] == "CLOSE_WAIT")
+        .count();
+    assert_eq!(
+        close_waits, 1000,
+        "every connection's CLOSE_WAIT was traced"
+    );
+    let closes = out
+        .of_type("close")
+        .filter(|r| r["sport"] == port && r["state"] == "CLOSE_WAIT")
+        .count();
+    assert_eq!(closes, 1000, "every close in CLOSE_WAIT was seen");
+    assert_eq!(out.records.iter().filter(|r| is_leak(port)(r)).count(), 0);
+    assert_eq!(
+        out.records.iter().filter(|r| is_resolved(port)(r)).count(),
+        0
+    );
+}
+
+/// Acceptance 3: Closes after 2.5 x threshold: one report, then resolved as closed.
+#[test]
+fn late_closer_is_reported_once_then_resolved() {
+    let Some(_k) = kernel_test("late_closer_is_reported_once_then_resolved") else {
+        return;
+    };
+    let mut tracer = Tracer::start(&["--close-wait-threshold", "1s"]);
+    let mut server = Peer::spawn(&["server", "--close-delay-ms", "2500"]);
+    let port = server.value("LISTENING");
+    connect_and_close(port, "127.0.0.1");
+    let resolved = tracer
+        .wait_record(Duration::from_secs(8), is_resolved(port))
+        .expect("resolution after the late close");
+    server.wait_done();
+    let out = tracer.stop();
+    assert_eq!(resolved["how"], "closed", "{resolved}");
+    assert_eq!(resolved["pid"], server.pid());
+    let ms = resolved["close_wait_ms"].as_f64().unwrap();
+    assert!((2400.0..4000.0).contains(&ms), "CLOSE_WAIT lasted {ms} ms");
+    let leaks: Vec<&Value> = out.records.iter().filter(|r| is_leak(port)(r)).collect();
+    assert_eq!(leaks.len(), 1, "one report, no flood: {leaks:?}");
+    let close = out
+        .of_type("close")
+        .find(|r| r["sport"] == port && r["state"] == "CLOSE_WAIT")
+        .expect("a close record");
+    assert_eq!(close["pid"], server.pid());
+    assert_eq!(close["by"], "close");
+}
+
+/// Acceptance 4: The parent accepts, forks and closes its copy; the child holds it.
+#[test]
+fn fork_names_the_child() {
+    let Some(_k) = kernel_test("fork_names_the_child") else {
+        return;
+    };
+    let mut tracer = Tracer::start(&["--close-wait-threshold", "1s"]);
+    let mut server = Peer::spawn(&["server", "--fork-child"]);
+    let port = server.value("LISTENING");
+    connect_and_close(port, "127.0.0.1");
+    let child = server.number("CHILD");
+    let leak = tracer.wait_record(Duration::from_secs(5), is_leak(port));
+    kill(child);
+    let leak = leak.expect("a leak");
+    assert_eq!(leak["pid"], child, "the child holds it: {leak}");
+    assert_eq!(
+        holder_pids(&leak),
+        vec![child as u64],
+        "not the parent: {leak}"
+    );
+    tracer.stop();
+}
+
+/// Acceptance 5: A passes the fd to B over a Unix socket and closes; B never does.
+/// Also: `--pid B` shows the leak although B never touched the socket.
+#[test]
+fn fd_passing_names_the_receiver() {
+    let Some(_k) = kernel_test("fd_passing_names_the_receiver") else {
+        return;
+    };
+    let path = std::env::temp_dir().join(format!("closetrace-pass-{}.sock", std::process::id()));
+    let path_s = path.to_str().unwrap();
+    let mut b = Peer::spawn(&["holder", "--unix", path_s]);
+    b.lines
+        .wait_for(Duration::from_secs(10), |l| l == "READY")
+        .expect("holder ready");
+    let mut tracer = Tracer::start(&[
+        "--close-wait-threshold",
+        "1s",
+        "--pid",
+        &b.pid().to_string(),
+    ]);
+    let mut a = Peer::spawn(&["server", "--pass-to", path_s, "--no-read"]);
+    let port = a.value("LISTENING");
+    connect_and_close(port, "127.0.0.1");
+    let fd = b.number("RECEIVED");
+    a.wait_done();
+    let leak = tracer
+        .wait_record(Duration::from_secs(5), is_leak(port))
+        .expect("a leak");
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(leak["pid"], b.pid(), "{leak}");
+    assert_eq!(
+        leak["holders"],
+        serde_json::json!([{"pid": b.pid(), "comm": "closetrace-peer", "fd": fd}])
+    );
+    assert!(
+        leak["recv_q"].as_u64().unwrap() > 0,
+        "B never read the EOF: {leak}"
+    );
+    let out = tracer.stop();
+    for r in out.of_type("state") {
+        assert_eq!(r["pid"], b.pid(), "--pid shows only B's state changes: {r}");
+    }
+}
+
+/// Acceptance 6: A leak that began before closetrace started is found at start-up.
+#[test]
+fn leak_from_before_startup_is_reported() {
+    let Some(_k) = kernel_test("leak_from_before_startup_is_reported") else {
+        return;
+    };
+    let mut server = Peer::spawn(&["server", "--never-close"]);
+    let port = server.value("LISTENING");
+    connect_and_close(port, "127.0.0.1");
+    server.value("FD");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut tracer = Tracer::start(&["--close-wait-threshold", "1s"]);
+    let leak = tracer
+        .wait_record(Duration::from_secs(4), is_leak(port))
+        .expect("a leak");
+    assert_eq!(leak["since"], "startup", "{leak}");
+    assert_eq!(leak["pid"], server.pid());
+    assert_eq!(holder_pids(&leak), vec![server.pid() as u64]);
+    tracer.stop();
+}
+
+/// Acceptance 7: Swoole PROCESS mode: the master holds connections while the worker
+/// that should tell it to close is blocked. The master is named.
+#[test]
+fn process_mode_names_the_master() {
+    let Some(_k) = kernel_test("process_mode_names_the_master") else {
+        return;
+    };
+    let mut master = Peer::spawn(&["server", "--blocked-worker"]);
+    let worker = master.number("WORKER");
+    let port = master.value("LISTENING");
+    let mut tracer = Tracer::start(&[
+        "--close-wait-threshold",
+        "1s",
+        "--pid",
+        &master.pid().to_string(),
+    ]);
+    connect_and_close(port, "127.0.0.1");
+    let leak = tracer.wait_record(Duration::from_secs(5), is_leak(port));
+    kill(worker);
+    let leak = leak.expect("a leak");
+    assert_eq!(leak["pid"], master.pid(), "{leak}");
+    assert_eq!(
+        holder_pids(&leak),
+        vec![master.pid() as u64],
+        "the worker holds nothing: {leak}"
+    );
+    tracer.stop();
+}
+
+/// Acceptance 8: IPv6 on ::1.
+#[test]
+fn ipv6_leak() {
+    let Some(_k) = kernel_test("ipv6_leak") else {
+        return;
+    };
+    let mut tracer = Tracer::start(&["--close-wait-threshold", "1s"]);
+    let mut server = Peer::spawn(&["server", "--listen", "[::1]:0", "--never-close"]);
+    let port = server.value("LISTENING");
+    connect_and_close(port, "[::1]");
+    let leak = tracer
+        .wait_record(Duration::from_secs(4), is_leak(port))
+        .expect("a leak");
+    assert_eq!(leak["family"], "ipv6");
+    assert_eq!(leak["saddr"], "::1");
+    assert_eq!(leak["pid"], server.pid());
+    tracer.stop();
+}
+
+/// shutdown(SHUT_WR) leaves CLOSE_WAIT without closing: not a close, and
+/// the leak's resolution says `shutdown`.
+#[test]
+fn shutdown_is_not_a_close() {
+    let Some(_k) = kernel_test("shutdown_is_not_a_close") else {
+        return;
+    };
+    let mut tracer = Tracer::start(&["--close-wait-threshold", "1s"]);
+    let mut server = Peer::spawn(&["server", "--shutdown-only", "--close-delay-ms", "1500"]);
+    let port = server.value("LISTENING");
+    connect_and_close(port, "127.0.0.1");
+    let resolved = tracer
+        .wait_record(Duration::from_secs(5), is_resolved(port))
+        .expect("resolved");
+    assert_eq!(resolved["how"], "shutdown", "{resolved}");
+    kill(server.pid());
+    let out = tracer.stop();
+    let closes: Vec<&Value> = out
+        .of_type("close")
+        .filter(|r| r["sport"] == port && r["state"] == "CLOSE_WAIT" && r["by"] == "close")
+        .collect();
+    assert!(closes.is_empty(), "a half-close is not a close: {closes:?}");
+}
