@@ -89,21 +89,19 @@ fn decode_state(r: &StateRecord) -> Result<StateChange, DecodeError> {
     let new = TcpState::try_from(r.new_state).map_err(DecodeError::UnknownState)?;
     let owner_source =
         OwnerSource::try_from(r.owner_src).map_err(DecodeError::UnknownOwnerSource)?;
-    let (family, saddr, daddr) = addresses(r.family, &r.saddr, &r.daddr)?;
+    let sock = sock_ref(
+        r.sock_id,
+        r.netns,
+        r.family,
+        (&r.saddr, r.sport),
+        (&r.daddr, r.dport),
+    )?;
     let old_ns =
         (r.old_since_ns != 0 && r.old_since_ns <= r.ts_ns).then(|| r.ts_ns - r.old_since_ns);
     let owner = (owner_source != OwnerSource::Unknown && r.owner.tgid != 0).then(|| task(&r.owner));
     Ok(StateChange {
         ts_ns: r.ts_ns,
-        sock: SockRef {
-            id: r.sock_id,
-            netns: r.netns,
-            family,
-            saddr,
-            sport: r.sport,
-            daddr,
-            dport: r.dport,
-        },
+        sock,
         old,
         new,
         old_ns,
@@ -130,18 +128,15 @@ fn decode_close(r: &CloseRecord) -> Result<Close, DecodeError> {
         close_src::KPROBE => CloseVia::Kprobe,
         other => return Err(DecodeError::UnknownCloseSource(other)),
     };
-    let (family, saddr, daddr) = addresses(r.family, &r.saddr, &r.daddr)?;
     Ok(Close {
         ts_ns: r.ts_ns,
-        sock: SockRef {
-            id: r.sock_id,
-            netns: r.netns,
-            family,
-            saddr,
-            sport: r.sport,
-            daddr,
-            dport: r.dport,
-        },
+        sock: sock_ref(
+            r.sock_id,
+            r.netns,
+            r.family,
+            (&r.saddr, r.sport),
+            (&r.daddr, r.dport),
+        )?,
         state,
         closer: task(&r.task),
         exiting: r.flags & flags::CTX_EXITING != 0,
@@ -149,16 +144,27 @@ fn decode_close(r: &CloseRecord) -> Result<Close, DecodeError> {
     })
 }
 
-fn addresses(
+fn sock_ref(
+    id: u64,
+    netns: u32,
     family: u16,
-    saddr: &[u8; 16],
-    daddr: &[u8; 16],
-) -> Result<(Family, IpAddr, IpAddr), DecodeError> {
-    match family {
-        AF_INET => Ok((Family::Ipv4, ipv4(saddr), ipv4(daddr))),
-        AF_INET6 => Ok((Family::Ipv6, ipv6(saddr), ipv6(daddr))),
-        other => Err(DecodeError::UnknownFamily(other)),
-    }
+    (saddr, sport): (&[u8; 16], u16),
+    (daddr, dport): (&[u8; 16], u16),
+) -> Result<SockRef, DecodeError> {
+    let (family, saddr, daddr) = match family {
+        AF_INET => (Family::Ipv4, ipv4(saddr), ipv4(daddr)),
+        AF_INET6 => (Family::Ipv6, ipv6(saddr), ipv6(daddr)),
+        other => return Err(DecodeError::UnknownFamily(other)),
+    };
+    Ok(SockRef {
+        id,
+        netns,
+        family,
+        saddr,
+        sport,
+        daddr,
+        dport,
+    })
 }
 
 fn ipv4(b: &[u8; 16]) -> IpAddr {

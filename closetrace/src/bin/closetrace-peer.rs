@@ -236,21 +236,32 @@ fn pipe() -> anyhow::Result<(std::fs::File, std::fs::File)> {
     })
 }
 
-fn send_fd(unix: &UnixStream, fd: RawFd) -> anyhow::Result<()> {
-    let mut byte = [b'x'];
-    let mut iov = libc::iovec {
+/// A one-byte message with room for one descriptor in its control data.
+/// The returned msghdr points into `byte`, `iov` and `control`.
+fn fd_message(byte: &mut [u8; 1], iov: &mut libc::iovec, control: &mut Vec<u8>) -> libc::msghdr {
+    *iov = libc::iovec {
         iov_base: byte.as_mut_ptr().cast(),
         iov_len: 1,
     };
     // SAFETY: CMSG_SPACE is a pure size computation.
     let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain data; every pointer below points into live buffers.
+    control.resize(space, 0);
+    // SAFETY: msghdr is plain data; zero is a valid empty value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
+    msg.msg_iov = iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = space as _;
+    msg
+}
+
+fn send_fd(unix: &UnixStream, fd: RawFd) -> anyhow::Result<()> {
+    let (mut byte, mut control) = ([b'x'], Vec::new());
+    let mut iov = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    let msg = fd_message(&mut byte, &mut iov, &mut control);
     // SAFETY: the control buffer is CMSG_SPACE(sizeof fd) bytes, enough for one header.
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
@@ -259,7 +270,7 @@ fn send_fd(unix: &UnixStream, fd: RawFd) -> anyhow::Result<()> {
         (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
     }
-    // SAFETY: msg is fully initialised above.
+    // SAFETY: msg points at live buffers, initialised above.
     if unsafe { libc::sendmsg(unix.as_raw_fd(), &msg, 0) } < 0 {
         return Err(io::Error::last_os_error()).context("sendmsg SCM_RIGHTS");
     }
@@ -267,20 +278,12 @@ fn send_fd(unix: &UnixStream, fd: RawFd) -> anyhow::Result<()> {
 }
 
 fn recv_fd(unix: &UnixStream) -> anyhow::Result<RawFd> {
-    let mut byte = [0u8];
+    let (mut byte, mut control) = ([0u8], Vec::new());
     let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
     };
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: as in send_fd.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
+    let mut msg = fd_message(&mut byte, &mut iov, &mut control);
     // SAFETY: msg points at live buffers of the sizes given.
     if unsafe { libc::recvmsg(unix.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) } < 0 {
         return Err(io::Error::last_os_error()).context("recvmsg");
