@@ -288,6 +288,10 @@ fn attach_close_hook(ebpf: &mut Ebpf, btf: &Btf) -> (CloseHook, HookReport) {
     })();
     let fentry_err = match fentry {
         Ok(()) => return (CloseHook::Fentry, ok_hook("tcp_close", "fentry")),
+        Err(e) if e.contains("Operation not permitted") => {
+            "fentry refused: BPF_PROG_LOAD returned EPERM (this kernel refuses BPF trampolines)"
+                .into()
+        }
         Err(e) => e,
     };
     let kprobe = (|| -> Result<(), String> {
@@ -298,6 +302,11 @@ fn attach_close_hook(ebpf: &mut Ebpf, btf: &Btf) -> (CloseHook, HookReport) {
         Ok(())
     })();
     let kprobe_err = match kprobe {
+        Err(e) if e.contains("devices/kprobe") => {
+            "kprobe unavailable: no kprobe event source (/sys/bus/event_source/devices/kprobe; \
+             kernel built without CONFIG_KPROBES)"
+                .to_string()
+        }
         Ok(()) => {
             let mut r = ok_hook("tcp_close", "kprobe");
             r.status = "degraded";

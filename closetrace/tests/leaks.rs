@@ -46,6 +46,23 @@ fn leaky_server_is_reported_with_its_fd() {
         return;
     };
     let mut tracer = Tracer::start(&["--close-wait-threshold", "2s"]);
+    assert_eq!(tracer.ready["close_wait_threshold_ms"], 2000);
+    // The ready record says how tcp_close is hooked and, when degraded, why.
+    let hooks = tracer.ready["hooks"].as_array().unwrap();
+    let close = hooks
+        .iter()
+        .find(|h| h["hook"] == "tcp_close")
+        .expect("tcp_close hook reported");
+    match close["attach"].as_str().unwrap() {
+        "fentry" => assert_eq!(close["status"], "ok"),
+        "kprobe" => assert!(close["reason"].as_str().unwrap().contains("fentry")),
+        "transitions" => {
+            assert_eq!(close["status"], "degraded");
+            let why = close["reason"].as_str().unwrap();
+            assert!(why.contains("fentry") && why.contains("kprobe"), "{why}");
+        }
+        other => panic!("unexpected tcp_close attach {other}"),
+    }
     let mut server = Peer::spawn(&["server", "--never-close"]);
     let port = server.value("LISTENING");
     let cport = connect_and_close(port, "127.0.0.1");
