@@ -13,6 +13,17 @@ pub const COMM_LEN: usize = 16;
 /// Record kinds, the first `u32` of every ring-buffer record.
 pub const RECORD_STATE: u32 = 1;
 pub const RECORD_CLOSE: u32 = 2;
+pub const RECORD_SOCK_ERROR: u32 = 3;
+
+/// Syscalls whose failures closetrace reports.
+pub mod syscall {
+    pub const CONNECT: u32 = 1;
+    pub const BIND: u32 = 2;
+}
+
+/// errno values reported (positive).
+pub const EADDRINUSE: u32 = 98;
+pub const EADDRNOTAVAIL: u32 = 99;
 
 /// Facts about the context of a transition, in `StateRecord::flags`. The
 /// kernel only observes; userspace decides what they mean (who closed it).
@@ -157,6 +168,41 @@ pub struct CloseRecord {
 pub const CLOSE_RECORD_SIZE: usize = 104;
 const _: () = assert!(core::mem::size_of::<CloseRecord>() == CLOSE_RECORD_SIZE);
 
+/// A connect(2) or bind(2) that failed with EADDRNOTAVAIL or EADDRINUSE.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockErrorRecord {
+    /// Always [`RECORD_SOCK_ERROR`].
+    pub kind: u32,
+    /// One of [`syscall`].
+    pub syscall: u32,
+    /// Positive errno.
+    pub errno: u32,
+    /// Address family from the caller's sockaddr.
+    pub family: u16,
+    /// Port from the caller's sockaddr, host order.
+    pub port: u16,
+    pub ts_ns: u64,
+    /// Address from the caller's sockaddr (4 bytes for IPv4), network order.
+    pub addr: [u8; 16],
+    /// The calling task.
+    pub task: TaskId,
+}
+pub const SOCK_ERROR_RECORD_SIZE: usize = 64;
+const _: () = assert!(core::mem::size_of::<SockErrorRecord>() == SOCK_ERROR_RECORD_SIZE);
+
+/// Arguments of a connect/bind in flight, kept per thread from entry to exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PendingCall {
+    pub syscall: u32,
+    pub _pad: u32,
+    /// The first 28 bytes of the sockaddr (a sockaddr_in6).
+    pub sockaddr: [u8; 28],
+    pub _pad1: u32,
+}
+const _: () = assert!(core::mem::size_of::<PendingCall>() == 40);
+
 /// Per-socket bookkeeping, kept in the kernel's `SOCKS` LRU map by cookie.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -275,6 +321,7 @@ mod user {
     unsafe impl aya::Pod for super::TaskId {}
     unsafe impl aya::Pod for super::StateRecord {}
     unsafe impl aya::Pod for super::CloseRecord {}
+    unsafe impl aya::Pod for super::SockErrorRecord {}
     unsafe impl aya::Pod for super::SockInfo {}
     unsafe impl aya::Pod for super::ListenKey {}
     unsafe impl aya::Pod for super::SockOffsets {}

@@ -15,16 +15,17 @@ use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
     },
     macros::{btf_tracepoint, fentry, kprobe, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext},
 };
 use closetrace_common::{
-    AF_INET, AF_INET6, COMM_LEN, CloseRecord, Config, IPPROTO_TCP, LOST_RINGBUF, LOST_SLOTS,
-    ListenKey, OFFSET_ABSENT, PF_EXITING, RECORD_CLOSE, RECORD_STATE, SockInfo, SockOffsets,
-    StateRecord, TaskId, close_src, flags, owner_src, tcp_state::*,
+    AF_INET, AF_INET6, COMM_LEN, CloseRecord, Config, EADDRINUSE, EADDRNOTAVAIL, IPPROTO_TCP,
+    LOST_RINGBUF, LOST_SLOTS, ListenKey, OFFSET_ABSENT, PF_EXITING, PendingCall, RECORD_CLOSE,
+    RECORD_SOCK_ERROR, RECORD_STATE, SockErrorRecord, SockInfo, SockOffsets, StateRecord, TaskId,
+    close_src, flags, owner_src, syscall, tcp_state::*,
 };
 
 /// Offsets and filter switches, written by userspace before load.
@@ -50,6 +51,10 @@ static LISTENERS: LruHashMap<ListenKey, TaskId> = LruHashMap::with_max_entries(4
 /// `--pid` filter: tgids whose sockets are reported.
 #[map]
 static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+/// connect/bind calls in flight, by thread.
+#[map]
+static CALLS: LruHashMap<u32, PendingCall> = LruHashMap::with_max_entries(4096, 0);
 
 /// Threads currently inside shutdown(2): their CLOSE_WAIT -> LAST_ACK is a
 /// half-close, not a close. LRU in case an exit event is ever missed.
@@ -84,6 +89,28 @@ pub fn sys_enter_shutdown(_ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_shutdown")]
 pub fn sys_exit_shutdown(_ctx: TracePointContext) -> u32 {
     shutdown_mark(false).map_or_else(|e| e as u32, |()| 0)
+}
+
+// connect/bind: arguments are stashed per thread at entry and looked at
+// again at exit, where only EADDRNOTAVAIL / EADDRINUSE produce a record.
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    stash_call(&ctx, syscall::CONNECT).map_or_else(|e| e as u32, |()| 0)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    finish_call(&ctx, syscall::CONNECT).map_or_else(|e| e as u32, |()| 0)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_bind")]
+pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
+    stash_call(&ctx, syscall::BIND).map_or_else(|e| e as u32, |()| 0)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_bind")]
+pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
+    finish_call(&ctx, syscall::BIND).map_or_else(|e| e as u32, |()| 0)
 }
 
 /// The exact close hook where trampolines load.
@@ -376,6 +403,82 @@ fn shutdown_mark(enter: bool) -> Result<(), i32> {
     } else {
         IN_SHUTDOWN.remove(tid)
     }
+}
+
+// Offsets of the syscall tracepoints' fields (their format files, a stable ABI).
+const SYSCALL_ARG1: usize = 24;
+const SYSCALL_ARG2: usize = 32;
+const SYSCALL_RET: usize = 16;
+
+fn stash_call(ctx: &TracePointContext, which: u32) -> Result<(), i32> {
+    let uaddr: u64 = unsafe { ctx.read_at(SYSCALL_ARG1)? };
+    let len: u64 = unsafe { ctx.read_at(SYSCALL_ARG2)? };
+    if len < 16 {
+        return Ok(());
+    }
+    let sockaddr: [u8; 28] = if len >= 28 {
+        unsafe { bpf_probe_read_user(uaddr as *const [u8; 28]) }?
+    } else {
+        let head: [u8; 16] = unsafe { bpf_probe_read_user(uaddr as *const [u8; 16]) }?;
+        let mut full = [0u8; 28];
+        full[..16].copy_from_slice(&head);
+        full
+    };
+    // Only inet sockets: unix-socket binds are frequent and irrelevant.
+    let family = u16::from_ne_bytes([sockaddr[0], sockaddr[1]]);
+    if family != AF_INET && family != AF_INET6 {
+        return Ok(());
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let call = PendingCall {
+        syscall: which,
+        _pad: 0,
+        sockaddr,
+        _pad1: 0,
+    };
+    CALLS.insert(tid, call, BPF_ANY as u64)
+}
+
+fn finish_call(ctx: &TracePointContext, which: u32) -> Result<(), i32> {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(call) = CALLS.get_ptr(tid).map(|p| unsafe { *p }) else {
+        return Ok(());
+    };
+    let _ = CALLS.remove(tid);
+    let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET)? };
+    let errno = (-ret) as u32;
+    if call.syscall != which || (errno != EADDRNOTAVAIL && errno != EADDRINUSE) {
+        return Ok(());
+    }
+    let task = current_task();
+    if config().filter_pids != 0 && unsafe { PIDS.get(task.tgid) }.is_none() {
+        return Ok(());
+    }
+    let sa = &call.sockaddr;
+    let family = u16::from_ne_bytes([sa[0], sa[1]]);
+    let mut addr = [0u8; 16];
+    if family == AF_INET {
+        addr[..4].copy_from_slice(&sa[4..8]);
+    } else {
+        addr.copy_from_slice(&sa[8..24]);
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(mut entry) = EVENTS.reserve::<SockErrorRecord>(0) else {
+        count_lost();
+        return Ok(());
+    };
+    entry.write(SockErrorRecord {
+        kind: RECORD_SOCK_ERROR,
+        syscall: which,
+        errno,
+        family,
+        port: u16::from_be_bytes([sa[2], sa[3]]),
+        ts_ns: now,
+        addr,
+        task,
+    });
+    entry.submit(0);
+    Ok(())
 }
 
 fn try_close_fentry(ctx: &FEntryContext) -> Result<(), i32> {

@@ -33,6 +33,11 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub close_wait_threshold: Duration,
 
+    /// Report TIME_WAIT pressure when a destination's TIME_WAIT sockets
+    /// reach this share of the ephemeral ports (0 < ratio <= 1).
+    #[arg(long, value_name = "RATIO", default_value_t = 0.5, value_parser = parse_ratio)]
+    pub tw_warn: f64,
+
     /// Ring buffer size in bytes: a power of two, at least one page.
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = parse_ring_size)]
     pub ring_buffer_size: u32,
@@ -45,6 +50,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("must be greater than zero".into());
     }
     Ok(d)
+}
+
+pub fn parse_ratio(s: &str) -> Result<f64, String> {
+    let r: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    if !(r > 0.0 && r <= 1.0) {
+        return Err("must be greater than 0 and at most 1 (e.g. 0.5)".into());
+    }
+    Ok(r)
 }
 
 pub fn parse_ring_size(s: &str) -> Result<u32, String> {
@@ -97,6 +110,13 @@ mod tests {
         let c = Cli::try_parse_from(["closetrace", "--close-wait-threshold", "500ms"]).unwrap();
         assert_eq!(c.close_wait_threshold, Duration::from_millis(500));
         assert!(Cli::try_parse_from(["closetrace", "--close-wait-threshold", "0s"]).is_err());
+        assert_eq!(Cli::try_parse_from(["closetrace"]).unwrap().tw_warn, 0.5);
+        for bad in ["0", "1.5", "-0.1", "NaN", "x"] {
+            assert!(
+                Cli::try_parse_from(["closetrace", "--tw-warn", bad]).is_err(),
+                "{bad}"
+            );
+        }
         assert!(Cli::try_parse_from(["closetrace", "--pid", "x"]).is_err());
         assert!(Cli::try_parse_from(["closetrace", "--format", "xml"]).is_err());
     }

@@ -4,14 +4,15 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use closetrace_common::{
-    AF_INET, AF_INET6, CLOSE_RECORD_SIZE, COMM_LEN, CloseRecord, RECORD_CLOSE, RECORD_STATE,
-    STATE_RECORD_SIZE, StateRecord, TaskId, close_src, flags,
+    AF_INET, AF_INET6, CLOSE_RECORD_SIZE, COMM_LEN, CloseRecord, EADDRINUSE, EADDRNOTAVAIL,
+    RECORD_CLOSE, RECORD_SOCK_ERROR, RECORD_STATE, SOCK_ERROR_RECORD_SIZE, STATE_RECORD_SIZE,
+    SockErrorRecord, StateRecord, TaskId, close_src, flags, syscall,
 };
 use thiserror::Error;
 
 use crate::model::{
-    Close, CloseVia, Context, Family, KernelEvent, OwnerSource, SockRef, StateChange, Task,
-    TcpState,
+    Close, CloseVia, Context, Errno, Family, KernelEvent, OwnerSource, SockError, SockRef,
+    StateChange, Syscall, Task, TcpState,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -40,6 +41,10 @@ pub enum DecodeError {
     UnknownOwnerSource(u32),
     #[error("unknown close source {0}")]
     UnknownCloseSource(u32),
+    #[error("unknown syscall {0}")]
+    UnknownSyscall(u32),
+    #[error("unexpected errno {0}")]
+    UnknownErrno(u32),
 }
 
 /// Decode one ring-buffer record.
@@ -53,6 +58,10 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         RECORD_STATE => {
             let raw: StateRecord = read_exact(kind, bytes, STATE_RECORD_SIZE)?;
             decode_state(&raw).map(KernelEvent::State)
+        }
+        RECORD_SOCK_ERROR => {
+            let raw: SockErrorRecord = read_exact(kind, bytes, SOCK_ERROR_RECORD_SIZE)?;
+            decode_sock_error(&raw).map(KernelEvent::SockError)
         }
         RECORD_CLOSE => {
             let raw: CloseRecord = read_exact(kind, bytes, CLOSE_RECORD_SIZE)?;
@@ -141,6 +150,33 @@ fn decode_close(r: &CloseRecord) -> Result<Close, DecodeError> {
         closer: task(&r.task),
         exiting: r.flags & flags::CTX_EXITING != 0,
         via,
+    })
+}
+
+fn decode_sock_error(r: &SockErrorRecord) -> Result<SockError, DecodeError> {
+    let syscall = match r.syscall {
+        syscall::CONNECT => Syscall::Connect,
+        syscall::BIND => Syscall::Bind,
+        other => return Err(DecodeError::UnknownSyscall(other)),
+    };
+    let errno = match r.errno {
+        EADDRINUSE => Errno::AddrInUse,
+        EADDRNOTAVAIL => Errno::AddrNotAvail,
+        other => return Err(DecodeError::UnknownErrno(other)),
+    };
+    let (family, addr) = match r.family {
+        AF_INET => (Family::Ipv4, ipv4(&r.addr)),
+        AF_INET6 => (Family::Ipv6, ipv6(&r.addr)),
+        other => return Err(DecodeError::UnknownFamily(other)),
+    };
+    Ok(SockError {
+        ts_ns: r.ts_ns,
+        syscall,
+        errno,
+        family,
+        addr,
+        port: r.port,
+        task: task(&r.task),
     })
 }
 
@@ -264,6 +300,43 @@ mod tests {
             daddr: Ipv6Addr::LOCALHOST.octets(),
             task: r.owner,
         }
+    }
+
+    #[test]
+    fn decodes_a_sock_error() {
+        let r = SockErrorRecord {
+            kind: RECORD_SOCK_ERROR,
+            syscall: syscall::CONNECT,
+            errno: EADDRNOTAVAIL,
+            family: AF_INET,
+            port: 9501,
+            ts_ns: 7,
+            addr: record().saddr,
+            task: record().ctx,
+        };
+        let Ok(KernelEvent::SockError(e)) = decode(&pod_bytes(&r)) else {
+            panic!("not a sock error");
+        };
+        assert_eq!(
+            (e.syscall, e.errno, e.port),
+            (Syscall::Connect, Errno::AddrNotAvail, 9501)
+        );
+        assert_eq!(e.addr, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(e.task.pid, 200);
+        let mut bad = r;
+        bad.errno = 1;
+        assert_eq!(decode(&pod_bytes(&bad)), Err(DecodeError::UnknownErrno(1)));
+        let mut bad = r;
+        bad.syscall = 3;
+        assert_eq!(
+            decode(&pod_bytes(&bad)),
+            Err(DecodeError::UnknownSyscall(3))
+        );
+        let b = pod_bytes(&r);
+        assert!(matches!(
+            decode(&b[..40]),
+            Err(DecodeError::Truncated { .. })
+        ));
     }
 
     #[test]

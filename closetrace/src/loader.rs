@@ -233,6 +233,17 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
         shutdown,
         "shutdown(SHUT_WR) cannot be told from close(); half-closes count as closes",
     ));
+    let calls = ["connect", "bind"].iter().try_for_each(|call| {
+        let (enter, exit) = (format!("sys_enter_{call}"), format!("sys_exit_{call}"));
+        attach_tracepoint(&mut ebpf, &enter, "syscalls", &enter)?;
+        attach_tracepoint(&mut ebpf, &exit, "syscalls", &exit)
+    });
+    hooks.push(optional_hook(
+        "syscalls:sys_enter/exit_connect, sys_enter/exit_bind",
+        "tracepoint",
+        calls,
+        "connect() EADDRNOTAVAIL and bind() EADDRINUSE failures are not reported",
+    ));
     let (close_hook, report) = attach_close_hook(&mut ebpf, &btf);
     hooks.push(report);
 

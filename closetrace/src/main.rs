@@ -14,10 +14,13 @@ mod monitor;
 mod offsets;
 mod owners;
 mod pipeline;
+mod ports;
+mod pressure;
 mod records;
 mod sink;
 mod snapshot;
 mod summary;
+mod timewait;
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
@@ -104,6 +107,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let threshold = cli.close_wait_threshold;
     let mut monitor = Monitor::new(
         threshold.as_nanos().min(u64::MAX as u128) as u64,
+        cli.tw_warn,
         pids.clone(),
         kernel.close_hook == CloseHook::Transitions,
         snapshot::own_netns().unwrap_or(0),

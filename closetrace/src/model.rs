@@ -215,11 +215,46 @@ pub struct Close {
     pub via: CloseVia,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syscall {
+    Connect,
+    Bind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Errno {
+    AddrInUse,
+    AddrNotAvail,
+}
+
+impl Errno {
+    pub fn name(self) -> &'static str {
+        match self {
+            Errno::AddrInUse => "EADDRINUSE",
+            Errno::AddrNotAvail => "EADDRNOTAVAIL",
+        }
+    }
+}
+
+/// A connect(2) or bind(2) that failed for want of an address or port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SockError {
+    pub ts_ns: u64,
+    pub syscall: Syscall,
+    pub errno: Errno,
+    pub family: Family,
+    /// The address asked for: the destination of a connect, the local address of a bind.
+    pub addr: IpAddr,
+    pub port: u16,
+    pub task: Task,
+}
+
 /// Everything the ring buffer can carry, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelEvent {
     State(StateChange),
     Close(Close),
+    SockError(SockError),
 }
 
 /// Test builders shared by the state machines' unit tests.

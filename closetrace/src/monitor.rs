@@ -9,6 +9,7 @@ use crate::closes::infer_close;
 use crate::leaks::{Due, LeakDetector, Resolved};
 use crate::model::{Close, KernelEvent, Task, TcpState};
 use crate::owners::OwnerTable;
+use crate::pressure::PortPressure;
 use crate::records::{self, CloseWaitLeak, CloseWaitResolved, HolderRecord, SockFields};
 use crate::sink::Sink;
 use crate::snapshot::{Holder, KernelView};
@@ -29,11 +30,13 @@ pub struct Monitor {
     own_netns: u32,
     /// Leaks that were displayed, so their resolution is displayed too.
     shown: HashSet<u64>,
+    ports: PortPressure,
 }
 
 impl Monitor {
     pub fn new(
         threshold_ns: u64,
+        tw_warn: f64,
         pids: Vec<u32>,
         infer_closes: bool,
         own_netns: u32,
@@ -48,6 +51,7 @@ impl Monitor {
             infer_closes,
             own_netns,
             shown: HashSet::new(),
+            ports: PortPressure::new(tw_warn, own_netns),
         }
     }
 
@@ -100,9 +104,10 @@ impl Monitor {
                 if let Some(r) = resolved {
                     self.resolve(&r, sink)?;
                 }
-                Ok(())
+                self.ports.on_state(&ev, sink, &self.clock)
             }
             KernelEvent::Close(close) => self.close(&close, sink),
+            KernelEvent::SockError(e) => self.ports.on_error(&e, sink, &self.clock),
         }
     }
 
@@ -144,6 +149,7 @@ impl Monitor {
     /// own view first: a socket that is gone, or no longer in CLOSE_WAIT,
     /// is resolved rather than reported (no ghosts).
     pub fn on_tick(&mut self, now_ns: u64, sink: &mut Sink) -> io::Result<()> {
+        self.ports.on_tick(now_ns, sink, &self.clock)?;
         let due = self.leaks.due(now_ns);
         if due.is_empty() {
             return Ok(());
@@ -242,6 +248,10 @@ impl Monitor {
                 m
             });
         self.summary.set_open_leaks(&open);
+        self.summary.time_wait_top = self.ports.top(10);
+        self.summary.time_wait_by_process = self.ports.by_process();
+        self.summary.errors = self.ports.errors.clone();
+        self.summary.listen_overflows = self.ports.listen_overflows;
     }
 }
 

@@ -171,6 +171,92 @@ pub struct CloseWaitResolved<'a> {
 }
 
 #[derive(Debug, Serialize)]
+pub struct TimeWaitPressure {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub ts: String,
+    /// `warn` (crossed --tw-warn), `worse` (10 points more), `cleared`.
+    pub level: &'static str,
+    pub saddr: String,
+    pub daddr: String,
+    pub dport: u16,
+    pub time_wait: u32,
+    pub ports_available: u32,
+    pub ratio: f64,
+    pub rate_per_s: f64,
+    /// Seconds until every port is in TIME_WAIT at the current rate.
+    pub exhaustion_s: Option<f64>,
+    /// tcp_tw_reuse applies to this destination (only ~1 s of TIME_WAIT blocks ports).
+    pub tw_reuse: bool,
+    /// Processes whose active closes put these sockets in TIME_WAIT.
+    pub pids: Vec<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConnectError<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub ts: String,
+    pub pid: u32,
+    pub comm: &'a str,
+    pub errno: &'static str,
+    pub family: &'static str,
+    pub daddr: String,
+    pub dport: u16,
+    /// TIME_WAIT sockets toward daddr:dport when it failed.
+    pub time_wait: u32,
+    /// Identical failures not reported since the previous record.
+    pub suppressed: u64,
+}
+
+#[derive(Debug, Serialize, Clone, PartialEq, Eq)]
+pub struct PortHolder {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub fd: Option<u32>,
+    pub state: &'static str,
+    pub daddr: String,
+    pub dport: u16,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BindError<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub ts: String,
+    pub pid: u32,
+    pub comm: &'a str,
+    pub errno: &'static str,
+    pub family: &'static str,
+    pub saddr: String,
+    pub sport: u16,
+    /// Sockets (other than TIME_WAIT) on that port, with their processes.
+    pub holders: Vec<PortHolder>,
+    /// TIME_WAIT sockets on that port.
+    pub time_wait: u32,
+    pub hint: &'static str,
+    pub suppressed: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ListenOverflow<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub ts: String,
+    pub pid: Option<u32>,
+    pub comm: Option<&'a str>,
+    #[serde(flatten)]
+    pub sock: SockFields,
+    /// The listen() backlog in force.
+    pub backlog: u32,
+    /// Connections waiting in the accept queue.
+    pub queued: u32,
+    /// Connections dropped since the previous check.
+    pub dropped: u32,
+    pub total_dropped: u32,
+}
+
+#[derive(Debug, Serialize)]
 pub struct Lost {
     #[serde(rename = "type")]
     pub kind: &'static str,

@@ -139,6 +139,26 @@ impl Sink {
         }
     }
 
+    /// Any record: JSON as is, or `text()` as one line for people.
+    pub fn record<T: Serialize>(
+        &mut self,
+        rec: &T,
+        text: impl FnOnce() -> String,
+    ) -> io::Result<()> {
+        match self.format {
+            Format::Json => self.json(rec),
+            Format::Text => writeln!(self.out, "{}", text()),
+        }
+    }
+
+    /// A line for people only (nothing in JSON mode).
+    pub fn text_only(&mut self, line: impl FnOnce() -> String) -> io::Result<()> {
+        match self.format {
+            Format::Json => Ok(()),
+            Format::Text => writeln!(self.out, "{}", line()),
+        }
+    }
+
     pub fn lost(&mut self, count: u64, total: u64) -> io::Result<()> {
         match self.format {
             Format::Json => self.json(&Lost {
@@ -225,14 +245,14 @@ pub fn text_line(ev: &StateChange, clock: &WallClock) -> String {
 }
 
 /// `saddr` as JSON records carry it (a string) with its port.
-fn endpoint_str(addr: &str, port: u16) -> String {
+pub fn endpoint_str(addr: &str, port: u16) -> String {
     match addr.parse::<IpAddr>() {
         Ok(ip) => endpoint(ip, port),
         Err(_) => format!("{addr}:{port}"),
     }
 }
 
-fn endpoint(ip: IpAddr, port: u16) -> String {
+pub fn endpoint(ip: IpAddr, port: u16) -> String {
     match ip {
         IpAddr::V4(a) => format!("{a}:{port}"),
         IpAddr::V6(a) => format!("[{a}]:{port}"),

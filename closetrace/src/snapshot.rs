@@ -25,6 +25,8 @@ pub struct DiagSocket {
     pub cookie: u64,
     pub inode: u32,
     pub state: u8,
+    /// idiag_timer: 3 marks a timewait socket (whatever its substate).
+    pub timer: u8,
     pub family: u16,
     pub saddr: IpAddr,
     pub sport: u16,
@@ -32,6 +34,9 @@ pub struct DiagSocket {
     pub dport: u16,
     pub rqueue: u32,
     pub wqueue: u32,
+    /// Packets the socket dropped (`sk_drops`, from INET_DIAG_SKMEMINFO),
+    /// when asked for: for a listener, its accept-queue overflows.
+    pub drops: Option<u32>,
 }
 
 /// A process that has a socket in its fd table.
@@ -47,9 +52,21 @@ const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const DIAG_MSG_LEN: usize = 72;
+const INET_DIAG_SKMEMINFO: u16 = 7;
+const SK_MEMINFO_DROPS: usize = 8;
 
 /// Every TCP socket of `family` in this network namespace.
 pub fn tcp_sockets(family: u16) -> Result<Vec<DiagSocket>, SnapshotError> {
+    tcp_sockets_in(family, u32::MAX, false)
+}
+
+/// TCP sockets of `family` whose state is in the `states` bit mask
+/// (bit N = TCP state N); with `meminfo`, their drop counters too.
+pub fn tcp_sockets_in(
+    family: u16,
+    states: u32,
+    meminfo: bool,
+) -> Result<Vec<DiagSocket>, SnapshotError> {
     // SAFETY: plain socket(2); the result is checked before use.
     let raw = unsafe {
         libc::socket(
@@ -74,7 +91,10 @@ pub fn tcp_sockets(family: u16) -> Result<Vec<DiagSocket>, SnapshotError> {
     // inet_diag_req_v2: family, protocol, ext, pad, states (all), then a zero id.
     req[16] = family as u8;
     req[17] = IPPROTO_TCP as u8;
-    req[20..24].copy_from_slice(&u32::MAX.to_ne_bytes());
+    if meminfo {
+        req[18] = 1 << (INET_DIAG_SKMEMINFO - 1);
+    }
+    req[20..24].copy_from_slice(&states.to_ne_bytes());
     // SAFETY: req is a valid buffer of the given length; the kernel is the peer.
     let sent = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
     if sent < 0 {
@@ -144,8 +164,10 @@ fn parse_diag_msg(m: &[u8]) -> Result<DiagSocket, SnapshotError> {
         }
     };
     Ok(DiagSocket {
+        drops: skmeminfo_drops(&m[DIAG_MSG_LEN..]),
         family,
         state: m[1],
+        timer: m[2],
         sport: be16_at(4),
         dport: be16_at(6),
         saddr: addr(8)?,
@@ -155,6 +177,46 @@ fn parse_diag_msg(m: &[u8]) -> Result<DiagSocket, SnapshotError> {
         wqueue: u32_at(60),
         inode: u32_at(68),
     })
+}
+
+/// idiag_timer of a timewait socket.
+pub const TIMER_TIME_WAIT: u8 = 3;
+
+impl DiagSocket {
+    /// A timewait socket: TIME_WAIT, or FIN_WAIT2 handed over early (an
+    /// orphaned active close): either way it holds its port.
+    pub fn is_timewait(&self) -> bool {
+        self.state as u32 == closetrace_common::tcp_state::TIME_WAIT
+            || self.timer == TIMER_TIME_WAIT
+    }
+}
+
+/// `sk_drops` from the INET_DIAG_SKMEMINFO attribute, if present.
+fn skmeminfo_drops(mut attrs: &[u8]) -> Option<u32> {
+    while attrs.len() >= 4 {
+        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]);
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if ty == INET_DIAG_SKMEMINFO {
+            let at = 4 + 4 * SK_MEMINFO_DROPS;
+            return attrs
+                .get(at..at + 4)
+                .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")));
+        }
+        attrs = attrs.get((len + 3) & !3..).unwrap_or(&[]);
+    }
+    None
+}
+
+/// Every TCP socket in `states`, both families (IPv6 failing is not an error).
+pub fn tcp_sockets_both(states: u32, meminfo: bool) -> Result<Vec<DiagSocket>, SnapshotError> {
+    let mut v = tcp_sockets_in(AF_INET, states, meminfo)?;
+    if let Ok(v6) = tcp_sockets_in(AF_INET6, states, meminfo) {
+        v.extend(v6);
+    }
+    Ok(v)
 }
 
 /// The kernel's own account of TCP sockets right now, with their holders.
@@ -293,6 +355,28 @@ mod tests {
         assert_eq!((s.state, s.sport, s.inode, s.rqueue), (8, 9501, 4242, 5));
         assert_eq!(s.cookie, (7 << 32) | 9);
         assert_eq!(s.saddr, IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn parses_skmeminfo_drops() {
+        let mut m = diag_msg(2, 10, 80, 1, 1);
+        let mut attr = Vec::new();
+        attr.extend_from_slice(&(4u16 + 4 * 9).to_ne_bytes());
+        attr.extend_from_slice(&INET_DIAG_SKMEMINFO.to_ne_bytes());
+        for i in 0..9u32 {
+            attr.extend_from_slice(&(if i == 8 { 17 } else { i }).to_ne_bytes());
+        }
+        m.extend_from_slice(&attr);
+        let mut out = Vec::new();
+        parse_batch(&nlmsg(SOCK_DIAG_BY_FAMILY, &m), &mut out).unwrap();
+        assert_eq!(out[0].drops, Some(17));
+        let mut out = Vec::new();
+        parse_batch(
+            &nlmsg(SOCK_DIAG_BY_FAMILY, &diag_msg(2, 10, 80, 1, 1)),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out[0].drops, None);
     }
 
     #[test]

@@ -19,8 +19,36 @@ pub struct Summary {
     pub closes: u64,
     /// CLOSE_WAIT sockets the leak detector dropped because it was full.
     pub close_wait_untracked: u64,
+    pub time_wait_top: Vec<(crate::timewait::Dest, u32)>,
+    pub time_wait_by_process: Vec<(u32, String, u32)>,
+    /// (syscall, errno) -> failures, suppressed ones included.
+    pub errors: BTreeMap<(&'static str, &'static str), u64>,
+    pub listen_overflows: u64,
     transitions: BTreeMap<(TcpState, TcpState), u64>,
     leaks: BTreeMap<u32, LeakStats>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TimeWaitSummary {
+    /// Destinations with the most TIME_WAIT sockets at exit.
+    pub top: Vec<TimeWaitDest>,
+    /// TIME_WAIT sockets at exit per process whose close put them there.
+    pub by_process: Vec<TimeWaitProcess>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TimeWaitDest {
+    pub saddr: String,
+    pub daddr: String,
+    pub dport: u16,
+    pub time_wait: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TimeWaitProcess {
+    pub pid: u32,
+    pub comm: String,
+    pub time_wait: u32,
 }
 
 /// CLOSE_WAIT leaks of one process.
@@ -48,6 +76,10 @@ pub struct SummaryRecord {
     pub owner_table_evicted: u64,
     pub closes: u64,
     pub close_wait_untracked: u64,
+    pub time_wait: TimeWaitSummary,
+    /// syscall -> errno -> failures
+    pub errors: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+    pub listen_overflows: u64,
     /// Leaking processes, most leaks first.
     pub leaks: Vec<LeakStats>,
     /// "OLD->NEW" -> count
@@ -98,6 +130,37 @@ impl Summary {
             owner_table_evicted: self.owner_table_evicted,
             closes: self.closes,
             close_wait_untracked: self.close_wait_untracked,
+            time_wait: TimeWaitSummary {
+                top: self
+                    .time_wait_top
+                    .iter()
+                    .map(|(d, n)| TimeWaitDest {
+                        saddr: d.saddr.to_string(),
+                        daddr: d.daddr.to_string(),
+                        dport: d.dport,
+                        time_wait: *n,
+                    })
+                    .collect(),
+                by_process: self
+                    .time_wait_by_process
+                    .iter()
+                    .map(|(pid, comm, n)| TimeWaitProcess {
+                        pid: *pid,
+                        comm: comm.clone(),
+                        time_wait: *n,
+                    })
+                    .collect(),
+            },
+            errors: self
+                .errors
+                .iter()
+                .fold(BTreeMap::new(), |mut m, ((call, errno), n)| {
+                    m.entry(*call)
+                        .or_insert_with(BTreeMap::new)
+                        .insert(*errno, *n);
+                    m
+                }),
+            listen_overflows: self.listen_overflows,
             leaks: self.leaks_by_count(),
             transitions: self
                 .transitions
@@ -113,6 +176,29 @@ impl Summary {
             "closetrace: {} events in {:.1} s, {} lost, {} undecodable\n",
             self.events, duration_s, self.lost, self.undecodable
         );
+        if !self.time_wait_top.is_empty() {
+            s += "  TIME_WAIT top destinations:\n";
+            for (d, n) in &self.time_wait_top {
+                let _ = writeln!(
+                    s,
+                    "    {} -> {} {n}",
+                    d.saddr,
+                    crate::sink::endpoint(d.daddr, d.dport)
+                );
+            }
+        }
+        if !self.time_wait_by_process.is_empty() {
+            s += "  TIME_WAIT by closing process:\n";
+            for (pid, comm, n) in &self.time_wait_by_process {
+                let _ = writeln!(s, "    {}({pid}): {n}", crate::sink::printable(comm));
+            }
+        }
+        for ((call, errno), n) in &self.errors {
+            let _ = writeln!(s, "  {call}() {errno}: {n}");
+        }
+        if self.listen_overflows > 0 {
+            let _ = writeln!(s, "  listen queue overflows: {}", self.listen_overflows);
+        }
         if !self.leaks.is_empty() {
             s += "  CLOSE_WAIT leaks by process:\n";
             for l in self.leaks_by_count() {

@@ -26,20 +26,14 @@ struct Cli {
 enum Role {
     /// Listen, accept, read until EOF, then close after a delay.
     Server {
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: SocketAddr,
-        /// Connections to serve before exiting; 0 = forever.
-        #[arg(long, default_value_t = 1)]
-        connections: u64,
-        /// Wait this long after EOF before closing.
-        #[arg(long, default_value_t = 0)]
-        close_delay_ms: u64,
-        /// Close at once after accepting, without reading.
-        #[arg(long)]
-        no_read: bool,
+        #[command(flatten)]
+        opts: ServeOptions,
         /// Never close accepted connections (the leak): hold them until killed.
         #[arg(long)]
         never_close: bool,
+        /// After EOF (and --close-delay-ms), shutdown(SHUT_WR) but never close.
+        #[arg(long)]
+        shutdown_only: bool,
         /// Fork after accepting; the child keeps the connection and blocks,
         /// the parent closes its copy.
         #[arg(long)]
@@ -48,35 +42,73 @@ enum Role {
         /// socket (SCM_RIGHTS), then close our copy.
         #[arg(long, value_name = "PATH")]
         pass_to: Option<PathBuf>,
-        /// After EOF (and --close-delay-ms), shutdown(SHUT_WR) but never close.
-        #[arg(long)]
-        shutdown_only: bool,
         /// Swoole PROCESS mode: a master holds connections and waits for a
         /// worker to say "close"; the worker is blocked and never does.
         #[arg(long)]
         blocked_worker: bool,
     },
+    /// Connect, send a byte, wait, close first.
+    Client(ClientOptions),
     /// Receive connections over a Unix socket and hold them forever.
     Holder {
         #[arg(long, value_name = "PATH")]
         unix: PathBuf,
     },
-    /// Connect, send a byte, wait, close first.
-    Client {
+    /// bind() a port and report: BOUND, or ERROR <errno>.
+    Bind {
         #[arg(long)]
-        connect: SocketAddr,
-        #[arg(long, default_value_t = 1)]
-        count: u64,
-        /// Keep each connection open this long before closing.
-        #[arg(long, default_value_t = 0)]
-        hold_ms: u64,
-        /// Close with SO_LINGER 0 (RST, no TIME_WAIT).
-        #[arg(long)]
-        reset: bool,
-        /// Print CONNECTED for each connection.
-        #[arg(long)]
-        verbose: bool,
+        addr: SocketAddr,
     },
+}
+
+#[derive(clap::Args)]
+struct ServeOptions {
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Connections to serve before exiting; 0 = forever.
+    #[arg(long, default_value_t = 1)]
+    connections: u64,
+    /// Wait this long after EOF before closing.
+    #[arg(long, default_value_t = 0)]
+    close_delay_ms: u64,
+    /// Close at once after accepting, without reading.
+    #[arg(long)]
+    no_read: bool,
+    /// listen() backlog.
+    #[arg(long)]
+    backlog: Option<i32>,
+    /// Never call accept(): connections pile up in the accept queue.
+    #[arg(long)]
+    no_accept: bool,
+}
+
+#[derive(clap::Args)]
+struct ClientOptions {
+    #[arg(long)]
+    connect: SocketAddr,
+    #[arg(long, default_value_t = 1)]
+    count: u64,
+    /// Keep each connection open this long before closing.
+    #[arg(long, default_value_t = 0)]
+    hold_ms: u64,
+    /// Close with SO_LINGER 0 (RST, no TIME_WAIT).
+    #[arg(long)]
+    reset: bool,
+    /// Print CONNECTED for each connection.
+    #[arg(long)]
+    verbose: bool,
+    /// Send nothing (so a server that closes first leaves no unread data).
+    #[arg(long)]
+    silent: bool,
+    /// Read until the server closes before closing: the server closes first.
+    #[arg(long)]
+    wait_eof: bool,
+    /// Stop at the first failing connect, printing ERROR <errno>.
+    #[arg(long)]
+    until_error: bool,
+    /// Give up on a connect after this long and go on (listen overflow).
+    #[arg(long)]
+    connect_timeout_ms: Option<u64>,
 }
 
 fn say(line: &str) -> io::Result<()> {
@@ -106,20 +138,32 @@ fn linger_zero(s: &TcpStream) -> io::Result<()> {
     Ok(())
 }
 
-fn serve(
-    listen: SocketAddr,
-    connections: u64,
-    close_delay_ms: u64,
-    no_read: bool,
-    mode: ServeMode,
-) -> anyhow::Result<()> {
+fn serve(opts: ServeOptions, mode: ServeMode) -> anyhow::Result<()> {
+    let ServeOptions {
+        listen,
+        connections,
+        close_delay_ms,
+        no_read,
+        backlog,
+        no_accept,
+    } = opts;
     // The blocked worker is forked first, so it holds no socket of ours.
     let worker_pipe = match mode {
         ServeMode::BlockedWorker => Some(spawn_blocked_worker()?),
         _ => None,
     };
     let l = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
+    if let Some(b) = backlog {
+        // listen() again on a listening socket just sets the backlog.
+        // SAFETY: a valid listening socket.
+        if unsafe { libc::listen(l.as_raw_fd(), b) } != 0 {
+            return Err(io::Error::last_os_error()).context("listen");
+        }
+    }
     say(&format!("LISTENING {}", l.local_addr()?.port()))?;
+    if no_accept {
+        hold_forever(vec![l]);
+    }
     let mut held = Vec::new();
     let mut served = 0;
     while connections == 0 || served < connections {
@@ -314,21 +358,41 @@ fn holder(path: PathBuf) -> anyhow::Result<()> {
     }
 }
 
-fn client(
-    connect: SocketAddr,
-    count: u64,
-    hold_ms: u64,
-    reset: bool,
-    verbose: bool,
-) -> anyhow::Result<()> {
-    for _ in 0..count {
-        let mut s = TcpStream::connect(connect).with_context(|| format!("connect {connect}"))?;
-        if verbose {
+fn client(o: ClientOptions) -> anyhow::Result<()> {
+    let connect_timeout = o.connect_timeout_ms.map(Duration::from_millis);
+    let mut pending = Vec::new();
+    for _ in 0..o.count {
+        let attempt = match connect_timeout {
+            Some(t) => TcpStream::connect_timeout(&o.connect, t),
+            None => TcpStream::connect(o.connect),
+        };
+        let mut s = match attempt {
+            Ok(s) => s,
+            Err(e) if o.until_error => {
+                say(&format!("ERROR {}", e.raw_os_error().unwrap_or(0)))?;
+                break;
+            }
+            // Overflow tests expect refusals and timeouts: keep going.
+            Err(_) if connect_timeout.is_some() => continue,
+            Err(e) => return Err(e).with_context(|| format!("connect {}", o.connect)),
+        };
+        if o.verbose {
             say(&format!("CONNECTED {}", s.local_addr()?.port()))?;
         }
-        s.write_all(b"x").context("write")?;
-        sleep(Duration::from_millis(hold_ms));
-        if reset {
+        if connect_timeout.is_some() {
+            // Keep them open so they stay queued on the listener.
+            pending.push(s);
+            continue;
+        }
+        if !o.silent {
+            s.write_all(b"x").context("write")?;
+        }
+        if o.wait_eof {
+            let mut buf = [0u8; 512];
+            while s.read(&mut buf).context("read")? > 0 {}
+        }
+        sleep(Duration::from_millis(o.hold_ms));
+        if o.reset {
             linger_zero(&s)?;
         }
         drop(s);
@@ -337,13 +401,18 @@ fn client(
     Ok(())
 }
 
+fn try_bind(addr: SocketAddr) -> anyhow::Result<()> {
+    match TcpListener::bind(addr) {
+        Ok(_) => say("BOUND")?,
+        Err(e) => say(&format!("ERROR {}", e.raw_os_error().unwrap_or(0)))?,
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().role {
         Role::Server {
-            listen,
-            connections,
-            close_delay_ms,
-            no_read,
+            opts,
             never_close,
             shutdown_only,
             fork_child,
@@ -365,15 +434,10 @@ fn main() -> anyhow::Result<()> {
                      --blocked-worker"
                 );
             }
-            serve(listen, connections, close_delay_ms, no_read, mode)
+            serve(opts, mode)
         }
+        Role::Client(opts) => client(opts),
         Role::Holder { unix } => holder(unix),
-        Role::Client {
-            connect,
-            count,
-            hold_ms,
-            reset,
-            verbose,
-        } => client(connect, count, hold_ms, reset, verbose),
+        Role::Bind { addr } => try_bind(addr),
     }
 }

@@ -141,9 +141,79 @@ impl Finished {
     }
 }
 
+/// A network namespace made for one test, removed when dropped, so sysctls
+/// can be narrowed without touching the host.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("ct-{}-{tag}", std::process::id());
+        let ok = |c: &mut Command| {
+            let st = c.status().expect("run ip");
+            assert!(st.success(), "{c:?} failed");
+        };
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        ok(Command::new("ip").args(["netns", "add", &name]));
+        ok(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+        Netns { name }
+    }
+
+    /// Write /proc/sys/<key> (slashes) inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        let st = self
+            .exec("sh")
+            .args(["-c", "echo \"$1\" > /proc/sys/$2", "_", value, key])
+            .status()
+            .expect("sysctl");
+        assert!(st.success(), "setting {key}={value}");
+    }
+
+    /// `program` run inside the namespace (same pid: ip execs it).
+    pub fn exec(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// TCP sockets in `state` inside the namespace, counted by `ss`.
+    pub fn ss_count(&self, state: &str) -> usize {
+        let out = self
+            .exec("ss")
+            .args(["-Htan", "state", state])
+            .output()
+            .expect("ss");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
 impl Tracer {
     pub fn start(args: &[&str]) -> Tracer {
-        let mut child = Command::new(CLOSETRACE)
+        Self::start_cmd(Command::new(CLOSETRACE), args)
+    }
+
+    /// closetrace run inside `ns`: its sock_diag and sysctls are that namespace's.
+    pub fn start_in(ns: &Netns, args: &[&str]) -> Tracer {
+        Self::start_cmd(ns.exec(CLOSETRACE), args)
+    }
+
+    fn start_cmd(mut cmd: Command, args: &[&str]) -> Tracer {
+        let mut child = cmd
             .args(["--format", "json"])
             .args(args)
             .stdout(Stdio::piped())
@@ -217,7 +287,15 @@ pub struct Peer {
 
 impl Peer {
     pub fn spawn(args: &[&str]) -> Peer {
-        let mut child = Command::new(PEER)
+        Self::spawn_cmd(Command::new(PEER), args)
+    }
+
+    pub fn spawn_in(ns: &Netns, args: &[&str]) -> Peer {
+        Self::spawn_cmd(ns.exec(PEER), args)
+    }
+
+    fn spawn_cmd(mut cmd: Command, args: &[&str]) -> Peer {
+        let mut child = cmd
             .args(args)
             .stdout(Stdio::piped())
             .spawn()

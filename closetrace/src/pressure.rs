@@ -1,0 +1,502 @@
+//! Port pressure: TIME_WAIT per destination, the connect/bind failures it
+//! causes, and listen queues that overflow. Feeds the pure TIME_WAIT counter
+//! from the stream, reconciles it with the kernel (sock_diag) once a second,
+//! polls listeners' drop counters, and turns it all into records.
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::IpAddr;
+
+use closetrace_common::tcp_state;
+
+use crate::clock::WallClock;
+use crate::model::{Errno, SockError, SockRef, StateChange, Syscall, TcpState};
+use crate::ports::PortPolicy;
+use crate::records::{
+    self, BindError, ConnectError, ListenOverflow, PortHolder, SockFields, TimeWaitPressure,
+};
+use crate::sink::{Sink, endpoint, printable};
+use crate::snapshot::{self, DiagSocket, KernelView};
+use crate::timewait::{Dest, Pressure, TimeWaitCounter, Tuple, entered_time_wait};
+
+const RECONCILE_NS: u64 = 1_000_000_000;
+/// Identical errors are reported at most once per this interval.
+const ERROR_INTERVAL_NS: u64 = 1_000_000_000;
+/// In the text view, the top TIME_WAIT destinations every this often.
+const TOP_EVERY_NS: u64 = 10_000_000_000;
+
+/// Rate limiting of identical error records.
+#[derive(Debug, Default)]
+pub struct ErrorLimiter {
+    last: HashMap<(u32, Errno, IpAddr, u16), (u64, u64)>,
+}
+
+impl ErrorLimiter {
+    /// Some(suppressed since the last report) when this one is to be reported.
+    pub fn admit(&mut self, e: &SockError) -> Option<u64> {
+        let key = (e.task.pid, e.errno, e.addr, e.port);
+        if self.last.len() > 4096 {
+            self.last
+                .retain(|_, (t, _)| t.saturating_add(10 * ERROR_INTERVAL_NS) > e.ts_ns);
+        }
+        match self.last.get_mut(&key) {
+            Some((t, n)) if e.ts_ns < t.saturating_add(ERROR_INTERVAL_NS) => {
+                *n += 1;
+                None
+            }
+            Some((t, n)) => {
+                let suppressed = *n;
+                (*t, *n) = (e.ts_ns, 0);
+                Some(suppressed)
+            }
+            None => {
+                self.last.insert(key, (e.ts_ns, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+pub struct PortPressure {
+    tw: TimeWaitCounter,
+    policy: Option<PortPolicy>,
+    own_netns: u32,
+    limiter: ErrorLimiter,
+    /// Last drop count per listener cookie.
+    listen_drops: HashMap<u64, u32>,
+    last_reconcile_ns: u64,
+    last_top_ns: u64,
+    pub errors: BTreeMap<(&'static str, &'static str), u64>,
+    pub listen_overflows: u64,
+}
+
+fn tuple(s: &SockRef) -> Tuple {
+    (
+        Dest {
+            netns: s.netns,
+            saddr: s.saddr,
+            daddr: s.daddr,
+            dport: s.dport,
+        },
+        s.sport,
+    )
+}
+
+impl PortPressure {
+    pub fn new(warn: f64, own_netns: u32) -> Self {
+        let policy = match PortPolicy::read() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!(
+                    "closetrace: warning: ephemeral port range unknown ({e}); no TIME_WAIT pressure ratios"
+                );
+                None
+            }
+        };
+        PortPressure {
+            tw: TimeWaitCounter::new(warn),
+            policy,
+            own_netns,
+            limiter: ErrorLimiter::default(),
+            listen_drops: HashMap::new(),
+            last_reconcile_ns: 0,
+            last_top_ns: 0,
+            errors: BTreeMap::new(),
+            listen_overflows: 0,
+        }
+    }
+
+    fn local(&self, netns: u32) -> bool {
+        netns == self.own_netns || netns == 0
+    }
+
+    pub fn on_state(
+        &mut self,
+        ev: &StateChange,
+        sink: &mut Sink,
+        clock: &WallClock,
+    ) -> io::Result<()> {
+        if !entered_time_wait(ev) {
+            return Ok(());
+        }
+        // At -> CLOSE the local address may already be cleared; the local
+        // port and remote end are what the timewait socket keeps.
+        let t = tuple(&ev.sock);
+        let dest = t.0.clone();
+        self.tw.entered(t, ev.owner.clone(), ev.ts_ns);
+        match (self.policy, self.local(dest.netns)) {
+            (Some(p), true) => match self.tw.evaluate(&dest, ev.ts_ns, &p) {
+                Some(pr) => write_pressure(&pr, ev.ts_ns, sink, clock),
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    pub fn on_error(
+        &mut self,
+        e: &SockError,
+        sink: &mut Sink,
+        clock: &WallClock,
+    ) -> io::Result<()> {
+        let call = match e.syscall {
+            Syscall::Connect => "connect",
+            Syscall::Bind => "bind",
+        };
+        *self.errors.entry((call, e.errno.name())).or_default() += 1;
+        let Some(suppressed) = self.limiter.admit(e) else {
+            return Ok(());
+        };
+        let ts = records::rfc3339(clock, e.ts_ns);
+        let who = format!("{}({})", printable(&e.task.comm), e.task.pid);
+        match e.syscall {
+            Syscall::Connect => {
+                let time_wait = self.tw.toward(self.own_netns, e.addr, e.port);
+                let rec = ConnectError {
+                    kind: "connect_error",
+                    ts,
+                    pid: e.task.pid,
+                    comm: &e.task.comm,
+                    errno: e.errno.name(),
+                    family: e.family.name(),
+                    daddr: e.addr.to_string(),
+                    dport: e.port,
+                    time_wait,
+                    suppressed,
+                };
+                sink.record(&rec, || {
+                    format!(
+                        "!! connect() {}: {who} -> {} with {time_wait} sockets in TIME_WAIT toward it{}",
+                        rec.errno,
+                        endpoint(e.addr, e.port),
+                        more(suppressed)
+                    )
+                })
+            }
+            Syscall::Bind => {
+                let (holders, time_wait) = port_holders(e.port);
+                let hint = bind_hint(&holders, time_wait);
+                let rec = BindError {
+                    kind: "bind_error",
+                    ts,
+                    pid: e.task.pid,
+                    comm: &e.task.comm,
+                    errno: e.errno.name(),
+                    family: e.family.name(),
+                    saddr: e.addr.to_string(),
+                    sport: e.port,
+                    holders,
+                    time_wait,
+                    hint,
+                    suppressed,
+                };
+                sink.record(&rec, || {
+                    let held: Vec<String> = rec
+                        .holders
+                        .iter()
+                        .map(|h| match (h.pid, &h.comm) {
+                            (Some(p), Some(c)) => format!(
+                                "{} {}({p}) fd {}",
+                                h.state,
+                                printable(c),
+                                h.fd.unwrap_or(0)
+                            ),
+                            _ => h.state.to_string(),
+                        })
+                        .collect();
+                    format!(
+                        "!! bind() {}: {who} {} held by [{}] and {time_wait} TIME_WAIT; {hint}{}",
+                        rec.errno,
+                        endpoint(e.addr, e.port),
+                        held.join(", "),
+                        more(suppressed)
+                    )
+                })
+            }
+        }
+    }
+
+    /// Once a second: reconcile TIME_WAIT counts with the kernel, report
+    /// pressure changes, and check listeners for accept-queue overflows.
+    pub fn on_tick(&mut self, now_ns: u64, sink: &mut Sink, clock: &WallClock) -> io::Result<()> {
+        if now_ns < self.last_reconcile_ns.saturating_add(RECONCILE_NS) {
+            return Ok(());
+        }
+        self.last_reconcile_ns = now_ns;
+        let states = (1 << tcp_state::TIME_WAIT) | (1 << tcp_state::FIN_WAIT2);
+        match snapshot::tcp_sockets_both(states, false) {
+            Ok(dump) => {
+                let tuples: Vec<Tuple> = dump
+                    .iter()
+                    .filter(|s| s.is_timewait())
+                    .map(|s| self.diag_tuple(s))
+                    .collect();
+                self.tw.reconcile(&tuples, now_ns);
+                if let Some(p) = self.policy {
+                    for pr in self.tw.evaluate_all(now_ns, &p) {
+                        write_pressure(&pr, now_ns, sink, clock)?;
+                    }
+                }
+            }
+            Err(e) => log::warn!("TIME_WAIT reconciliation: {e}"),
+        }
+        if now_ns >= self.last_top_ns.saturating_add(TOP_EVERY_NS) {
+            self.last_top_ns = now_ns;
+            let top = self.tw.top(3);
+            if !top.is_empty() {
+                let list: Vec<String> = top
+                    .iter()
+                    .map(|(d, n)| format!("{} -> {} {n}", d.saddr, endpoint(d.daddr, d.dport)))
+                    .collect();
+                sink.text_only(|| format!("-- TIME_WAIT top: {}", list.join(", ")))?;
+            }
+        }
+        self.check_listeners(now_ns, sink, clock)
+    }
+
+    fn diag_tuple(&self, s: &DiagSocket) -> Tuple {
+        (
+            Dest {
+                netns: self.own_netns,
+                saddr: s.saddr,
+                daddr: s.daddr,
+                dport: s.dport,
+            },
+            s.sport,
+        )
+    }
+
+    fn check_listeners(
+        &mut self,
+        now_ns: u64,
+        sink: &mut Sink,
+        clock: &WallClock,
+    ) -> io::Result<()> {
+        let listeners =
+            match snapshot::tcp_sockets_both(1 << closetrace_common::tcp_state::LISTEN, true) {
+                Ok(l) => l,
+                Err(e) => {
+                    log::warn!("listener check: {e}");
+                    return Ok(());
+                }
+            };
+        let mut overflowing = Vec::new();
+        let mut seen = HashMap::with_capacity(listeners.len());
+        for l in listeners {
+            let Some(drops) = l.drops else { continue };
+            let before = self.listen_drops.get(&l.cookie).copied();
+            seen.insert(l.cookie, drops);
+            // The first sight is a baseline: drops from before closetrace are not news.
+            if let Some(b) = before
+                && drops > b
+            {
+                overflowing.push((l, drops - b));
+            }
+        }
+        self.listen_drops = seen;
+        if overflowing.is_empty() {
+            return Ok(());
+        }
+        let holders = snapshot::socket_holders();
+        for (l, dropped) in overflowing {
+            self.listen_overflows += 1;
+            let h = holders
+                .get(&l.inode)
+                .and_then(|v| v.iter().min_by_key(|h| h.pid));
+            let sock = SockRef {
+                id: l.cookie,
+                netns: self.own_netns,
+                family: family_of(&l),
+                saddr: l.saddr,
+                sport: l.sport,
+                daddr: l.daddr,
+                dport: l.dport,
+            };
+            let rec = ListenOverflow {
+                kind: "listen_overflow",
+                ts: records::rfc3339(clock, now_ns),
+                pid: h.map(|h| h.pid),
+                comm: h.map(|h| h.comm.as_str()),
+                sock: SockFields::new(&sock),
+                backlog: l.wqueue,
+                queued: l.rqueue,
+                dropped,
+                total_dropped: l.drops.unwrap_or(0),
+            };
+            sink.record(&rec, || {
+                format!(
+                    "!! listen queue overflow: {} {}: backlog {}, {} queued, {dropped} dropped (the owner is not accepting fast enough)",
+                    h.map_or("?".into(), |h| format!("{}({})", printable(&h.comm), h.pid)),
+                    endpoint(l.saddr, l.sport),
+                    l.wqueue,
+                    l.rqueue
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn top(&self, n: usize) -> Vec<(Dest, u32)> {
+        self.tw.top(n)
+    }
+
+    pub fn by_process(&self) -> Vec<(u32, String, u32)> {
+        self.tw.by_process()
+    }
+}
+
+fn family_of(s: &DiagSocket) -> crate::model::Family {
+    if s.family == closetrace_common::AF_INET6 {
+        crate::model::Family::Ipv6
+    } else {
+        crate::model::Family::Ipv4
+    }
+}
+
+fn more(suppressed: u64) -> String {
+    if suppressed > 0 {
+        format!(" (+{suppressed} identical suppressed)")
+    } else {
+        String::new()
+    }
+}
+
+fn write_pressure(p: &Pressure, ts_ns: u64, sink: &mut Sink, clock: &WallClock) -> io::Result<()> {
+    let rec = TimeWaitPressure {
+        kind: "time_wait_pressure",
+        ts: records::rfc3339(clock, ts_ns),
+        level: p.level.name(),
+        saddr: p.dest.saddr.to_string(),
+        daddr: p.dest.daddr.to_string(),
+        dport: p.dest.dport,
+        time_wait: p.time_wait,
+        ports_available: p.ports_available,
+        ratio: p.ratio,
+        rate_per_s: p.rate_per_s,
+        exhaustion_s: p.exhaustion_s,
+        tw_reuse: p.tw_reuse,
+        pids: p.pids.iter().map(|(pid, _)| *pid).collect(),
+    };
+    sink.record(&rec, || {
+        let closers: Vec<String> = p.pids.iter().map(|(pid, c)| format!("{}({pid})", printable(c))).collect();
+        let eta = p.exhaustion_s.map_or(String::new(), |s| format!(", ports exhausted in ~{s:.1} s"));
+        format!(
+            "!! TIME_WAIT pressure ({}) {} -> {}: {} of {} ports ({:.0}%), {:.1}/s{eta}; closers: {}",
+            p.level.name(),
+            p.dest.saddr,
+            endpoint(p.dest.daddr, p.dest.dport),
+            p.time_wait,
+            p.ports_available,
+            p.ratio * 100.0,
+            p.rate_per_s,
+            closers.join(", ")
+        )
+    })
+}
+
+/// Who holds `port` locally: every non-TIME_WAIT socket on it with its
+/// processes, and how many TIME_WAIT sockets.
+fn port_holders(port: u16) -> (Vec<PortHolder>, u32) {
+    let Ok(view) = KernelView::take() else {
+        return (Vec::new(), 0);
+    };
+    let mut holders = Vec::new();
+    let mut time_wait = 0;
+    let mut on_port: Vec<&DiagSocket> = view
+        .by_cookie
+        .values()
+        .filter(|s| s.sport == port)
+        .collect();
+    on_port.sort_by_key(|s| (s.state, s.cookie));
+    for s in on_port {
+        let state = TcpState::try_from(s.state as u32).map_or("UNKNOWN", TcpState::name);
+        if s.state as u32 == closetrace_common::tcp_state::TIME_WAIT {
+            time_wait += 1;
+            continue;
+        }
+        let procs = view.holders_of(s.cookie);
+        if procs.is_empty() {
+            holders.push(PortHolder {
+                pid: None,
+                comm: None,
+                fd: None,
+                state,
+                daddr: s.daddr.to_string(),
+                dport: s.dport,
+            });
+        }
+        for h in procs {
+            holders.push(PortHolder {
+                pid: Some(h.pid),
+                comm: Some(h.comm.clone()),
+                fd: Some(h.fd),
+                state,
+                daddr: s.daddr.to_string(),
+                dport: s.dport,
+            });
+        }
+    }
+    (holders, time_wait)
+}
+
+fn bind_hint(holders: &[PortHolder], time_wait: u32) -> &'static str {
+    if holders.iter().any(|h| h.state == "LISTEN") {
+        "a listener holds the port: SO_REUSEADDR would not help; stop it, choose another port, \
+         or share it with SO_REUSEPORT set by both"
+    } else if !holders.is_empty() {
+        "connected sockets hold the port: SO_REUSEADDR would have let bind() succeed unless one \
+         of them is listening"
+    } else if time_wait > 0 {
+        "only TIME_WAIT sockets hold the port: SO_REUSEADDR would have let bind() succeed"
+    } else {
+        "nothing visible in this network namespace holds the port (another namespace, or it was \
+         released since)"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Family, fixtures::task};
+
+    fn err(pid: u32, ts_ns: u64) -> SockError {
+        SockError {
+            ts_ns,
+            syscall: Syscall::Connect,
+            errno: Errno::AddrNotAvail,
+            family: Family::Ipv4,
+            addr: "127.0.0.1".parse().unwrap(),
+            port: 80,
+            task: task(pid, "cli"),
+        }
+    }
+
+    #[test]
+    fn identical_errors_are_rate_limited_and_counted() {
+        let s = 1_000_000_000;
+        let mut l = ErrorLimiter::default();
+        assert_eq!(l.admit(&err(1, 0)), Some(0));
+        for i in 1..10 {
+            assert_eq!(l.admit(&err(1, i * s / 20)), None);
+        }
+        // Another process is not identical.
+        assert_eq!(l.admit(&err(2, s / 2)), Some(0));
+        assert_eq!(l.admit(&err(1, s)), Some(9));
+        assert_eq!(l.admit(&err(1, s + 1)), None);
+    }
+
+    #[test]
+    fn bind_hints() {
+        let h = |state| PortHolder {
+            pid: Some(1),
+            comm: Some("x".into()),
+            fd: Some(3),
+            state,
+            daddr: "0.0.0.0".into(),
+            dport: 0,
+        };
+        assert!(bind_hint(&[h("LISTEN")], 0).contains("would not help"));
+        assert!(bind_hint(&[], 3).contains("would have let bind() succeed"));
+        assert!(bind_hint(&[h("ESTABLISHED")], 0).contains("connected sockets"));
+        assert!(bind_hint(&[], 0).contains("nothing visible"));
+    }
+}

@@ -1,0 +1,403 @@
+//! TIME_WAIT pressure on ephemeral ports, per destination.
+//!
+//! The unit ports run out on is (local address, remote address, remote
+//! port): every connection to that destination needs its own local port,
+//! and each one its closer left in TIME_WAIT holds a port for 60 s. Entries
+//! are learned from the transitions that lead into TIME_WAIT (FIN_WAIT2 or
+//! CLOSING -> CLOSE without a reset: the kernel swaps in a timewait socket
+//! that the state tracepoint never reports). Expiries are not guessed: the
+//! counts are replaced by the kernel's own (sock_diag) at each
+//! reconciliation. Pure: events, dumps and the clock come in as arguments.
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
+
+use crate::model::{StateChange, Task, TcpState};
+use crate::ports::PortPolicy;
+
+/// Window for `rate_per_s`.
+const RATE_WINDOW_NS: u64 = 5_000_000_000;
+/// A further rise of this much in the ratio is reported again.
+const WORSE_STEP: f64 = 0.10;
+/// TIME_WAIT sockets remembered for attribution to their closer.
+const TUPLE_CAPACITY: usize = 262_144;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Dest {
+    pub netns: u32,
+    pub saddr: IpAddr,
+    pub daddr: IpAddr,
+    pub dport: u16,
+}
+
+/// One TIME_WAIT socket: its destination and local port.
+pub type Tuple = (Dest, u16);
+
+#[derive(Debug, Default)]
+struct DestState {
+    count: u32,
+    /// Entry times within the rate window.
+    recent: VecDeque<u64>,
+    /// Processes whose active closes put sockets here, recently.
+    pids: BTreeMap<u32, String>,
+    /// Ratio at the last report while raised; None when not raised.
+    raised: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// Crossed the warning ratio.
+    Warn,
+    /// Still above it and worse by a further step.
+    Worse,
+    /// Fell back below it.
+    Cleared,
+}
+
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Warn => "warn",
+            Level::Worse => "worse",
+            Level::Cleared => "cleared",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pressure {
+    pub dest: Dest,
+    pub level: Level,
+    pub time_wait: u32,
+    pub ports_available: u32,
+    pub ratio: f64,
+    pub rate_per_s: f64,
+    /// Seconds until every port is in TIME_WAIT at the current rate.
+    pub exhaustion_s: Option<f64>,
+    pub tw_reuse: bool,
+    pub pids: Vec<(u32, String)>,
+}
+
+#[derive(Debug)]
+pub struct TimeWaitCounter {
+    warn: f64,
+    dests: HashMap<Dest, DestState>,
+    /// TIME_WAIT sockets by tuple -> (closer, entry time).
+    tuples: HashMap<Tuple, (Task, u64)>,
+    /// When the kernel's counts were last taken; None before the first time.
+    last_reconcile_ns: Option<u64>,
+}
+
+/// The TIME_WAIT entry this transition implies: the active closer's socket
+/// handed to a timewait socket.
+pub fn entered_time_wait(ev: &StateChange) -> bool {
+    matches!(
+        (ev.old, ev.new),
+        (TcpState::FinWait2 | TcpState::Closing, TcpState::Close)
+    ) && !ev.context.reset
+        && !ev.context.error
+}
+
+impl TimeWaitCounter {
+    pub fn new(warn: f64) -> Self {
+        TimeWaitCounter {
+            warn,
+            dests: HashMap::new(),
+            tuples: HashMap::new(),
+            last_reconcile_ns: None,
+        }
+    }
+
+    /// A socket entered TIME_WAIT at `ts_ns`, closed by `closer`.
+    pub fn entered(&mut self, tuple: Tuple, closer: Option<Task>, ts_ns: u64) {
+        let st = self.dests.entry(tuple.0.clone()).or_default();
+        // A reconciliation after this entry already counted it.
+        if self.last_reconcile_ns.is_none_or(|r| ts_ns > r) {
+            st.count += 1;
+        }
+        st.recent.push_back(ts_ns);
+        while st
+            .recent
+            .front()
+            .is_some_and(|&t| t + RATE_WINDOW_NS < ts_ns)
+        {
+            st.recent.pop_front();
+        }
+        if let Some(c) = closer {
+            st.pids.insert(c.pid, c.comm.clone());
+            if self.tuples.len() < TUPLE_CAPACITY || self.tuples.contains_key(&tuple) {
+                self.tuples.insert(tuple, (c, ts_ns));
+            }
+        }
+    }
+
+    /// Replace the counts with the kernel's: `dump` is every TIME_WAIT
+    /// socket it holds now, taken at `now_ns`.
+    pub fn reconcile(&mut self, dump: &[Tuple], now_ns: u64) {
+        for st in self.dests.values_mut() {
+            st.count = 0;
+        }
+        let mut present = std::collections::HashSet::with_capacity(dump.len());
+        for t in dump {
+            self.dests.entry(t.0.clone()).or_default().count += 1;
+            present.insert(t);
+        }
+        // Sockets gone from TIME_WAIT no longer count for their closer.
+        self.tuples
+            .retain(|t, (_, ts)| *ts > now_ns || present.contains(t));
+        self.dests
+            .retain(|_, st| st.count > 0 || st.raised.is_some() || !st.recent.is_empty());
+        for st in self.dests.values_mut() {
+            if st.count == 0 {
+                st.recent.retain(|&t| t + RATE_WINDOW_NS >= now_ns);
+                st.pids.clear();
+            }
+        }
+        self.last_reconcile_ns = Some(now_ns);
+    }
+
+    /// Check one destination's ratio against the thresholds.
+    pub fn evaluate(&mut self, dest: &Dest, now_ns: u64, policy: &PortPolicy) -> Option<Pressure> {
+        let warn = self.warn;
+        let st = self.dests.get_mut(dest)?;
+        let available = policy.available();
+        let window = st.recent.front().map_or(RATE_WINDOW_NS, |&first| {
+            now_ns
+                .saturating_sub(first)
+                .clamp(1_000_000_000, RATE_WINDOW_NS)
+        });
+        let in_window = st
+            .recent
+            .iter()
+            .filter(|&&t| t + RATE_WINDOW_NS >= now_ns)
+            .count();
+        let rate = in_window as f64 / (window as f64 / 1e9);
+        let reuse = policy.reuse_applies(dest.daddr);
+        // With tcp_tw_reuse a port in TIME_WAIT for over a second can be
+        // reused by connect(), so only about one second's worth block ports.
+        let blocking = if reuse {
+            (st.count as f64).min(rate)
+        } else {
+            st.count as f64
+        };
+        let ratio = blocking / available as f64;
+        let level = match st.raised {
+            None if ratio >= warn => Level::Warn,
+            Some(last) if ratio >= warn && ratio >= last + WORSE_STEP => Level::Worse,
+            Some(_) if ratio < warn => Level::Cleared,
+            _ => return None,
+        };
+        st.raised = (level != Level::Cleared).then_some(ratio);
+        let left = available as f64 - blocking;
+        Some(Pressure {
+            dest: dest.clone(),
+            level,
+            time_wait: st.count,
+            ports_available: available,
+            ratio: (ratio * 1000.0).round() / 1000.0,
+            rate_per_s: (rate * 10.0).round() / 10.0,
+            exhaustion_s: (rate > 0.0 && left > 0.0 && level != Level::Cleared)
+                .then(|| (left / rate * 10.0).round() / 10.0),
+            tw_reuse: reuse,
+            pids: st.pids.iter().map(|(p, c)| (*p, c.clone())).collect(),
+        })
+    }
+
+    /// Evaluate every destination (after a reconciliation).
+    pub fn evaluate_all(&mut self, now_ns: u64, policy: &PortPolicy) -> Vec<Pressure> {
+        let mut dests: Vec<Dest> = self.dests.keys().cloned().collect();
+        dests.sort();
+        dests
+            .iter()
+            .filter_map(|d| self.evaluate(d, now_ns, policy))
+            .collect()
+    }
+
+    /// TIME_WAIT sockets toward `daddr:dport` from any local address.
+    pub fn toward(&self, netns: u32, daddr: IpAddr, dport: u16) -> u32 {
+        self.dests
+            .iter()
+            .filter(|(d, _)| d.netns == netns && d.daddr == daddr && d.dport == dport)
+            .map(|(_, s)| s.count)
+            .sum()
+    }
+
+    /// Destinations with the most TIME_WAIT sockets.
+    pub fn top(&self, n: usize) -> Vec<(Dest, u32)> {
+        let mut v: Vec<(Dest, u32)> = self
+            .dests
+            .iter()
+            .filter(|(_, s)| s.count > 0)
+            .map(|(d, s)| (d.clone(), s.count))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(n);
+        v
+    }
+
+    /// TIME_WAIT sockets per closing process, among those closetrace saw enter.
+    pub fn by_process(&self) -> Vec<(u32, String, u32)> {
+        let mut m: BTreeMap<u32, (String, u32)> = BTreeMap::new();
+        for (task, _) in self.tuples.values() {
+            m.entry(task.pid)
+                .or_insert_with(|| (task.comm.clone(), 0))
+                .1 += 1;
+        }
+        let mut v: Vec<(u32, String, u32)> = m.into_iter().map(|(p, (c, n))| (p, c, n)).collect();
+        v.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fixtures::{change, task};
+
+    const S: u64 = 1_000_000_000;
+
+    fn policy(ports: u16, reuse: u8) -> PortPolicy {
+        PortPolicy {
+            lo: 40000,
+            hi: 40000 + ports - 1,
+            reserved: 0,
+            tw_reuse: reuse,
+        }
+    }
+
+    fn dest(dport: u16) -> Dest {
+        Dest {
+            netns: 1,
+            saddr: "127.0.0.1".parse().unwrap(),
+            daddr: "127.0.0.2".parse().unwrap(),
+            dport,
+        }
+    }
+
+    #[test]
+    fn entries_are_fin_wait2_or_closing_to_close_without_reset() {
+        assert!(entered_time_wait(&change(
+            1,
+            1,
+            TcpState::FinWait2,
+            TcpState::Close
+        )));
+        assert!(entered_time_wait(&change(
+            1,
+            1,
+            TcpState::Closing,
+            TcpState::Close
+        )));
+        let mut rst = change(1, 1, TcpState::FinWait2, TcpState::Close);
+        rst.context.reset = true;
+        assert!(!entered_time_wait(&rst));
+        assert!(!entered_time_wait(&change(
+            1,
+            1,
+            TcpState::LastAck,
+            TcpState::Close
+        )));
+    }
+
+    #[test]
+    fn warn_worse_and_clear_with_a_fake_clock() {
+        let p = policy(200, 0);
+        let mut c = TimeWaitCounter::new(0.5);
+        let mut reports = Vec::new();
+        for i in 0..180u64 {
+            let now = i * S / 100; // 100 per second
+            c.entered((dest(80), 40000 + i as u16), Some(task(7, "cli")), now);
+            if let Some(r) = c.evaluate(&dest(80), now, &p) {
+                reports.push((i, r));
+            }
+        }
+        // 100 of 200 -> warn, then at 0.6, 0.7, 0.8, 0.9 -> worse.
+        let at: Vec<(u64, Level)> = reports.iter().map(|(i, r)| (*i, r.level)).collect();
+        assert_eq!(
+            at,
+            vec![
+                (99, Level::Warn),
+                (119, Level::Worse),
+                (139, Level::Worse),
+                (159, Level::Worse),
+                (179, Level::Worse)
+            ]
+        );
+        let first = &reports[0].1;
+        assert_eq!(
+            (first.time_wait, first.ports_available, first.ratio),
+            (100, 200, 0.5)
+        );
+        assert_eq!(first.pids, vec![(7, "cli".to_string())]);
+        assert!(
+            (first.rate_per_s - 100.0).abs() < 1.0,
+            "{}",
+            first.rate_per_s
+        );
+        assert!(
+            (first.exhaustion_s.unwrap() - 1.0).abs() < 0.1,
+            "{:?}",
+            first.exhaustion_s
+        );
+        // 60 s later the kernel has expired them: cleared.
+        c.reconcile(&[], 62 * S);
+        let cleared = c.evaluate_all(62 * S, &p);
+        assert_eq!(cleared.len(), 1);
+        assert_eq!(cleared[0].level, Level::Cleared);
+        assert_eq!(cleared[0].time_wait, 0);
+        assert!(c.evaluate_all(63 * S, &p).is_empty(), "cleared once");
+    }
+
+    #[test]
+    fn reconciliation_sets_counts_and_is_not_double_counted() {
+        let mut c = TimeWaitCounter::new(0.5);
+        for i in 0..10 {
+            c.entered((dest(80), 40000 + i), Some(task(7, "cli")), S + i as u64);
+        }
+        assert_eq!(c.toward(1, dest(80).daddr, 80), 10);
+        // The kernel knows of 8 (2 were reused or expired), taken at 2 s.
+        let dump: Vec<Tuple> = (0..8).map(|i| (dest(80), 40000 + i)).collect();
+        c.reconcile(&dump, 2 * S);
+        assert_eq!(c.toward(1, dest(80).daddr, 80), 8);
+        // An event older than the dump arriving late is already counted.
+        c.entered((dest(80), 40008), None, 2 * S - 1);
+        assert_eq!(c.toward(1, dest(80).daddr, 80), 8);
+        c.entered((dest(80), 40009), None, 2 * S + 1);
+        assert_eq!(c.toward(1, dest(80).daddr, 80), 9);
+        assert_eq!(c.top(5), vec![(dest(80), 9)]);
+        // Attribution follows the kernel: 8 of the closer's sockets remain.
+        assert_eq!(c.by_process(), vec![(7, "cli".to_string(), 8)]);
+    }
+
+    #[test]
+    fn server_side_time_wait_spreads_over_destinations() {
+        // The server closed first: its TIME_WAIT sockets each face a
+        // different client port, so no destination is under pressure.
+        let p = policy(200, 0);
+        let mut c = TimeWaitCounter::new(0.5);
+        for i in 0..150u16 {
+            let d = dest(40000 + i);
+            c.entered((d.clone(), 9501), Some(task(9, "srv")), i as u64);
+            assert_eq!(c.evaluate(&d, i as u64, &p), None);
+        }
+        assert_eq!(c.by_process(), vec![(9, "srv".to_string(), 150)]);
+    }
+
+    #[test]
+    fn tw_reuse_relieves_loopback_only_when_set() {
+        let mut c = TimeWaitCounter::new(0.5);
+        let lo = Dest {
+            daddr: "127.0.0.1".parse().unwrap(),
+            ..dest(80)
+        };
+        for i in 0..150u64 {
+            c.entered((lo.clone(), 40000 + i as u16), None, i * S / 10); // 10/s over 15 s
+        }
+        // tcp_tw_reuse=2 and loopback: only ~1 s of entries blocks ports.
+        assert_eq!(c.evaluate(&lo, 15 * S, &policy(200, 2)), None);
+        let r = c
+            .evaluate(&lo, 15 * S, &policy(200, 0))
+            .expect("pressure without reuse");
+        assert_eq!(r.level, Level::Warn);
+        assert!(!r.tw_reuse);
+    }
+}

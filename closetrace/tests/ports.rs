@@ -1,0 +1,254 @@
+//! Kernel tests for port pressure: TIME_WAIT toward one destination until
+//! connect() fails, bind() on a held port, listen queue overflow. Each runs
+//! in a network namespace it makes, so sysctls can be narrowed safely.
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Netns, Peer, Tracer, kernel_test};
+
+const SERVER: &str = "127.0.0.1:9501";
+
+/// A namespace with 200 ephemeral ports and no tcp_tw_reuse.
+fn narrow_netns(tag: &str) -> Netns {
+    let ns = Netns::new(tag);
+    ns.sysctl("net/ipv4/ip_local_port_range", "40000 40199");
+    ns.sysctl("net/ipv4/tcp_tw_reuse", "0");
+    ns
+}
+
+/// Acceptance 1: 200 ephemeral ports, no tcp_tw_reuse, a client that
+/// closes first: pressure crosses 0.5 before connect() fails with
+/// EADDRNOTAVAIL; both name the client, and the count agrees with ss.
+#[test]
+fn time_wait_pressure_then_eaddrnotavail() {
+    let Some(_k) = kernel_test("time_wait_pressure_then_eaddrnotavail") else {
+        return;
+    };
+    let ns = narrow_netns("tw");
+    let tracer = Tracer::start_in(&ns, &[]);
+    let mut server = Peer::spawn_in(&ns, &["server", "--listen", SERVER, "--connections", "0"]);
+    server.value("LISTENING");
+    let mut client = Peer::spawn_in(
+        &ns,
+        &[
+            "client",
+            "--connect",
+            SERVER,
+            "--count",
+            "1000",
+            "--until-error",
+        ],
+    );
+    let errno = client.number("ERROR");
+    assert_eq!(errno, 99, "the client ran out of ports: EADDRNOTAVAIL");
+    let ss_tw = ns.ss_count("time-wait");
+    let out = tracer.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+
+    let pos = |pred: &dyn Fn(&Value) -> bool| out.records.iter().position(pred);
+    let first_pressure = pos(&|r| r["type"] == "time_wait_pressure" && r["dport"] == 9501)
+        .expect("a time_wait_pressure record");
+    let first_error = pos(&|r| r["type"] == "connect_error").expect("a connect_error record");
+    assert!(
+        first_pressure < first_error,
+        "pressure must come before the failure"
+    );
+    let p = &out.records[first_pressure];
+    assert_eq!(p["level"], "warn");
+    assert!(p["ratio"].as_f64().unwrap() >= 0.5, "{p}");
+    assert_eq!(p["ports_available"], 200);
+    assert_eq!(p["tw_reuse"], false);
+    assert!(
+        p["pids"].as_array().unwrap().contains(&client.pid().into()),
+        "{p}"
+    );
+    assert!(
+        p["exhaustion_s"].as_f64().is_some(),
+        "rising: an estimate: {p}"
+    );
+    let e = &out.records[first_error];
+    assert_eq!(e["pid"], client.pid());
+    assert_eq!(e["errno"], "EADDRNOTAVAIL");
+    assert_eq!(
+        (e["daddr"].as_str(), e["dport"].as_u64()),
+        (Some("127.0.0.1"), Some(9501))
+    );
+    // At the failure some ports are still held by sockets on their way to
+    // TIME_WAIT (FIN_WAIT1/2, waiting for the server's FIN), so the count
+    // then is lower; ss, run after, agrees with closetrace's latest count.
+    let at_error = e["time_wait"].as_u64().unwrap();
+    assert!((100..=200).contains(&at_error), "{e}");
+    let latest = out
+        .of_type("time_wait_pressure")
+        .filter(|r| r["dport"] == 9501)
+        .last()
+        .unwrap()["time_wait"]
+        .as_f64()
+        .unwrap();
+    let at_exit = out.summary()["time_wait"]["top"][0]["time_wait"]
+        .as_f64()
+        .unwrap();
+    let ss_tw = ss_tw as f64;
+    for counted in [latest, at_exit] {
+        assert!(
+            (counted - ss_tw).abs() <= ss_tw * 0.05,
+            "closetrace counted {counted}, ss {ss_tw}"
+        );
+    }
+    assert_eq!(out.summary()["errors"]["connect"]["EADDRNOTAVAIL"], 1);
+    assert!(
+        out.summary()["time_wait"]["top"][0]["time_wait"]
+            .as_u64()
+            .unwrap()
+            >= 190
+    );
+}
+
+/// Acceptance 2: bind() on a port a listener holds names both processes.
+#[test]
+fn bind_error_names_the_holder() {
+    let Some(_k) = kernel_test("bind_error_names_the_holder") else {
+        return;
+    };
+    let ns = Netns::new("bind");
+    let tracer = Tracer::start_in(&ns, &[]);
+    let mut holder = Peer::spawn_in(&ns, &["server", "--listen", SERVER]);
+    holder.value("LISTENING");
+    let mut binder = Peer::spawn_in(&ns, &["bind", "--addr", SERVER]);
+    assert_eq!(binder.number("ERROR"), 98, "EADDRINUSE");
+    let out = tracer.stop();
+    let e = out
+        .of_type("bind_error")
+        .next()
+        .expect("a bind_error record");
+    assert_eq!(e["pid"], binder.pid());
+    assert_eq!(e["errno"], "EADDRINUSE");
+    assert_eq!(e["sport"], 9501);
+    let holders = e["holders"].as_array().unwrap();
+    assert!(
+        holders
+            .iter()
+            .any(|h| h["pid"] == holder.pid() && h["state"] == "LISTEN"),
+        "the listener's process is named: {e}"
+    );
+    assert!(e["hint"].as_str().unwrap().contains("SO_REUSEADDR"), "{e}");
+}
+
+/// Acceptance 3: backlog 1, never accepts, 20 connections: an overflow for
+/// that listener and its process.
+#[test]
+fn listen_overflow_names_the_listener() {
+    let Some(_k) = kernel_test("listen_overflow_names_the_listener") else {
+        return;
+    };
+    let ns = Netns::new("backlog");
+    let mut tracer = Tracer::start_in(&ns, &[]);
+    let mut server = Peer::spawn_in(
+        &ns,
+        &[
+            "server",
+            "--listen",
+            SERVER,
+            "--backlog",
+            "1",
+            "--no-accept",
+        ],
+    );
+    server.value("LISTENING");
+    // Let closetrace take its baseline of the new listener.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut client = Peer::spawn_in(
+        &ns,
+        &[
+            "client",
+            "--connect",
+            SERVER,
+            "--count",
+            "20",
+            "--connect-timeout-ms",
+            "200",
+        ],
+    );
+    let overflow = tracer.wait_record(Duration::from_secs(15), |r| r["type"] == "listen_overflow");
+    client.wait_done();
+    let out = tracer.stop();
+    let o = overflow.unwrap_or_else(|| panic!("no listen_overflow: {}", out.stderr));
+    assert_eq!(o["pid"], server.pid());
+    assert_eq!(o["sport"], 9501);
+    assert_eq!(o["backlog"], 1);
+    assert!(o["dropped"].as_u64().unwrap() > 0, "{o}");
+    assert!(out.summary()["listen_overflows"].as_u64().unwrap() >= 1);
+}
+
+/// Acceptance 4: the server closes first, so TIME_WAIT sits on the server:
+/// counted there, attributed to the server, no pressure on the client side.
+#[test]
+fn server_side_time_wait_is_not_client_pressure() {
+    let Some(_k) = kernel_test("server_side_time_wait_is_not_client_pressure") else {
+        return;
+    };
+    let ns = narrow_netns("srvtw");
+    let tracer = Tracer::start_in(&ns, &[]);
+    let mut server = Peer::spawn_in(
+        &ns,
+        &[
+            "server",
+            "--listen",
+            SERVER,
+            "--connections",
+            "150",
+            "--no-read",
+        ],
+    );
+    server.value("LISTENING");
+    let mut client = Peer::spawn_in(
+        &ns,
+        &[
+            "client",
+            "--connect",
+            SERVER,
+            "--count",
+            "150",
+            "--silent",
+            "--wait-eof",
+        ],
+    );
+    client.wait_done();
+    server.wait_done();
+    // One reconciliation after the churn.
+    std::thread::sleep(Duration::from_millis(1500));
+    let ss_tw = ns.ss_count("time-wait");
+    let out = tracer.stop();
+    // Fewer than 150: with 200 client ports, a reused port's SYN ends the
+    // server's TIME_WAIT socket for that 4-tuple. What counts is agreement.
+    assert!(
+        ss_tw >= 50,
+        "the server holds the TIME_WAIT sockets: ss saw {ss_tw}"
+    );
+    assert_eq!(
+        out.of_type("time_wait_pressure").count(),
+        0,
+        "no pressure anywhere"
+    );
+    let by = &out.summary()["time_wait"]["by_process"];
+    let srv = by
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == server.pid())
+        .unwrap_or_else(|| panic!("server not credited: {by}"));
+    let n = srv["time_wait"].as_u64().unwrap() as f64;
+    assert!(
+        (n - ss_tw as f64).abs() <= ss_tw as f64 * 0.05,
+        "counted {n}, ss {ss_tw}"
+    );
+    assert!(
+        by.as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["pid"] != client.pid()),
+        "the client left no TIME_WAIT: {by}"
+    );
+}
