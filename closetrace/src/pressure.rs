@@ -115,7 +115,9 @@ impl PortPressure {
         sink: &mut Sink,
         clock: &WallClock,
     ) -> io::Result<()> {
-        if !entered_time_wait(ev) {
+        // Only this namespace: its sysctls set the ports, and sock_diag (the
+        // reconciliation) sees only it.
+        if !entered_time_wait(ev) || !self.local(ev.sock.netns) {
             return Ok(());
         }
         // At -> CLOSE the local address may already be cleared; the local
@@ -123,12 +125,12 @@ impl PortPressure {
         let t = tuple(&ev.sock);
         let dest = t.0.clone();
         self.tw.entered(t, ev.owner.clone(), ev.ts_ns);
-        match (self.policy, self.local(dest.netns)) {
-            (Some(p), true) => match self.tw.evaluate(&dest, ev.ts_ns, &p) {
-                Some(pr) => write_pressure(&pr, ev.ts_ns, sink, clock),
-                None => Ok(()),
-            },
-            _ => Ok(()),
+        match self
+            .policy
+            .and_then(|p| self.tw.evaluate(&dest, ev.ts_ns, &p))
+        {
+            Some(pr) => write_pressure(&pr, ev.ts_ns, sink, clock),
+            None => Ok(()),
         }
     }
 
