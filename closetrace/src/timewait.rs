@@ -19,7 +19,7 @@ const RATE_WINDOW_NS: u64 = 5_000_000_000;
 /// A further rise of this much in the ratio is reported again.
 const WORSE_STEP: f64 = 0.10;
 /// TIME_WAIT sockets remembered for attribution to their closer.
-const TUPLE_CAPACITY: usize = 262_144;
+const TUPLE_CAPACITY: usize = 65_536;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Dest {

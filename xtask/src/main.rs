@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
+
+mod offsets_rule;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -23,6 +25,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Check that no kernel struct offset is hard-coded in the eBPF crate.
+    LintOffsets,
     /// Bootstrap, check formatting and lints, run every test.
     Test {
         /// Extra arguments for `cargo test`.
@@ -138,6 +142,30 @@ fn count_before(s: &str, word: &str) -> u64 {
         .unwrap_or(0)
 }
 
+fn lint_offsets() -> anyhow::Result<()> {
+    let dir = root().join("closetrace-ebpf/src");
+    let mut problems = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            let src = std::fs::read_to_string(&path)?;
+            let name = format!(
+                "closetrace-ebpf/src/{}",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            );
+            problems.extend(offsets_rule::check(&name, &src).into_iter().filter(|p| {
+                // lib.rs is the host-side stub: no kernel reads, no helper.
+                !(name.ends_with("lib.rs") && p.contains("appears 0 times"))
+            }));
+        }
+    }
+    if !problems.is_empty() {
+        bail!("hard-coded kernel offsets:\n{}", problems.join("\n"));
+    }
+    println!("xtask: no hard-coded kernel struct offsets in closetrace-ebpf");
+    Ok(())
+}
+
 /// Lint the eBPF crate for its real target: on the host it would link std.
 fn clippy_ebpf() -> anyhow::Result<()> {
     let mut c = Command::new("rustup");
@@ -192,8 +220,10 @@ fn main() -> anyhow::Result<()> {
             let status = cmd.args(&args).status().context("starting closetrace")?;
             std::process::exit(status.code().unwrap_or(1));
         }
+        Task::LintOffsets => lint_offsets()?,
         Task::Test { args } => {
             bootstrap()?;
+            lint_offsets()?;
             run(cargo().args(["fmt", "--all", "--check"]))?;
             run(cargo()
                 .args([
