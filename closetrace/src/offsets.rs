@@ -17,7 +17,7 @@ pub enum OffsetError {
     Read { path: String, reason: String },
     #[error("kernel BTF has no struct {0}")]
     NoStruct(String),
-    #[error("kernel BTF: struct {strukt} has no member {member} (needed for {field})")]
+    #[error("kernel BTF: {strukt} has no member {member} (needed for {field})")]
     NoMember {
         strukt: String,
         member: String,
@@ -94,7 +94,7 @@ pub fn field_offset(
         .into_iter()
         .find(|t| matches!(t, Type::Struct(s) if !s.members.is_empty()))
         .ok_or_else(|| OffsetError::NoStruct(strukt.to_string()))?;
-    let mut owner = strukt.to_string();
+    let mut owner = format!("struct {strukt}");
     let mut bits = 0u32;
     for name in path.split('.') {
         let found = find_member(btf, &ty, name)
@@ -109,7 +109,7 @@ pub fn field_offset(
         }
         bits += found.bit_offset;
         ty = strip_modifiers(btf, found.ty).map_err(malformed)?;
-        owner = name.to_string();
+        owner = format!("{owner}.{name}");
     }
     if !bits.is_multiple_of(8) {
         return Err(OffsetError::Bitfield { field });
@@ -231,7 +231,7 @@ mod tests {
         let err = field_offset(&btf, "sock", "__sk_common.skc_no_such_field", 2).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "kernel BTF: struct __sk_common has no member skc_no_such_field \
+            "kernel BTF: struct sock.__sk_common has no member skc_no_such_field \
              (needed for sock.__sk_common.skc_no_such_field)"
         );
         let err = field_offset(&btf, "no_such_struct_xyz", "a", 2).unwrap_err();
@@ -259,6 +259,95 @@ mod tests {
         // skc_reuse is a 4-bit bitfield in sock_common.
         let err = field_offset(&btf, "sock", "__sk_common.skc_reuse", 1).unwrap_err();
         assert!(matches!(err, OffsetError::Bitfield { .. }), "{err}");
+    }
+
+    /// A hand-built BTF: `struct sock_common { int skc_daddr; ... }` and
+    /// `struct sock { struct sock_common __sk_common; }`, where the common
+    /// part lacks the members named in `missing`.
+    fn tiny_btf(missing: &[&str]) -> Btf {
+        let mut strings = vec![0u8];
+        let mut name = |s: &str| {
+            let off = strings.len() as u32;
+            strings.extend_from_slice(s.as_bytes());
+            strings.push(0);
+            off
+        };
+        let (int, short) = (name("int"), name("unsigned short"));
+        let members: Vec<(&str, u32, u32)> = [
+            ("skc_daddr", 1, 0),
+            ("skc_rcv_saddr", 1, 32),
+            ("skc_dport", 2, 96),
+            ("skc_num", 2, 112),
+            ("skc_family", 2, 128),
+        ]
+        .into_iter()
+        .filter(|(n, _, _)| !missing.contains(n))
+        .collect();
+        let member_names: Vec<u32> = members.iter().map(|(n, _, _)| name(n)).collect();
+        let (common, sock, sk_common) = (name("sock_common"), name("sock"), name("__sk_common"));
+        let mut types = Vec::new();
+        let mut put = |v: u32| types.extend_from_slice(&v.to_le_bytes());
+        // 1: int, 2: unsigned short (BTF_KIND_INT = 1, with an encoding word).
+        for (n, size) in [(int, 4), (short, 2)] {
+            put(n);
+            put(1 << 24);
+            put(size);
+            put(size * 8);
+        }
+        // 3: struct sock_common (BTF_KIND_STRUCT = 4).
+        put(common);
+        put((4 << 24) | members.len() as u32);
+        put(24);
+        for ((_, ty, bits), n) in members.iter().zip(&member_names) {
+            put(*n);
+            put(*ty);
+            put(*bits);
+        }
+        // 4: struct sock { struct sock_common __sk_common; }
+        put(sock);
+        put((4 << 24) | 1);
+        put(24);
+        put(sk_common);
+        put(3);
+        put(0);
+        let mut blob = Vec::new();
+        blob.extend_from_slice(&0xeb9fu16.to_le_bytes());
+        blob.extend_from_slice(&[1, 0]);
+        for v in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            blob.extend_from_slice(&v.to_le_bytes());
+        }
+        blob.extend_from_slice(&types);
+        blob.extend_from_slice(&strings);
+        Btf::from_bytes(&blob).expect("hand-built BTF parses")
+    }
+
+    #[test]
+    fn a_btf_lacking_a_needed_member_gets_a_clear_error() {
+        let full = tiny_btf(&[]);
+        assert_eq!(
+            field_offset(&full, "sock", "__sk_common.skc_family", 2).unwrap(),
+            16
+        );
+        assert_eq!(
+            field_offset(&full, "sock", "__sk_common.skc_num", 2).unwrap(),
+            14
+        );
+        let err = resolve(&tiny_btf(&["skc_family"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kernel BTF: struct sock.__sk_common has no member skc_family \
+             (needed for sock.__sk_common.skc_family)"
+        );
+        // The rest of what resolve() needs is absent from this tiny BTF too:
+        // the first missing piece is named, never a silent default.
+        let err = resolve(&full).unwrap_err();
+        assert!(err.to_string().contains("sk_protocol"), "{err}");
     }
 
     #[test]
