@@ -229,6 +229,17 @@ pub struct ListenKey {
 }
 const _: () = assert!(core::mem::size_of::<ListenKey>() == 8);
 
+/// Value of the `LISTENERS` map: who owns a listening port, and the
+/// listener's own cookie (older kernels copy it into accepted children at
+/// clone time, so a child's first transition can carry it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ListenerInfo {
+    pub owner: TaskId,
+    pub cookie: u64,
+}
+const _: () = assert!(core::mem::size_of::<ListenerInfo>() == 32);
+
 /// Sentinel for a field the running kernel does not have.
 pub const OFFSET_ABSENT: u32 = u32::MAX;
 
@@ -324,6 +335,7 @@ mod user {
     unsafe impl aya::Pod for super::SockErrorRecord {}
     unsafe impl aya::Pod for super::SockInfo {}
     unsafe impl aya::Pod for super::ListenKey {}
+    unsafe impl aya::Pod for super::ListenerInfo {}
     unsafe impl aya::Pod for super::SockOffsets {}
     unsafe impl aya::Pod for super::Config {}
 }

@@ -23,9 +23,9 @@ use aya_ebpf::{
 };
 use closetrace_common::{
     AF_INET, AF_INET6, COMM_LEN, CloseRecord, Config, EADDRINUSE, EADDRNOTAVAIL, IPPROTO_TCP,
-    LOST_RINGBUF, LOST_SLOTS, ListenKey, OFFSET_ABSENT, PF_EXITING, PendingCall, RECORD_CLOSE,
-    RECORD_SOCK_ERROR, RECORD_STATE, SockErrorRecord, SockInfo, SockOffsets, StateRecord, TaskId,
-    close_src, flags, owner_src, syscall, tcp_state::*,
+    LOST_RINGBUF, LOST_SLOTS, ListenKey, ListenerInfo, OFFSET_ABSENT, PF_EXITING, PendingCall,
+    RECORD_CLOSE, RECORD_SOCK_ERROR, RECORD_STATE, SockErrorRecord, SockInfo, SockOffsets,
+    StateRecord, TaskId, close_src, flags, owner_src, syscall, tcp_state::*,
 };
 
 /// Offsets and filter switches, written by userspace before load.
@@ -46,7 +46,7 @@ static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536, 0)
 
 /// Owner of each listening port, inherited by the sockets it accepts.
 #[map]
-static LISTENERS: LruHashMap<ListenKey, TaskId> = LruHashMap::with_max_entries(4096, 0);
+static LISTENERS: LruHashMap<ListenKey, ListenerInfo> = LruHashMap::with_max_entries(4096, 0);
 
 /// `--pid` filter: tgids whose sockets are reported.
 #[map]
@@ -229,36 +229,70 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let sock_id = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
     let ep = endpoints(sk, off)?;
     let netns = netns_of(sk, off);
     let task = current_task();
+    let listen_key = ListenKey {
+        netns,
+        port: ep.sport,
+        _pad: 0,
+    };
 
-    let known = SOCKS.get_ptr(sock_id).map(|p| unsafe { *p });
+    // An accepted child (LISTEN -> SYN_RECV, then SYN_RECV -> ...) inherits
+    // its listener's owner until the acceptor is seen.
+    // A zeroed local and a flag rather than an Option of a struct: LLVM
+    // otherwise leaves registers the verifier sees as uninitialised.
+    let mut listener = ListenerInfo {
+        owner: TaskId::EMPTY,
+        cookie: 0,
+    };
+    let mut has_listener = false;
+    if (old == SYN_RECV || (old == LISTEN && new == SYN_RECV))
+        && let Some(p) = LISTENERS.get_ptr(listen_key)
+    {
+        listener = unsafe { *p };
+        has_listener = true;
+    }
+    // Kernels that copy the listener's cookie into the clone: the child has
+    // no id of its own yet. Report 0 rather than the listener's id, and keep
+    // the listener's bookkeeping untouched.
+    let sock_id = if has_listener && old == LISTEN && listener.cookie == cookie {
+        0
+    } else {
+        cookie
+    };
+    // Same zeroed-local pattern as the listener above.
+    let mut known = SockInfo {
+        owner: TaskId::EMPTY,
+        owner_src: owner_src::UNKNOWN,
+        state: 0,
+        since_ns: 0,
+        flags: 0,
+        _pad: 0,
+    };
+    let mut is_known = false;
+    if sock_id != 0
+        && let Some(p) = SOCKS.get_ptr(sock_id)
+    {
+        known = unsafe { *p };
+        is_known = true;
+    }
     let (owner, src) = if caused_by_owner(old, new) && task.tgid != 0 {
         (task, owner_src::TRANSITION)
-    } else if let Some(info) = known {
-        (info.owner, info.owner_src)
-    } else if old == LISTEN && new == SYN_RECV {
-        // A child being accepted: until the acceptor touches it, its owner is
-        // whoever owns the listener.
-        let key = ListenKey {
-            netns,
-            port: ep.sport,
-            _pad: 0,
-        };
-        match LISTENERS.get_ptr(key) {
-            Some(p) => (unsafe { *p }, owner_src::LISTENER),
-            None => (TaskId::EMPTY, owner_src::UNKNOWN),
-        }
+    } else if is_known {
+        (known.owner, known.owner_src)
+    } else if has_listener {
+        (listener.owner, owner_src::LISTENER)
     } else {
         (TaskId::EMPTY, owner_src::UNKNOWN)
     };
-    let old_since_ns = match known {
-        Some(info) if info.state == old => info.since_ns,
-        _ => 0,
+    let old_since_ns = if is_known && known.state == old {
+        known.since_ns
+    } else {
+        0
     };
-    let sock_flags = known.map_or(0, |i| i.flags);
+    let sock_flags = known.flags;
     let mut fl = (sock_flags as u16) & flags::SOCK_RESET;
     if matches!(read::<i32>(sk, off.sk_err), Ok(e) if e != 0) {
         fl |= flags::SOCK_ERROR;
@@ -275,21 +309,14 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // Bookkeeping happens whatever the filter says, so that ownership is
     // right when a filtered-in process later inherits or receives a socket.
     if new == LISTEN && ep.sport != 0 {
-        let key = ListenKey {
-            netns,
-            port: ep.sport,
-            _pad: 0,
-        };
-        let _ = LISTENERS.insert(key, owner, BPF_ANY as u64);
+        let info = ListenerInfo { owner, cookie };
+        let _ = LISTENERS.insert(listen_key, info, BPF_ANY as u64);
     } else if old == LISTEN && new == CLOSE {
-        let key = ListenKey {
-            netns,
-            port: ep.sport,
-            _pad: 0,
-        };
-        let _ = LISTENERS.remove(key);
+        let _ = LISTENERS.remove(listen_key);
     }
-    if new == CLOSE {
+    if sock_id == 0 {
+        // Nothing to keep under an id the socket does not have yet.
+    } else if new == CLOSE {
         // Gone from the state machine: drop it so the map holds only the living.
         let _ = SOCKS.remove(sock_id);
     } else {

@@ -8,7 +8,7 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, FEntry, KProbe, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use closetrace_common::{
-    COMM_LEN, Config, ListenKey, SockInfo, TaskId, owner_src, tcp_state::LISTEN,
+    COMM_LEN, Config, ListenKey, ListenerInfo, SockInfo, TaskId, owner_src, tcp_state::LISTEN,
 };
 use thiserror::Error;
 
@@ -47,6 +47,26 @@ pub enum LoadError {
     Attach { hook: String, reason: String },
     #[error("kernel map {0}: {1}")]
     Map(&'static str, String),
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn verifier_logs_are_cut_to_their_verdict() {
+        let log = (0..5000)
+            .map(|i| format!("{i}: (79) r2 = *(u64 *)(r1 +16)\n"))
+            .collect::<String>();
+        let msg = super::brief(format!(
+            "load failed. Verifier output: {log}R4 !read_ok\nprocessed 652 insns"
+        ));
+        assert!(msg.len() < 600, "{}", msg.len());
+        assert!(msg.starts_with("load failed. verifier: ..."), "{msg}");
+        assert!(
+            msg.contains("R4 !read_ok | processed 652 insns (full log: RUST_LOG=debug)"),
+            "{msg}"
+        );
+        assert_eq!(super::brief("plain error"), "plain error");
+    }
 }
 
 /// What the kernel side needs from the command line.
@@ -159,7 +179,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
         .map_max_entries("EVENTS", opts.ring_bytes)
         .load(OBJECT)
         .map_err(|e| {
-            let text = format!("{e:#}");
+            let text = brief(e);
             if text.contains("Operation not permitted") {
                 LoadError::Privileges
             } else {
@@ -264,6 +284,23 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
         events,
         lost,
     })
+}
+
+/// An aya error as one readable message: a rejected program's verifier log
+/// runs to tens of kilobytes, so keep its last lines (where the verdict is)
+/// and leave the whole log to `RUST_LOG=debug`.
+fn brief(err: impl std::fmt::Display) -> String {
+    let text = format!("{err:#}");
+    let Some((head, log)) = text.split_once("Verifier output:") else {
+        return text;
+    };
+    log::debug!("full verifier log:{log}");
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(6)..].join(" | ");
+    format!(
+        "{} verifier: ...{tail} (full log: RUST_LOG=debug)",
+        head.trim_end()
+    )
 }
 
 fn ok_hook(hook: &str, attach: &str) -> HookReport {
@@ -388,7 +425,7 @@ pub fn seed_existing(
     };
     let mut sock_map: BpfHashMap<_, u64, SockInfo> =
         BpfHashMap::try_from(sock_map).map_err(map_err("SOCKS"))?;
-    let mut listen_map: BpfHashMap<_, ListenKey, TaskId> =
+    let mut listen_map: BpfHashMap<_, ListenKey, ListenerInfo> =
         BpfHashMap::try_from(listen_map).map_err(map_err("LISTENERS"))?;
     let mut seeded = 0;
     for s in view.by_cookie.values() {
@@ -421,7 +458,11 @@ pub fn seed_existing(
                 port: s.sport,
                 _pad: 0,
             };
-            let _ = listen_map.insert(key, owner, BPF_NOEXIST);
+            let info = ListenerInfo {
+                owner,
+                cookie: s.cookie,
+            };
+            let _ = listen_map.insert(key, info, BPF_NOEXIST);
         }
         let task = crate::model::Task {
             pid: h.pid,

@@ -113,7 +113,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         snapshot::own_netns().unwrap_or(0),
         clock,
     );
-    let view = KernelView::take().context("start-up snapshot of TCP sockets")?;
+    // sock_diag can be missing (tcp_diag is a module on distribution
+    // kernels, and may be absent): trace anyway, and say what that costs.
+    let view = match KernelView::take() {
+        Ok(v) => {
+            kernel.hooks.push(records::HookReport {
+                hook: "sock_diag".into(),
+                attach: "netlink".into(),
+                status: "ok",
+                reason: None,
+            });
+            v
+        }
+        Err(e) => {
+            kernel.hooks.push(records::HookReport {
+                hook: "sock_diag".into(),
+                attach: "none".into(),
+                status: "unavailable",
+                reason: Some(format!(
+                    "{e} (load the tcp_diag module); sockets older than closetrace get no owner \
+                     until they act, and leak holders, recv_q and TIME_WAIT reconciliation are \
+                     unavailable"
+                )),
+            });
+            KernelView::empty()
+        }
+    };
     let seeded = loader::seed_existing(&mut kernel, monitor.table_mut(), &view)?;
     monitor.seed_leaks(&view, clock::monotonic_ns());
     drop(view);
@@ -175,10 +200,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
     let elapsed = started.elapsed().as_secs_f64();
     eprint!("{}", summary.to_text(elapsed));
-    match result {
-        Ok(()) => sink
-            .summary(&summary.to_record(elapsed))
-            .context("writing output"),
+    match result.and_then(|()| sink.summary(&summary.to_record(elapsed))) {
+        Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
             Err(anyhow!("output closed (broken pipe); stopped tracing"))
         }

@@ -31,6 +31,8 @@ pub struct Monitor {
     /// Leaks that were displayed, so their resolution is displayed too.
     shown: HashSet<u64>,
     ports: PortPressure,
+    /// sock_diag failed once already: do not repeat the warning.
+    diag_warned: bool,
 }
 
 impl Monitor {
@@ -52,6 +54,7 @@ impl Monitor {
             own_netns,
             shown: HashSet::new(),
             ports: PortPressure::new(tw_warn, own_netns),
+            diag_warned: false,
         }
     }
 
@@ -157,7 +160,9 @@ impl Monitor {
         let view = match KernelView::take() {
             Ok(v) => Some(v),
             Err(e) => {
-                eprintln!("closetrace: warning: cannot list sockets for leak holders: {e}");
+                if !std::mem::replace(&mut self.diag_warned, true) {
+                    eprintln!("closetrace: warning: cannot list sockets for leak holders: {e}");
+                }
                 None
             }
         };

@@ -85,7 +85,8 @@ impl OwnerTable {
                 .get(&id)
                 .and_then(|e| e.owner.clone().map(|o| (o, e.source)));
             let inherited = || {
-                (ev.old == TcpState::Listen && ev.new == TcpState::SynRecv)
+                (ev.old == TcpState::SynRecv
+                    || (ev.old == TcpState::Listen && ev.new == TcpState::SynRecv))
                     .then(|| self.listeners.get(&(ev.sock.netns, ev.sock.sport)).cloned())
                     .flatten()
                     .map(|o| (o, OwnerSource::Listener))
@@ -106,6 +107,10 @@ impl OwnerTable {
                 self.listeners.remove(&listen_key);
             }
             _ => {}
+        }
+        if id == 0 {
+            // The kernel has not given this (accepted) socket its own id yet.
+            return;
         }
         if ev.new == TcpState::Close {
             self.socks.remove(&id);
@@ -177,6 +182,27 @@ mod tests {
         let mut cw = change(2, 9501, TcpState::Established, TcpState::CloseWait, None);
         t.apply(&mut cw);
         assert_eq!(cw.owner.unwrap().pid, 10);
+    }
+
+    #[test]
+    fn child_without_its_own_id_yet_inherits_on_its_next_transition() {
+        let mut t = OwnerTable::new(16);
+        t.apply(&mut change(
+            1,
+            9501,
+            TcpState::Close,
+            TcpState::Listen,
+            Some(task(10, "srv")),
+        ));
+        // Older kernels: the clone carries no id of its own at first (0).
+        let mut birth = change(0, 9501, TcpState::Listen, TcpState::SynRecv, None);
+        t.apply(&mut birth);
+        assert_eq!(birth.owner.as_ref().unwrap().pid, 10);
+        assert!(t.get(0).is_none(), "nothing kept under id 0");
+        let mut est = change(3, 9501, TcpState::SynRecv, TcpState::Established, None);
+        t.apply(&mut est);
+        assert_eq!(est.owner_source, OwnerSource::Listener);
+        assert_eq!(t.get(3).unwrap().owner.as_ref().unwrap().pid, 10);
     }
 
     #[test]

@@ -244,6 +244,13 @@ impl KernelView {
         })
     }
 
+    pub fn empty() -> KernelView {
+        KernelView {
+            by_cookie: HashMap::new(),
+            holders: HashMap::new(),
+        }
+    }
+
     pub fn holders_of(&self, cookie: u64) -> &[Holder] {
         self.by_cookie
             .get(&cookie)

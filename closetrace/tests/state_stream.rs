@@ -294,7 +294,6 @@ fn unmounted_tracefs_is_mounted() {
 /// summary still printed.
 #[test]
 fn closed_stdout_pipe_ends_cleanly() {
-    use std::io::{BufRead, BufReader};
     let Some(_k) = kernel_test("closed_stdout_pipe_ends_cleanly") else {
         return;
     };
@@ -304,11 +303,16 @@ fn closed_stdout_pipe_ends_cleanly() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut first = String::new();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    reader.read_line(&mut first).unwrap();
-    assert!(first.contains("\"ready\""), "{first}");
-    drop(reader); // the reader goes away
+    let mut lines = support::Lines::new(child.stdout.take().unwrap());
+    if lines
+        .wait_for(Duration::from_secs(60), |l| l.contains("\"ready\""))
+        .is_none()
+    {
+        let _ = child.kill();
+        panic!("closetrace never became ready");
+    }
+    // The reader goes away: its thread exits, closing the pipe, at the next line.
+    drop(lines);
     let mut server = Peer::spawn(&["server", "--connections", "0", "--no-read"]);
     let port = server.value("LISTENING");
     let mut status = None;
