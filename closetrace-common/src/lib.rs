@@ -276,7 +276,8 @@ pub struct SockOffsets {
     pub sk_err: u32,
     /// `sock.__sk_common.skc_state` (u8)
     pub state: u32,
-    /// `sock.sk_cookie` (atomic64_t): kprobes cannot call the cookie helper
+    /// `sock.__sk_common.skc_cookie` (atomic64_t, `sk_cookie`): kprobes
+    /// cannot call the cookie helper
     pub cookie: u32,
     /// `task_struct.flags` (unsigned int)
     pub task_flags: u32,

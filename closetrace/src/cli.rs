@@ -38,6 +38,16 @@ pub struct Cli {
     #[arg(long, value_name = "RATIO", default_value_t = 0.5, value_parser = parse_ratio)]
     pub tw_warn: f64,
 
+    /// How to hook tcp_close: auto (fentry, else kprobe, else inferred from
+    /// transitions), or force one method.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        env = "CLOSETRACE_CLOSE_HOOK"
+    )]
+    pub close_hook: crate::loader::CloseHookChoice,
+
     /// Ring buffer size in bytes: a power of two, at least one page.
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = parse_ring_size)]
     pub ring_buffer_size: u32,

@@ -73,6 +73,7 @@ mod tests {
 pub struct LoadOptions<'a> {
     pub pids: &'a [u32],
     pub ring_bytes: u32,
+    pub close_hook: CloseHookChoice,
 }
 
 /// How application closes are observed.
@@ -264,7 +265,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
         calls,
         "connect() EADDRNOTAVAIL and bind() EADDRINUSE failures are not reported",
     ));
-    let (close_hook, report) = attach_close_hook(&mut ebpf, &btf);
+    let (close_hook, report) = attach_close_hook(&mut ebpf, &btf, opts.close_hook);
     hooks.push(report);
 
     let events = RingBuf::try_from(
@@ -324,46 +325,73 @@ fn optional_hook(hook: &str, attach: &str, result: Result<(), String>, cost: &st
     }
 }
 
-/// tcp_close: fentry, else kprobe, else inference from transitions; the
-/// report says which, and why each better method was refused.
-fn attach_close_hook(ebpf: &mut Ebpf, btf: &Btf) -> (CloseHook, HookReport) {
-    let fentry = (|| -> Result<(), String> {
-        let p: &mut FEntry = program(ebpf, "tcp_close_fentry")?;
-        p.load("tcp_close", btf)
-            .map_err(|e| format!("fentry: load: {e:#}"))?;
-        p.attach().map_err(|e| format!("fentry: attach: {e:#}"))?;
-        Ok(())
-    })();
-    let fentry_err = match fentry {
-        Ok(()) => return (CloseHook::Fentry, ok_hook("tcp_close", "fentry")),
-        Err(e) if e.contains("Operation not permitted") => {
-            "fentry refused: BPF_PROG_LOAD returned EPERM (this kernel refuses BPF trampolines)"
-                .into()
+/// Which tcp_close methods to try (`--close-hook`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CloseHookChoice {
+    /// fentry, else kprobe, else inference from transitions.
+    Auto,
+    Fentry,
+    Kprobe,
+    Transitions,
+}
+
+/// tcp_close: fentry, else kprobe, else inference from transitions (or only
+/// what `choice` allows); the report says which, and why each better method
+/// was refused or not tried.
+fn attach_close_hook(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    choice: CloseHookChoice,
+) -> (CloseHook, HookReport) {
+    use CloseHookChoice::*;
+    let not_tried = |m: &str| format!("{m} not tried (--close-hook {choice:?})").to_lowercase();
+    let fentry_err = if matches!(choice, Auto | Fentry) {
+        let r = (|| -> Result<(), String> {
+            let p: &mut FEntry = program(ebpf, "tcp_close_fentry")?;
+            p.load("tcp_close", btf)
+                .map_err(|e| format!("fentry: load: {}", brief(e)))?;
+            p.attach()
+                .map_err(|e| format!("fentry: attach: {}", brief(e)))?;
+            Ok(())
+        })();
+        match r {
+            Ok(()) => return (CloseHook::Fentry, ok_hook("tcp_close", "fentry")),
+            Err(e) if e.contains("Operation not permitted") => {
+                "fentry refused: BPF_PROG_LOAD returned EPERM (this kernel refuses BPF trampolines)"
+                    .into()
+            }
+            Err(e) => e,
         }
-        Err(e) => e,
+    } else {
+        not_tried("fentry")
     };
-    let kprobe = (|| -> Result<(), String> {
-        let p: &mut KProbe = program(ebpf, "tcp_close_kprobe")?;
-        p.load().map_err(|e| format!("kprobe: load: {e:#}"))?;
-        p.attach("tcp_close", 0)
-            .map_err(|e| format!("kprobe: attach: {e:#}"))?;
-        Ok(())
-    })();
-    let kprobe_err = match kprobe {
-        Err(e) if e.contains("devices/kprobe") => {
-            "kprobe unavailable: no kprobe event source (/sys/bus/event_source/devices/kprobe; \
-             kernel built without CONFIG_KPROBES)"
-                .to_string()
+    let kprobe_err = if matches!(choice, Auto | Kprobe) {
+        let r = (|| -> Result<(), String> {
+            let p: &mut KProbe = program(ebpf, "tcp_close_kprobe")?;
+            p.load()
+                .map_err(|e| format!("kprobe: load: {}", brief(e)))?;
+            p.attach("tcp_close", 0)
+                .map_err(|e| format!("kprobe: attach: {}", brief(e)))?;
+            Ok(())
+        })();
+        match r {
+            Ok(()) => {
+                let mut report = ok_hook("tcp_close", "kprobe");
+                report.status = "degraded";
+                report.reason = Some(format!(
+                    "{fentry_err}; kprobe works the same, a little slower"
+                ));
+                return (CloseHook::Kprobe, report);
+            }
+            Err(e) if e.contains("devices/kprobe") => {
+                "kprobe unavailable: no kprobe event source (/sys/bus/event_source/devices/kprobe; \
+                 kernel built without CONFIG_KPROBES)"
+                    .to_string()
+            }
+            Err(e) => e,
         }
-        Ok(()) => {
-            let mut r = ok_hook("tcp_close", "kprobe");
-            r.status = "degraded";
-            r.reason = Some(format!(
-                "{fentry_err}; kprobe works the same, a little slower"
-            ));
-            return (CloseHook::Kprobe, r);
-        }
-        Err(e) => e,
+    } else {
+        not_tried("kprobe")
     };
     let report = HookReport {
         hook: "tcp_close".into(),

@@ -102,6 +102,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let mut kernel = loader::load(&LoadOptions {
         pids: &pids,
         ring_bytes: cli.ring_buffer_size,
+        close_hook: cli.close_hook,
     })?;
     let clock = WallClock::sample();
     let threshold = cli.close_wait_threshold;

@@ -67,9 +67,8 @@ pub fn resolve(btf: &Btf) -> Result<SockOffsets, OffsetError> {
         inet_sport: field_offset(btf, "inet_sock", "inet_sport", 2)?,
         sk_err: sock("sk_err", 4)?,
         state: sock("__sk_common.skc_state", 1)?,
-        // Without it the kprobe close path cannot name sockets; fentry and
-        // the fallback do not need it.
-        cookie: optional(sock("sk_cookie", 8))?,
+        // `sk_cookie` is a macro for this: the kprobe close path reads it.
+        cookie: sock("__sk_common.skc_cookie", 8)?,
         task_flags: field_offset(btf, "task_struct", "flags", 4)?,
         _pad: 0,
     })

@@ -6,6 +6,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 mod offsets_rule;
+mod vm;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -24,6 +25,12 @@ enum Task {
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Run the kernel tests: on this host, or with --vm inside stock Debian
+    /// kernels (6.1, 6.12) booted under qemu.
+    IntegrationTest {
+        #[arg(long)]
+        vm: bool,
     },
     /// Check that no kernel struct offset is hard-coded in the eBPF crate.
     LintOffsets,
@@ -221,6 +228,24 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::LintOffsets => lint_offsets()?,
+        Task::IntegrationTest { vm: true } => {
+            bootstrap()?;
+            vm::run(&root())?;
+        }
+        Task::IntegrationTest { vm: false } => {
+            bootstrap()?;
+            let kernel_tests = [
+                "--test",
+                "state_stream",
+                "--test",
+                "leaks",
+                "--test",
+                "ports",
+            ];
+            run(cargo()
+                .args(["test", "-p", "closetrace"])
+                .args(kernel_tests))?;
+        }
         Task::Test { args } => {
             bootstrap()?;
             lint_offsets()?;
