@@ -183,6 +183,8 @@ fn copy_with_libs(rootfs: &Path, bin: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+// No tmpfs on /tmp: the initramfs root is writable already, and the test
+// binaries may live under /tmp (a checkout there), which a mount would hide.
 fn init_script(
     closetrace: &Path,
     tests: &[(PathBuf, &str)],
@@ -190,7 +192,7 @@ fn init_script(
 ) -> String {
     let mut s = String::from(
         "#!/bin/sh\nmount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\n\
-         mount -t tmpfs tmp /tmp\nfor m in /modules/*.ko; do insmod $m; done\nip link set lo up\n\
+         for m in /modules/*.ko; do insmod $m; done\nip link set lo up\n\
          export CLOSETRACE_REQUIRE_KERNEL_TESTS=1 RUST_BACKTRACE=0\n\
          echo \"VM-KERNEL $(cat /proc/sys/kernel/osrelease)\"\n",
     );
