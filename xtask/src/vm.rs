@@ -84,7 +84,13 @@ fn ensure_tools() -> anyhow::Result<()> {
 
 /// The newest package matching `pattern`, downloaded (once) and unpacked.
 fn kernel(work: &Path, series: &str, pattern: &str) -> anyhow::Result<PathBuf> {
-    let names = sh(Command::new("apt-cache").args(["search", "--names-only", pattern]))?;
+    let search = || sh(Command::new("apt-cache").args(["search", "--names-only", pattern]));
+    let mut names = search()?;
+    if names.trim().is_empty() {
+        // Package lists may be missing or stale on a fresh machine.
+        sh(Command::new("apt-get").arg("update").arg("-qq"))?;
+        names = search()?;
+    }
     let mut pkgs: Vec<&str> = names
         .lines()
         .filter_map(|l| l.split_whitespace().next())
