@@ -1,12 +1,10 @@
 //! The one place where kernel bytes become typed events. Every record is
 //! checked for its kind and exact size before any field is read, and every
 //! enumerated value goes through `TryFrom`: nothing is transmuted.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
 use closetrace_common::{
-    AF_INET, AF_INET6, CLOSE_RECORD_SIZE, COMM_LEN, CloseRecord, EADDRINUSE, EADDRNOTAVAIL,
-    RECORD_CLOSE, RECORD_SOCK_ERROR, RECORD_STATE, SOCK_ERROR_RECORD_SIZE, STATE_RECORD_SIZE,
-    SockErrorRecord, StateRecord, TaskId, close_src, flags, syscall,
+    CLOSE_RECORD_SIZE, COMM_LEN, CloseRecord, EADDRINUSE, EADDRNOTAVAIL, RECORD_CLOSE,
+    RECORD_SOCK_ERROR, RECORD_STATE, SOCK_ERROR_RECORD_SIZE, STATE_RECORD_SIZE, SockErrorRecord,
+    StateRecord, TaskId, close_src, flags, syscall,
 };
 use thiserror::Error;
 
@@ -164,11 +162,8 @@ fn decode_sock_error(r: &SockErrorRecord) -> Result<SockError, DecodeError> {
         EADDRNOTAVAIL => Errno::AddrNotAvail,
         other => return Err(DecodeError::UnknownErrno(other)),
     };
-    let (family, addr) = match r.family {
-        AF_INET => (Family::Ipv4, ipv4(&r.addr)),
-        AF_INET6 => (Family::Ipv6, ipv6(&r.addr)),
-        other => return Err(DecodeError::UnknownFamily(other)),
-    };
+    let family = Family::from_af(r.family).ok_or(DecodeError::UnknownFamily(r.family))?;
+    let addr = family.addr(&r.addr);
     Ok(SockError {
         ts_ns: r.ts_ns,
         syscall,
@@ -187,28 +182,16 @@ fn sock_ref(
     (saddr, sport): (&[u8; 16], u16),
     (daddr, dport): (&[u8; 16], u16),
 ) -> Result<SockRef, DecodeError> {
-    let (family, saddr, daddr) = match family {
-        AF_INET => (Family::Ipv4, ipv4(saddr), ipv4(daddr)),
-        AF_INET6 => (Family::Ipv6, ipv6(saddr), ipv6(daddr)),
-        other => return Err(DecodeError::UnknownFamily(other)),
-    };
+    let family = Family::from_af(family).ok_or(DecodeError::UnknownFamily(family))?;
     Ok(SockRef {
         id,
         netns,
         family,
-        saddr,
+        saddr: family.addr(saddr),
         sport,
-        daddr,
+        daddr: family.addr(daddr),
         dport,
     })
-}
-
-fn ipv4(b: &[u8; 16]) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
-}
-
-fn ipv6(b: &[u8; 16]) -> IpAddr {
-    IpAddr::V6(Ipv6Addr::from(*b))
 }
 
 /// `comm` is NUL-padded and may hold any bytes the process chose.
@@ -227,7 +210,9 @@ fn task(t: &TaskId) -> Task {
 
 #[cfg(test)]
 mod tests {
-    use closetrace_common::{owner_src, tcp_state};
+    use std::net::{IpAddr, Ipv6Addr};
+
+    use closetrace_common::{AF_INET, AF_INET6, owner_src, tcp_state};
 
     use super::*;
 

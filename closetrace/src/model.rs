@@ -120,6 +120,24 @@ pub enum Family {
 }
 
 impl Family {
+    /// From the kernel's address family number (AF_INET, AF_INET6).
+    pub fn from_af(af: u16) -> Option<Family> {
+        match af {
+            closetrace_common::AF_INET => Some(Family::Ipv4),
+            closetrace_common::AF_INET6 => Some(Family::Ipv6),
+            _ => None,
+        }
+    }
+
+    /// An address of this family from the kernel's 16-byte form (network
+    /// order; IPv4 in the first four bytes).
+    pub fn addr(self, b: &[u8; 16]) -> IpAddr {
+        match self {
+            Family::Ipv4 => IpAddr::V4(std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3])),
+            Family::Ipv6 => IpAddr::V6(std::net::Ipv6Addr::from(*b)),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Family::Ipv4 => "ipv4",

@@ -72,19 +72,7 @@ impl Monitor {
             if TcpState::try_from(s.state as u32) != Ok(TcpState::CloseWait) {
                 continue;
             }
-            let sock = crate::model::SockRef {
-                id: s.cookie,
-                netns: self.own_netns,
-                family: if s.family == closetrace_common::AF_INET6 {
-                    crate::model::Family::Ipv6
-                } else {
-                    crate::model::Family::Ipv4
-                },
-                saddr: s.saddr,
-                sport: s.sport,
-                daddr: s.daddr,
-                dport: s.dport,
-            };
+            let sock = s.sock_ref(self.own_netns);
             let owner = blame(None, view.holders_of(s.cookie));
             self.leaks.seed(sock, owner, now_ns);
         }

@@ -304,15 +304,7 @@ impl PortPressure {
             let h = holders
                 .get(&l.inode)
                 .and_then(|v| v.iter().min_by_key(|h| h.pid));
-            let sock = SockRef {
-                id: l.cookie,
-                netns: self.own_netns,
-                family: family_of(&l),
-                saddr: l.saddr,
-                sport: l.sport,
-                daddr: l.daddr,
-                dport: l.dport,
-            };
+            let sock = l.sock_ref(self.own_netns);
             let rec = ListenOverflow {
                 kind: "listen_overflow",
                 ts: records::rfc3339(clock, now_ns),
@@ -343,14 +335,6 @@ impl PortPressure {
 
     pub fn by_process(&self) -> Vec<(u32, String, u32)> {
         self.tw.by_process()
-    }
-}
-
-fn family_of(s: &DiagSocket) -> crate::model::Family {
-    if s.family == closetrace_common::AF_INET6 {
-        crate::model::Family::Ipv6
-    } else {
-        crate::model::Family::Ipv4
     }
 }
 

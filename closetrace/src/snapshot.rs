@@ -5,11 +5,13 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use closetrace_common::{AF_INET, AF_INET6, IPPROTO_TCP};
 use thiserror::Error;
+
+use crate::model::{Family, SockRef};
 
 #[derive(Debug, Error)]
 pub enum SnapshotError {
@@ -27,7 +29,7 @@ pub struct DiagSocket {
     pub state: u8,
     /// idiag_timer: 3 marks a timewait socket (whatever its substate).
     pub timer: u8,
-    pub family: u16,
+    pub family: Family,
     pub saddr: IpAddr,
     pub sport: u16,
     pub daddr: IpAddr,
@@ -54,11 +56,6 @@ const NLMSG_DONE: u16 = 3;
 const DIAG_MSG_LEN: usize = 72;
 const INET_DIAG_SKMEMINFO: u16 = 7;
 const SK_MEMINFO_DROPS: usize = 8;
-
-/// Every TCP socket of `family` in this network namespace.
-pub fn tcp_sockets(family: u16) -> Result<Vec<DiagSocket>, SnapshotError> {
-    tcp_sockets_in(family, u32::MAX, false)
-}
 
 /// TCP sockets of `family` whose state is in the `states` bit mask
 /// (bit N = TCP state N); with `meminfo`, their drop counters too.
@@ -154,15 +151,9 @@ fn parse_diag_msg(m: &[u8]) -> Result<DiagSocket, SnapshotError> {
     }
     let u32_at = |o: usize| u32::from_ne_bytes(m[o..o + 4].try_into().expect("4 bytes"));
     let be16_at = |o: usize| u16::from_be_bytes(m[o..o + 2].try_into().expect("2 bytes"));
-    let family = m[0] as u16;
-    let addr = |o: usize| -> Result<IpAddr, SnapshotError> {
-        let b: [u8; 16] = m[o..o + 16].try_into().expect("16 bytes");
-        match family {
-            AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
-            AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(b))),
-            _ => Err(SnapshotError::Malformed("unknown address family")),
-        }
-    };
+    let family =
+        Family::from_af(m[0] as u16).ok_or(SnapshotError::Malformed("unknown address family"))?;
+    let addr = |o: usize| family.addr(m[o..o + 16].try_into().expect("16 bytes"));
     Ok(DiagSocket {
         drops: skmeminfo_drops(&m[DIAG_MSG_LEN..]),
         family,
@@ -170,8 +161,8 @@ fn parse_diag_msg(m: &[u8]) -> Result<DiagSocket, SnapshotError> {
         timer: m[2],
         sport: be16_at(4),
         dport: be16_at(6),
-        saddr: addr(8)?,
-        daddr: addr(24)?,
+        saddr: addr(8),
+        daddr: addr(24),
         cookie: u32_at(44) as u64 | ((u32_at(48) as u64) << 32),
         rqueue: u32_at(56),
         wqueue: u32_at(60),
@@ -183,6 +174,19 @@ fn parse_diag_msg(m: &[u8]) -> Result<DiagSocket, SnapshotError> {
 pub const TIMER_TIME_WAIT: u8 = 3;
 
 impl DiagSocket {
+    /// As the event model names sockets, in network namespace `netns`.
+    pub fn sock_ref(&self, netns: u32) -> SockRef {
+        SockRef {
+            id: self.cookie,
+            netns,
+            family: self.family,
+            saddr: self.saddr,
+            sport: self.sport,
+            daddr: self.daddr,
+            dport: self.dport,
+        }
+    }
+
     /// A timewait socket: TIME_WAIT, or FIN_WAIT2 handed over early (an
     /// orphaned active close): either way it holds its port.
     pub fn is_timewait(&self) -> bool {
@@ -229,15 +233,10 @@ impl KernelView {
     /// Dump both families and scan /proc. IPv6 failing (no IPv6 in this
     /// kernel) is not an error; IPv4 failing is.
     pub fn take() -> Result<KernelView, SnapshotError> {
-        let mut by_cookie = HashMap::new();
-        for s in tcp_sockets(AF_INET)? {
-            by_cookie.insert(s.cookie, s);
-        }
-        if let Ok(v6) = tcp_sockets(AF_INET6) {
-            for s in v6 {
-                by_cookie.insert(s.cookie, s);
-            }
-        }
+        let by_cookie = tcp_sockets_both(u32::MAX, false)?
+            .into_iter()
+            .map(|s| (s.cookie, s))
+            .collect();
         Ok(KernelView {
             by_cookie,
             holders: socket_holders(),
@@ -321,7 +320,7 @@ pub fn own_netns() -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::TcpListener;
+    use std::net::{Ipv4Addr, TcpListener};
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
@@ -410,7 +409,7 @@ mod tests {
     fn finds_own_listener_and_holder() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let socks = tcp_sockets(AF_INET).unwrap();
+        let socks = tcp_sockets_in(AF_INET, u32::MAX, false).unwrap();
         let me = socks
             .iter()
             .find(|s| s.sport == port && s.state == 10)
