@@ -60,83 +60,16 @@ impl Sink {
     }
 
     pub fn close(&mut self, rec: &Close<'_>) -> io::Result<()> {
-        match self.format {
-            Format::Json => self.json(rec),
-            Format::Text => {
-                let time = rec.ts.get(11..26).unwrap_or(&rec.ts);
-                let what = format!(
-                    "{} in {}",
-                    if rec.by == "exit" { "exit" } else { "close" },
-                    rec.state
-                );
-                writeln!(
-                    self.out,
-                    "{time:<15} {:>7} {:<16} {:<W_ADDR$} {:<W_ADDR$} {what:<26} {:>10}",
-                    rec.pid,
-                    printable(rec.comm),
-                    endpoint_str(&rec.sock.saddr, rec.sock.sport),
-                    endpoint_str(&rec.sock.daddr, rec.sock.dport),
-                    "-"
-                )
-            }
-        }
+        self.record(rec, || close_text(rec))
     }
 
     /// `process_leaks`: this process's leaks so far, for the running count.
     pub fn leak(&mut self, rec: &CloseWaitLeak<'_>, process_leaks: u64) -> io::Result<()> {
-        match self.format {
-            Format::Json => self.json(rec),
-            Format::Text => {
-                let who = match (rec.pid, rec.comm) {
-                    (Some(p), Some(c)) => format!("{}({p})", printable(c)),
-                    _ => "unknown process".into(),
-                };
-                let holders: Vec<String> = rec
-                    .holders
-                    .iter()
-                    .map(|h| format!("{}({}) fd {}", printable(&h.comm), h.pid, h.fd))
-                    .collect();
-                let eof = match rec.recv_q {
-                    Some(0) => "EOF read, never closed".to_string(),
-                    Some(n) => format!("EOF never read, {n} bytes unread"),
-                    None => "recv_q unknown".to_string(),
-                };
-                let age = format!(
-                    "{}{:.1} s",
-                    if rec.since == "startup" { ">= " } else { "" },
-                    rec.close_wait_ms / 1000.0
-                );
-                writeln!(
-                    self.out,
-                    "!! CLOSE_WAIT LEAK #{} {} {} -> {} for {age} ({eof}); held by {}; {who} leaks: {process_leaks}",
-                    rec.report,
-                    who,
-                    endpoint_str(&rec.sock.saddr, rec.sock.sport),
-                    endpoint_str(&rec.sock.daddr, rec.sock.dport),
-                    if holders.is_empty() {
-                        "nobody visible".to_string()
-                    } else {
-                        holders.join(", ")
-                    },
-                )
-            }
-        }
+        self.record(rec, || leak_text(rec, process_leaks))
     }
 
     pub fn resolved(&mut self, rec: &CloseWaitResolved<'_>) -> io::Result<()> {
-        match self.format {
-            Format::Json => self.json(rec),
-            Format::Text => writeln!(
-                self.out,
-                "== CLOSE_WAIT leak ended: {}({}) {} -> {} after {:.1} s: {}",
-                printable(rec.comm.unwrap_or("?")),
-                rec.pid.map_or("?".into(), |p| p.to_string()),
-                endpoint_str(&rec.sock.saddr, rec.sock.sport),
-                endpoint_str(&rec.sock.daddr, rec.sock.dport),
-                rec.close_wait_ms / 1000.0,
-                rec.how
-            ),
-        }
+        self.record(rec, || resolved_text(rec))
     }
 
     /// Any record: JSON as is, or `text()` as one line for people.
@@ -160,17 +93,14 @@ impl Sink {
     }
 
     pub fn lost(&mut self, count: u64, total: u64) -> io::Result<()> {
-        match self.format {
-            Format::Json => self.json(&Lost {
-                kind: "lost",
-                count,
-                total,
-            }),
-            Format::Text => writeln!(
-                self.out,
-                "!! {count} events lost ({total} in total): ring buffer full"
-            ),
-        }
+        let rec = Lost {
+            kind: "lost",
+            count,
+            total,
+        };
+        self.record(&rec, || {
+            format!("!! {count} events lost ({total} in total): ring buffer full")
+        })
     }
 
     pub fn summary(&mut self, rec: &SummaryRecord) -> io::Result<()> {
@@ -214,11 +144,22 @@ pub fn ready_text(hooks: &[HookReport], pids: &[u32]) -> String {
 
 const W_ADDR: usize = 22;
 
+/// One row of the table: every line of it goes through here, so the
+/// columns stay aligned with the header.
+fn row(
+    time: &str,
+    pid: &str,
+    comm: &str,
+    local: &str,
+    remote: &str,
+    what: &str,
+    ms: &str,
+) -> String {
+    format!("{time:<15} {pid:>7} {comm:<16} {local:<W_ADDR$} {remote:<W_ADDR$} {what:<26} {ms:>10}")
+}
+
 pub fn text_header() -> String {
-    format!(
-        "{:<15} {:>7} {:<16} {:<W_ADDR$} {:<W_ADDR$} {:<26} {:>10}",
-        "TIME", "PID", "COMM", "LOCAL", "REMOTE", "OLD -> NEW", "MS"
-    )
+    row("TIME", "PID", "COMM", "LOCAL", "REMOTE", "OLD -> NEW", "MS")
 }
 
 pub fn text_line(ev: &StateChange, clock: &WallClock) -> String {
@@ -237,10 +178,75 @@ pub fn text_line(ev: &StateChange, clock: &WallClock) -> String {
         .old_ns
         .map(|n| format!("{:.3}", records::ns_to_ms(n)))
         .unwrap_or_else(|| "-".into());
+    row(
+        time,
+        &pid,
+        &comm,
+        &endpoint(ev.sock.saddr, ev.sock.sport),
+        &endpoint(ev.sock.daddr, ev.sock.dport),
+        &transition,
+        &ms,
+    )
+}
+
+/// A close as a table row: "close in STATE" (or "exit in STATE").
+fn close_text(rec: &Close<'_>) -> String {
+    let time = rec.ts.get(11..26).unwrap_or(&rec.ts);
+    let what = format!(
+        "{} in {}",
+        if rec.by == "exit" { "exit" } else { "close" },
+        rec.state
+    );
+    row(
+        time,
+        &rec.pid.to_string(),
+        &printable(rec.comm),
+        &endpoint_str(&rec.sock.saddr, rec.sock.sport),
+        &endpoint_str(&rec.sock.daddr, rec.sock.dport),
+        &what,
+        "-",
+    )
+}
+
+fn leak_text(rec: &CloseWaitLeak<'_>, process_leaks: u64) -> String {
+    let who = match (rec.pid, rec.comm) {
+        (Some(p), Some(c)) => format!("{}({p})", printable(c)),
+        _ => "unknown process".into(),
+    };
+    let holders: Vec<String> = rec
+        .holders
+        .iter()
+        .map(|h| format!("{}({}) fd {}", printable(&h.comm), h.pid, h.fd))
+        .collect();
+    let held = if holders.is_empty() {
+        "nobody visible".to_string()
+    } else {
+        holders.join(", ")
+    };
+    let eof = match rec.recv_q {
+        Some(0) => "EOF read, never closed".to_string(),
+        Some(n) => format!("EOF never read, {n} bytes unread"),
+        None => "recv_q unknown".to_string(),
+    };
+    let at_least = if rec.since == "startup" { ">= " } else { "" };
     format!(
-        "{time:<15} {pid:>7} {comm:<16} {:<W_ADDR$} {:<W_ADDR$} {transition:<26} {ms:>10}",
-        endpoint(ev.sock.saddr, ev.sock.sport),
-        endpoint(ev.sock.daddr, ev.sock.dport),
+        "!! CLOSE_WAIT LEAK #{} {who} {} -> {} for {at_least}{:.1} s ({eof}); held by {held}; {who} leaks: {process_leaks}",
+        rec.report,
+        endpoint_str(&rec.sock.saddr, rec.sock.sport),
+        endpoint_str(&rec.sock.daddr, rec.sock.dport),
+        rec.close_wait_ms / 1000.0,
+    )
+}
+
+fn resolved_text(rec: &CloseWaitResolved<'_>) -> String {
+    format!(
+        "== CLOSE_WAIT leak ended: {}({}) {} -> {} after {:.1} s: {}",
+        printable(rec.comm.unwrap_or("?")),
+        rec.pid.map_or("?".into(), |p| p.to_string()),
+        endpoint_str(&rec.sock.saddr, rec.sock.sport),
+        endpoint_str(&rec.sock.daddr, rec.sock.dport),
+        rec.close_wait_ms / 1000.0,
+        rec.how
     )
 }
 
