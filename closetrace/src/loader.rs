@@ -15,7 +15,7 @@ use thiserror::Error;
 use crate::offsets::{self, OffsetError};
 use crate::owners::OwnerTable;
 use crate::records::HookReport;
-use crate::snapshot::{self, KernelView};
+use crate::snapshot::KernelView;
 
 pub const SYSFS_BTF: &str = "/sys/kernel/btf/vmlinux";
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -445,8 +445,8 @@ pub fn seed_existing(
     kernel: &mut Kernel,
     table: &mut OwnerTable,
     view: &KernelView,
+    netns: u32,
 ) -> Result<usize, LoadError> {
-    let netns = snapshot::own_netns().unwrap_or(0);
     let [Some(sock_map), Some(listen_map)] = kernel.ebpf.maps_disjoint_mut(["SOCKS", "LISTENERS"])
     else {
         return Err(LoadError::Map("SOCKS", "missing".into()));

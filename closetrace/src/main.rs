@@ -106,12 +106,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })?;
     let clock = WallClock::sample();
     let threshold = cli.close_wait_threshold;
+    // The namespace sock_diag and the port sysctls describe.
+    let netns = snapshot::own_netns().unwrap_or(0);
     let mut monitor = Monitor::new(
         threshold.as_nanos().min(u64::MAX as u128) as u64,
         cli.tw_warn,
         pids.clone(),
         kernel.close_hook == CloseHook::Transitions,
-        snapshot::own_netns().unwrap_or(0),
+        netns,
         clock,
     );
     // sock_diag can be missing (tcp_diag is a module on distribution
@@ -140,7 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             KernelView::empty()
         }
     };
-    let seeded = loader::seed_existing(&mut kernel, monitor.table_mut(), &view)?;
+    let seeded = loader::seed_existing(&mut kernel, monitor.table_mut(), &view, netns)?;
     monitor.seed_leaks(&view, clock::monotonic_ns());
     drop(view);
 

@@ -185,9 +185,8 @@ impl Monitor {
         if let Some(o) = &owner {
             self.leaks.set_owner(id, o.clone());
         }
-        let visible = self.pids.is_empty()
-            || owner.as_ref().is_some_and(|o| self.pids.contains(&o.pid))
-            || holders.iter().any(|h| self.pids.contains(&h.pid));
+        let visible = self.wants(owner.as_ref().map(|o| o.pid))
+            || holders.iter().any(|h| self.wants(Some(h.pid)));
         if !visible {
             return Ok(());
         }
