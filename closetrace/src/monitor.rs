@@ -10,7 +10,7 @@ use crate::leaks::{Due, LeakDetector, Resolved};
 use crate::model::{Close, KernelEvent, Task, TcpState};
 use crate::owners::OwnerTable;
 use crate::pressure::PortPressure;
-use crate::records::{self, CloseWaitLeak, CloseWaitResolved, HolderRecord, SockFields};
+use crate::records::{self, CloseWaitLeak, CloseWaitResolved, SockFields};
 use crate::sink::Sink;
 use crate::snapshot::{Holder, KernelView};
 use crate::summary::Summary;
@@ -195,14 +195,6 @@ impl Monitor {
             Some(o) => self.summary.leak_reported(o.pid, &o.comm, first, d.age_ns),
             None => 0,
         };
-        let holder_records: Vec<HolderRecord> = holders
-            .iter()
-            .map(|h| HolderRecord {
-                pid: h.pid,
-                comm: h.comm.clone(),
-                fd: h.fd,
-            })
-            .collect();
         sink.leak(
             &CloseWaitLeak {
                 kind: "close_wait_leak",
@@ -217,7 +209,7 @@ impl Monitor {
                     "transition"
                 },
                 recv_q: diag.map(|s| s.rqueue),
-                holders: &holder_records,
+                holders,
                 report: d.tracked.reports,
             },
             process_leaks,

@@ -123,13 +123,6 @@ pub struct Close<'a> {
     pub via: &'static str,
 }
 
-#[derive(Debug, Serialize, Clone, PartialEq, Eq)]
-pub struct HolderRecord {
-    pub pid: u32,
-    pub comm: String,
-    pub fd: u32,
-}
-
 #[derive(Debug, Serialize)]
 pub struct CloseWaitLeak<'a> {
     #[serde(rename = "type")]
@@ -149,7 +142,7 @@ pub struct CloseWaitLeak<'a> {
     /// socket not closed. Null when the kernel could not be asked.
     pub recv_q: Option<u32>,
     /// Every process with the socket in its fd table.
-    pub holders: &'a [HolderRecord],
+    pub holders: &'a [crate::snapshot::Holder],
     /// 1 for the first report of this leak, then 2, 3 ... (backing off).
     pub report: u32,
 }

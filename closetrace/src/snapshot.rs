@@ -41,8 +41,9 @@ pub struct DiagSocket {
     pub drops: Option<u32>,
 }
 
-/// A process that has a socket in its fd table.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A process that has a socket in its fd table (as close_wait_leak's
+/// `holders` lists it).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Holder {
     pub pid: u32,
     pub comm: String,
