@@ -43,7 +43,7 @@ fn time_wait_pressure_then_eaddrnotavail() {
     );
     let errno = client.number("ERROR");
     assert_eq!(errno, 99, "the client ran out of ports: EADDRNOTAVAIL");
-    let ss_tw = ns.ss_count("time-wait");
+    let ss_tw = ns.ss_timewait_count();
     let out = tracer.stop();
     assert!(out.status.success(), "{}", out.stderr);
 
@@ -219,7 +219,7 @@ fn server_side_time_wait_is_not_client_pressure() {
     server.wait_done();
     // One reconciliation after the churn.
     std::thread::sleep(Duration::from_millis(1500));
-    let ss_tw = ns.ss_count("time-wait");
+    let ss_tw = ns.ss_timewait_count();
     let out = tracer.stop();
     // Fewer than 150: with 200 client ports, a reused port's SYN ends the
     // server's TIME_WAIT socket for that 4-tuple. What counts is agreement.
