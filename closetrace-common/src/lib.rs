@@ -191,17 +191,19 @@ pub struct SockErrorRecord {
 pub const SOCK_ERROR_RECORD_SIZE: usize = 64;
 const _: () = assert!(core::mem::size_of::<SockErrorRecord>() == SOCK_ERROR_RECORD_SIZE);
 
-/// Arguments of a connect/bind in flight, kept per thread from entry to exit.
+/// A connect/bind in flight on one CPU, from syscall entry to exit. The
+/// sockaddr itself is read from user memory only if the call fails.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PendingCall {
     pub syscall: u32,
-    pub _pad: u32,
-    /// The first 28 bytes of the sockaddr (a sockaddr_in6).
-    pub sockaddr: [u8; 28],
-    pub _pad1: u32,
+    /// The calling thread: a call that slept may exit on another CPU, or
+    /// find its slot taken; its exit then does not match.
+    pub tid: u32,
+    pub uaddr: u64,
+    pub len: u64,
 }
-const _: () = assert!(core::mem::size_of::<PendingCall>() == 40);
+const _: () = assert!(core::mem::size_of::<PendingCall>() == 24);
 
 /// Per-socket bookkeeping, kept in the kernel's `SOCKS` LRU map by cookie.
 #[repr(C)]
@@ -292,9 +294,17 @@ pub struct Config {
     pub offsets: SockOffsets,
     /// Non-zero: emit only sockets whose owner's tgid is in the `PIDS` map.
     pub filter_pids: u32,
+    /// Non-zero: emit every state change and every close. Zero (the
+    /// leak-hunting default): only what the findings need, see
+    /// `findings_need`; everything else is only counted in `TRANSITIONS`.
+    pub stream_all: u32,
+    /// Records are submitted without waking the reader until this many
+    /// bytes wait in the ring buffer; the reader also drains on a timer.
+    /// Zero: wake on every record the reader has not caught up with.
+    pub wakeup_bytes: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 72);
+const _: () = assert!(core::mem::size_of::<Config>() == 80);
 
 impl Config {
     /// Every offset absent: programs emit nothing until userspace fills it in.
@@ -318,13 +328,35 @@ impl Config {
             _pad: 0,
         },
         filter_pids: 0,
+        stream_all: 0,
+        wakeup_bytes: 0,
         _pad: 0,
     };
 }
 
+/// Transitions the findings (leaks, TIME_WAIT, close inference) are made
+/// from; in the default mode the kernel emits only these. Into or out of
+/// CLOSE_WAIT (leaks and how they ended), into TIME_WAIT (FIN_WAIT2 or
+/// CLOSING to CLOSE), and listeners opening and closing (accepted sockets
+/// inherit their owner).
+pub const fn findings_need(old: u32, new: u32) -> bool {
+    use tcp_state::*;
+    old == CLOSE_WAIT
+        || new == CLOSE_WAIT
+        || new == LISTEN
+        || (new == CLOSE && (old == LISTEN || old == FIN_WAIT2 || old == CLOSING))
+}
+
+/// `TRANSITIONS` is indexed `old * STATE_SLOTS + new`.
+pub const STATE_SLOTS: u32 = 16;
+pub const TRANSITION_SLOTS: u32 = STATE_SLOTS * STATE_SLOTS;
+
 /// Index of the failed-reserve counter in the per-CPU `LOST` array.
 pub const LOST_RINGBUF: u32 = 0;
-pub const LOST_SLOTS: u32 = 1;
+/// connect/bind failures whose arguments were not at hand at exit (the call
+/// was preempted and its per-CPU slot reused): counted, not reported.
+pub const LOST_CALL_ARGS: u32 = 1;
+pub const LOST_SLOTS: u32 = 2;
 
 #[cfg(feature = "user")]
 mod user {

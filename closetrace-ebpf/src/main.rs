@@ -12,7 +12,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::BPF_ANY,
+    bindings::{BPF_ANY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
@@ -23,9 +23,10 @@ use aya_ebpf::{
 };
 use closetrace_common::{
     AF_INET, AF_INET6, COMM_LEN, CloseRecord, Config, EADDRINUSE, EADDRNOTAVAIL, IPPROTO_TCP,
-    LOST_RINGBUF, LOST_SLOTS, ListenKey, ListenerInfo, OFFSET_ABSENT, PF_EXITING, PendingCall,
-    RECORD_CLOSE, RECORD_SOCK_ERROR, RECORD_STATE, SockErrorRecord, SockInfo, SockOffsets,
-    StateRecord, TaskId, close_src, flags, owner_src, syscall, tcp_state::*,
+    LOST_CALL_ARGS, LOST_RINGBUF, LOST_SLOTS, ListenKey, ListenerInfo, OFFSET_ABSENT, PF_EXITING,
+    PendingCall, RECORD_CLOSE, RECORD_SOCK_ERROR, RECORD_STATE, STATE_SLOTS, SockErrorRecord,
+    SockInfo, SockOffsets, StateRecord, TRANSITION_SLOTS, TaskId, close_src, findings_need, flags,
+    owner_src, syscall, tcp_state::*,
 };
 
 /// Offsets and filter switches, written by userspace before load.
@@ -38,6 +39,12 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 /// Failed ring-buffer reserves, per CPU, so counting never contends.
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
+
+/// Transitions seen (after the `--pid` filter), per CPU, indexed
+/// `old * STATE_SLOTS + new`: counted here so that the default mode need
+/// not send every transition to userspace to summarise them.
+#[map]
+static TRANSITIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TRANSITION_SLOTS, 0);
 
 /// Owner and current state per socket cookie. LRU so that sockets whose end
 /// we miss (lost events, sockets closed before start-up) cannot fill it.
@@ -52,9 +59,12 @@ static LISTENERS: LruHashMap<ListenKey, ListenerInfo> = LruHashMap::with_max_ent
 #[map]
 static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 
-/// connect/bind calls in flight, by thread.
+/// The connect/bind in flight on each CPU. The failures reported here
+/// (EADDRNOTAVAIL, EADDRINUSE) return before the call can sleep, so entry
+/// and exit meet on one CPU; a per-CPU slot costs a fraction of a per-thread
+/// hash map insert and delete on every connect().
 #[map]
-static CALLS: LruHashMap<u32, PendingCall> = LruHashMap::with_max_entries(4096, 0);
+static CALLS: PerCpuArray<PendingCall> = PerCpuArray::with_max_entries(1, 0);
 
 /// Threads currently inside shutdown(2): their CLOSE_WAIT -> LAST_ACK is a
 /// half-close, not a close. LRU in case an exit event is ever missed.
@@ -179,6 +189,15 @@ fn caused_by_owner(old: u32, new: u32) -> bool {
     )
 }
 
+/// The local port: `skc_num`, or for sockets not yet hashed `inet_sport`.
+#[inline(always)]
+fn local_port(sk: *const u8, off: &SockOffsets) -> u16 {
+    match read::<u16>(sk, off.num) {
+        Ok(num) if num != 0 => num,
+        _ => u16::from_be(read(sk, off.inet_sport).unwrap_or(0)),
+    }
+}
+
 struct Endpoints {
     family: u16,
     sport: u16,
@@ -203,15 +222,9 @@ fn endpoints(sk: *const u8, off: &SockOffsets) -> Result<Endpoints, i32> {
         }
         _ => return Err(1),
     }
-    let num: u16 = read(sk, off.num)?;
-    let sport = if num != 0 {
-        num
-    } else {
-        u16::from_be(read(sk, off.inet_sport).unwrap_or(0))
-    };
     Ok(Endpoints {
         family,
-        sport,
+        sport: local_port(sk, off),
         dport: u16::from_be(read(sk, off.dport)?),
         saddr,
         daddr,
@@ -228,17 +241,28 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if !is_tcp(sk, off) {
         return Ok(());
     }
+    // Hot path: ~7 transitions per connection. Lookups and reads happen only
+    // where they are needed: listener keys for listener-side transitions, the
+    // endpoints and context facts only for what is sent.
     let now = unsafe { bpf_ktime_get_ns() };
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-    let ep = endpoints(sk, off)?;
-    let netns = netns_of(sk, off);
-    let task = current_task();
-    let listen_key = ListenKey {
-        netns,
-        port: ep.sport,
-        _pad: 0,
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let by_owner = caused_by_owner(old, new) && tgid != 0;
+    let task = if by_owner {
+        current_task()
+    } else {
+        TaskId::EMPTY
     };
 
+    let mut listen_key = ListenKey {
+        netns: 0,
+        port: 0,
+        _pad: 0,
+    };
+    if old == LISTEN || new == LISTEN || old == SYN_RECV {
+        listen_key.netns = netns_of(sk, off);
+        listen_key.port = local_port(sk, off);
+    }
     // An accepted child (LISTEN -> SYN_RECV, then SYN_RECV -> ...) inherits
     // its listener's owner until the acceptor is seen.
     // A zeroed local and a flag rather than an Option of a struct: LLVM
@@ -248,7 +272,8 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         cookie: 0,
     };
     let mut has_listener = false;
-    if (old == SYN_RECV || (old == LISTEN && new == SYN_RECV))
+    if old == LISTEN
+        && new == SYN_RECV
         && let Some(p) = LISTENERS.get_ptr(listen_key)
     {
         listener = unsafe { *p };
@@ -257,7 +282,7 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // Kernels that copy the listener's cookie into the clone: the child has
     // no id of its own yet. Report 0 rather than the listener's id, and keep
     // the listener's bookkeeping untouched.
-    let sock_id = if has_listener && old == LISTEN && listener.cookie == cookie {
+    let sock_id = if has_listener && listener.cookie == cookie {
         0
     } else {
         cookie
@@ -271,14 +296,23 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         flags: 0,
         _pad: 0,
     };
-    let mut is_known = false;
+    let mut known_ptr: *mut SockInfo = core::ptr::null_mut();
     if sock_id != 0
-        && let Some(p) = SOCKS.get_ptr(sock_id)
+        && let Some(p) = SOCKS.get_ptr_mut(sock_id)
     {
         known = unsafe { *p };
-        is_known = true;
+        known_ptr = p;
     }
-    let (owner, src) = if caused_by_owner(old, new) && task.tgid != 0 {
+    let is_known = !known_ptr.is_null();
+    if !is_known
+        && !has_listener
+        && old == SYN_RECV
+        && let Some(p) = LISTENERS.get_ptr(listen_key)
+    {
+        listener = unsafe { *p };
+        has_listener = true;
+    }
+    let (owner, src) = if by_owner {
         (task, owner_src::TRANSITION)
     } else if is_known {
         (known.owner, known.owner_src)
@@ -287,28 +321,10 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     } else {
         (TaskId::EMPTY, owner_src::UNKNOWN)
     };
-    let old_since_ns = if is_known && known.state == old {
-        known.since_ns
-    } else {
-        0
-    };
-    let sock_flags = known.flags;
-    let mut fl = (sock_flags as u16) & flags::SOCK_RESET;
-    if matches!(read::<i32>(sk, off.sk_err), Ok(e) if e != 0) {
-        fl |= flags::SOCK_ERROR;
-    }
-    if task.tgid != 0 {
-        if current_exiting(off) {
-            fl |= flags::CTX_EXITING;
-        }
-        if unsafe { IN_SHUTDOWN.get(task.tid) }.is_some() {
-            fl |= flags::CTX_IN_SHUTDOWN;
-        }
-    }
 
     // Bookkeeping happens whatever the filter says, so that ownership is
     // right when a filtered-in process later inherits or receives a socket.
-    if new == LISTEN && ep.sport != 0 {
+    if new == LISTEN && listen_key.port != 0 {
         let info = ListenerInfo { owner, cookie };
         let _ = LISTENERS.insert(listen_key, info, BPF_ANY as u64);
     } else if old == LISTEN && new == CLOSE {
@@ -318,28 +334,70 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         // Nothing to keep under an id the socket does not have yet.
     } else if new == CLOSE {
         // Gone from the state machine: drop it so the map holds only the living.
-        let _ = SOCKS.remove(sock_id);
+        if is_known {
+            let _ = SOCKS.remove(sock_id);
+        }
+    } else if is_known {
+        // In place: an LRU map update allocates a new element every time.
+        unsafe {
+            (*known_ptr).owner = owner;
+            (*known_ptr).owner_src = src;
+            (*known_ptr).state = new;
+            (*known_ptr).since_ns = now;
+        }
     } else {
         let info = SockInfo {
             owner,
             owner_src: src,
             state: new,
             since_ns: now,
-            flags: sock_flags,
+            flags: 0,
             _pad: 0,
         };
         let _ = SOCKS.insert(sock_id, info, BPF_ANY as u64);
     }
 
+    let wanted = cfg.filter_pids == 0 || unsafe { PIDS.get(owner.tgid) }.is_some();
+    if wanted {
+        count_transition(old, new);
+    }
     // CLOSE_WAIT transitions pass the filter whoever owns them: the leak
     // detector needs them to name holders (fork, fd passing) that the owner
     // table cannot know. Userspace filters what it displays.
     let close_wait = old == CLOSE_WAIT || new == CLOSE_WAIT;
-    if cfg.filter_pids != 0 && !close_wait && unsafe { PIDS.get(owner.tgid) }.is_none() {
+    if !wanted && !close_wait {
         return Ok(());
     }
+    if cfg.stream_all == 0 && !findings_need(old, new) {
+        return Ok(());
+    }
+    let ep = endpoints(sk, off)?;
+    let netns = if listen_key.netns != 0 {
+        listen_key.netns
+    } else {
+        netns_of(sk, off)
+    };
+    let ctx_task = if by_owner { task } else { current_task() };
+    let old_since_ns = if is_known && known.state == old {
+        known.since_ns
+    } else {
+        0
+    };
+    let mut fl = (known.flags as u16) & flags::SOCK_RESET;
+    if matches!(read::<i32>(sk, off.sk_err), Ok(e) if e != 0) {
+        fl |= flags::SOCK_ERROR;
+    }
+    if tgid != 0 {
+        if current_exiting(off) {
+            fl |= flags::CTX_EXITING;
+        }
+        if unsafe { IN_SHUTDOWN.get(ctx_task.tid) }.is_some() {
+            fl |= flags::CTX_IN_SHUTDOWN;
+        }
+    }
+
     let Some(mut entry) = EVENTS.reserve::<StateRecord>(0) else {
-        count_lost();
+        count(LOST_RINGBUF);
         return Ok(());
     };
     entry.write(StateRecord {
@@ -358,16 +416,46 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         _pad: [0; 4],
         saddr: ep.saddr,
         daddr: ep.daddr,
-        ctx: task,
+        ctx: ctx_task,
         owner,
     });
-    entry.submit(0);
+    entry.submit(wakeup(&cfg, size_of::<StateRecord>()));
     Ok(())
 }
 
 #[inline(always)]
-fn count_lost() {
-    if let Some(n) = LOST.get_ptr_mut(LOST_RINGBUF) {
+fn count_transition(old: u32, new: u32) {
+    let slot = (old % STATE_SLOTS) * STATE_SLOTS + new % STATE_SLOTS;
+    if let Some(n) = TRANSITIONS.get_ptr_mut(slot) {
+        // Per-CPU slot, as for `LOST`.
+        unsafe { *n += 1 };
+    }
+}
+
+/// Submit flags for a reserved record of `size` bytes: batch wakeups (see
+/// `Config::wakeup_bytes`). Wake the reader when this record carries the
+/// backlog across a multiple of the threshold, not on every record above
+/// it: each forced wakeup is an interrupt, and a reader that is already
+/// awake does not need another.
+#[inline(always)]
+fn wakeup(cfg: &Config, size: usize) -> u64 {
+    let step = cfg.wakeup_bytes as u64;
+    if step == 0 {
+        return 0;
+    }
+    // Reserved records count as available: this one is included.
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let before = avail.saturating_sub(size as u64 + 8);
+    if avail / step != before / step {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+#[inline(always)]
+fn count(slot: u32) {
+    if let Some(n) = LOST.get_ptr_mut(slot) {
         // Per-CPU slot: no other CPU writes it, and programs do not nest on one CPU.
         unsafe { *n += 1 };
     }
@@ -438,51 +526,63 @@ const SYSCALL_ARG2: usize = 32;
 const SYSCALL_RET: usize = 16;
 
 fn stash_call(ctx: &TracePointContext, which: u32) -> Result<(), i32> {
+    let Some(slot) = CALLS.get_ptr_mut(0) else {
+        return Ok(());
+    };
     let uaddr: u64 = unsafe { ctx.read_at(SYSCALL_ARG1)? };
     let len: u64 = unsafe { ctx.read_at(SYSCALL_ARG2)? };
-    if len < 16 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    unsafe {
+        *slot = PendingCall {
+            syscall: which,
+            tid,
+            uaddr,
+            len,
+        }
+    };
+    Ok(())
+}
+
+fn finish_call(ctx: &TracePointContext, which: u32) -> Result<(), i32> {
+    let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET)? };
+    let errno = (-ret) as u32;
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(slot) = CALLS.get_ptr_mut(0) else {
+        return Ok(());
+    };
+    let call = unsafe { *slot };
+    let mine = call.tid == tid && call.syscall == which;
+    if mine {
+        unsafe { (*slot).tid = 0 };
+    }
+    if errno != EADDRNOTAVAIL && errno != EADDRINUSE {
         return Ok(());
     }
-    let sockaddr: [u8; 28] = if len >= 28 {
-        unsafe { bpf_probe_read_user(uaddr as *const [u8; 28]) }?
+    if !mine {
+        count(LOST_CALL_ARGS);
+        return Ok(());
+    }
+    if call.len < 16 {
+        return Ok(());
+    }
+    // The caller's sockaddr is still in its memory at exit.
+    let sa: [u8; 28] = if call.len >= 28 {
+        unsafe { bpf_probe_read_user(call.uaddr as *const [u8; 28]) }?
     } else {
-        let head: [u8; 16] = unsafe { bpf_probe_read_user(uaddr as *const [u8; 16]) }?;
+        let head: [u8; 16] = unsafe { bpf_probe_read_user(call.uaddr as *const [u8; 16]) }?;
         let mut full = [0u8; 28];
         full[..16].copy_from_slice(&head);
         full
     };
-    // Only inet sockets: unix-socket binds are frequent and irrelevant.
-    let family = u16::from_ne_bytes([sockaddr[0], sockaddr[1]]);
+    // Only inet sockets.
+    let family = u16::from_ne_bytes([sa[0], sa[1]]);
     if family != AF_INET && family != AF_INET6 {
-        return Ok(());
-    }
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let call = PendingCall {
-        syscall: which,
-        _pad: 0,
-        sockaddr,
-        _pad1: 0,
-    };
-    CALLS.insert(tid, call, BPF_ANY as u64)
-}
-
-fn finish_call(ctx: &TracePointContext, which: u32) -> Result<(), i32> {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(call) = CALLS.get_ptr(tid).map(|p| unsafe { *p }) else {
-        return Ok(());
-    };
-    let _ = CALLS.remove(tid);
-    let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET)? };
-    let errno = (-ret) as u32;
-    if call.syscall != which || (errno != EADDRNOTAVAIL && errno != EADDRINUSE) {
         return Ok(());
     }
     let task = current_task();
     if config().filter_pids != 0 && unsafe { PIDS.get(task.tgid) }.is_none() {
         return Ok(());
     }
-    let sa = &call.sockaddr;
-    let family = u16::from_ne_bytes([sa[0], sa[1]]);
     let mut addr = [0u8; 16];
     if family == AF_INET {
         addr[..4].copy_from_slice(&sa[4..8]);
@@ -491,7 +591,7 @@ fn finish_call(ctx: &TracePointContext, which: u32) -> Result<(), i32> {
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(mut entry) = EVENTS.reserve::<SockErrorRecord>(0) else {
-        count_lost();
+        count(LOST_RINGBUF);
         return Ok(());
     };
     entry.write(SockErrorRecord {
@@ -504,7 +604,7 @@ fn finish_call(ctx: &TracePointContext, which: u32) -> Result<(), i32> {
         addr,
         task,
     });
-    entry.submit(0);
+    entry.submit(wakeup(&config(), size_of::<SockErrorRecord>()));
     Ok(())
 }
 
@@ -538,12 +638,16 @@ fn emit_close(sk: *const u8, sock_id: u64, src: u32) -> Result<(), i32> {
     } else {
         0
     };
-    if cfg.filter_pids != 0 && state != CLOSE_WAIT && unsafe { PIDS.get(task.tgid) }.is_none() {
+    // Closes in CLOSE_WAIT end leaks: those pass any filter, as in try_state.
+    if state != CLOSE_WAIT
+        && (cfg.stream_all == 0
+            || (cfg.filter_pids != 0 && unsafe { PIDS.get(task.tgid) }.is_none()))
+    {
         return Ok(());
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(mut entry) = EVENTS.reserve::<CloseRecord>(0) else {
-        count_lost();
+        count(LOST_RINGBUF);
         return Ok(());
     };
     entry.write(CloseRecord {
@@ -563,7 +667,7 @@ fn emit_close(sk: *const u8, sock_id: u64, src: u32) -> Result<(), i32> {
         daddr: ep.daddr,
         task,
     });
-    entry.submit(0);
+    entry.submit(wakeup(&cfg, size_of::<CloseRecord>()));
     Ok(())
 }
 

@@ -20,6 +20,13 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
+    /// Stream every state change and every close too. Without it closetrace
+    /// hunts: it reports leaks and their end, TIME_WAIT pressure, connect and
+    /// bind failures, listen overflows and losses, and the kernel sends only
+    /// the transitions those need (all transitions are still counted).
+    #[arg(long)]
+    pub states: bool,
+
     /// Write events here instead of stdout.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -116,6 +123,7 @@ mod tests {
             .unwrap();
         assert_eq!(c.pids, vec![1, 2]);
         assert_eq!(c.format, Format::Json);
+        assert!(!c.states, "hunting is the default");
         assert_eq!(c.close_wait_threshold, Duration::from_secs(30));
         let c = Cli::try_parse_from(["closetrace", "--close-wait-threshold", "500ms"]).unwrap();
         assert_eq!(c.close_wait_threshold, Duration::from_millis(500));

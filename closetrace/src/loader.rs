@@ -74,6 +74,8 @@ pub struct LoadOptions<'a> {
     pub pids: &'a [u32],
     pub ring_bytes: u32,
     pub close_hook: CloseHookChoice,
+    /// `--states`: every transition and close, not only what findings need.
+    pub stream_all: bool,
 }
 
 /// How application closes are observed.
@@ -93,6 +95,7 @@ pub struct Kernel {
     pub close_hook: CloseHook,
     pub events: RingBuf<MapData>,
     pub lost: PerCpuArray<MapData, u64>,
+    pub transitions: PerCpuArray<MapData, u64>,
 }
 
 fn has_cap(mask: u64, cap: u32) -> bool {
@@ -170,6 +173,11 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
     let config = Config {
         offsets: offsets::resolve(&vmlinux)?,
         filter_pids: u32::from(!opts.pids.is_empty()),
+        stream_all: u32::from(opts.stream_all),
+        // Wake the reader once an eighth of the ring is full; below that it
+        // drains on its own timer. One wakeup per record costs more than the
+        // record under churn.
+        wakeup_bytes: opts.ring_bytes / 8,
         _pad: 0,
     };
     let btf =
@@ -278,12 +286,18 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
             .ok_or(LoadError::Map("LOST", "missing".into()))?,
     )
     .map_err(map_err("LOST"))?;
+    let transitions = PerCpuArray::try_from(
+        ebpf.take_map("TRANSITIONS")
+            .ok_or(LoadError::Map("TRANSITIONS", "missing".into()))?,
+    )
+    .map_err(map_err("TRANSITIONS"))?;
     Ok(Kernel {
         ebpf,
         hooks,
         close_hook,
         events,
         lost,
+        transitions,
     })
 }
 

@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use crate::cli::Cli;
 use crate::clock::WallClock;
 use crate::loader::{CloseHook, LoadOptions};
-use crate::monitor::Monitor;
+use crate::monitor::{Monitor, Settings};
 use crate::records::{Ready, SCHEMA_VERSION};
 use crate::sink::Sink;
 use crate::snapshot::KernelView;
@@ -103,17 +103,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         pids: &pids,
         ring_bytes: cli.ring_buffer_size,
         close_hook: cli.close_hook,
+        stream_all: cli.states,
     })?;
     let clock = WallClock::sample();
     let threshold = cli.close_wait_threshold;
     // The namespace sock_diag and the port sysctls describe.
     let netns = snapshot::own_netns().unwrap_or(0);
     let mut monitor = Monitor::new(
-        threshold.as_nanos().min(u64::MAX as u128) as u64,
-        cli.tw_warn,
-        pids.clone(),
-        kernel.close_hook == CloseHook::Transitions,
-        netns,
+        Settings {
+            threshold_ns: threshold.as_nanos().min(u64::MAX as u128) as u64,
+            tw_warn: cli.tw_warn,
+            pids: pids.clone(),
+            infer_closes: kernel.close_hook == CloseHook::Transitions,
+            stream_all: cli.states,
+            own_netns: netns,
+        },
         clock,
     );
     // sock_diag can be missing (tcp_diag is a module on distribution
@@ -170,7 +174,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let started = Instant::now();
     let loader::Kernel {
-        ebpf, events, lost, ..
+        ebpf,
+        events,
+        lost,
+        transitions,
+        ..
     } = kernel;
     let result = runtime.block_on(async {
         let (stop_tx, mut stop_rx) = watch::channel(false);
@@ -193,13 +201,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let _ = stop_tx.send(true);
             io::Result::Ok(())
         };
-        let pipeline = pipeline::run(events, lost, &mut monitor, &mut sink, tick, &stop_tx);
+        let pipeline = pipeline::run(events, &lost, &mut monitor, &mut sink, tick, &stop_tx);
         let (signals, result) = tokio::join!(trigger, pipeline);
         signals.and(result)
     });
-    let summary = &monitor.summary;
     // Detach before reporting, so the summary is final.
     drop(ebpf);
+    monitor
+        .summary
+        .set_transitions(pipeline::transition_counts(&transitions));
+    monitor.summary.errors_unattributed =
+        pipeline::lost_count(&lost, closetrace_common::LOST_CALL_ARGS);
+    let summary = &monitor.summary;
 
     let elapsed = started.elapsed().as_secs_f64();
     eprint!("{}", summary.to_text(elapsed));

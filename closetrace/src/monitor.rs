@@ -18,6 +18,19 @@ use crate::summary::Summary;
 /// Sockets the userspace tables remember at most.
 const TABLE_CAPACITY: usize = 65536;
 
+/// What the monitor is asked to do, from the command line and the loader.
+pub struct Settings {
+    pub threshold_ns: u64,
+    pub tw_warn: f64,
+    /// `--pid`: what is displayed (the kernel already dropped most else).
+    pub pids: Vec<u32>,
+    /// No exact tcp_close hook: closes are inferred from transitions.
+    pub infer_closes: bool,
+    /// `--states`: write every state change and close.
+    pub stream_all: bool,
+    pub own_netns: u32,
+}
+
 pub struct Monitor {
     table: OwnerTable,
     leaks: LeakDetector,
@@ -27,6 +40,7 @@ pub struct Monitor {
     pids: Vec<u32>,
     /// No exact tcp_close hook: closes are inferred from transitions.
     infer_closes: bool,
+    stream_all: bool,
     own_netns: u32,
     /// Leaks that were displayed, so their resolution is displayed too.
     shown: HashSet<u64>,
@@ -36,24 +50,18 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    pub fn new(
-        threshold_ns: u64,
-        tw_warn: f64,
-        pids: Vec<u32>,
-        infer_closes: bool,
-        own_netns: u32,
-        clock: WallClock,
-    ) -> Self {
+    pub fn new(s: Settings, clock: WallClock) -> Self {
         Monitor {
-            table: OwnerTable::new(TABLE_CAPACITY),
-            leaks: LeakDetector::new(threshold_ns, TABLE_CAPACITY),
+            table: OwnerTable::new(TABLE_CAPACITY, s.stream_all),
+            leaks: LeakDetector::new(s.threshold_ns, TABLE_CAPACITY),
             summary: Summary::default(),
             clock,
-            pids,
-            infer_closes,
-            own_netns,
+            pids: s.pids,
+            infer_closes: s.infer_closes,
+            stream_all: s.stream_all,
+            own_netns: s.own_netns,
             shown: HashSet::new(),
-            ports: PortPressure::new(tw_warn, own_netns),
+            ports: PortPressure::new(s.tw_warn, s.own_netns),
             diag_warned: false,
         }
     }
@@ -79,12 +87,12 @@ impl Monitor {
     }
 
     pub fn on_event(&mut self, ev: KernelEvent, sink: &mut Sink) -> io::Result<()> {
+        self.summary.events += 1;
         match ev {
             KernelEvent::State(mut ev) => {
                 self.table.apply(&mut ev);
                 let resolved = self.leaks.on_state(&ev);
-                if self.wants(ev.owner.as_ref().map(|o| o.pid)) {
-                    self.summary.record_state(&ev);
+                if self.stream_all && self.wants(ev.owner.as_ref().map(|o| o.pid)) {
                     sink.state(&ev)?;
                 }
                 if self.infer_closes
@@ -103,7 +111,7 @@ impl Monitor {
     }
 
     fn close(&mut self, c: &Close, sink: &mut Sink) -> io::Result<()> {
-        if !self.wants(Some(c.closer.pid)) {
+        if !self.stream_all || !self.wants(Some(c.closer.pid)) {
             return Ok(());
         }
         self.summary.closes += 1;

@@ -27,17 +27,26 @@ pub struct OwnerTable {
     order: VecDeque<u64>,
     capacity: usize,
     evicted: u64,
+    /// Every transition arrives (`--states`). Otherwise the kernel sends only
+    /// what the findings need, so a socket's way to CLOSE is mostly unseen:
+    /// keep only CLOSE_WAIT and LISTEN sockets, or entries would go stale.
+    complete: bool,
 }
 
 impl OwnerTable {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, complete: bool) -> Self {
         OwnerTable {
             socks: HashMap::new(),
             listeners: HashMap::new(),
             order: VecDeque::new(),
             capacity: capacity.max(1),
             evicted: 0,
+            complete,
         }
+    }
+
+    fn keeps(&self, state: TcpState) -> bool {
+        self.complete || matches!(state, TcpState::CloseWait | TcpState::Listen)
     }
 
     #[cfg(test)]
@@ -63,6 +72,9 @@ impl OwnerTable {
     pub fn seed(&mut self, sock: u64, netns: u32, port: u16, state: TcpState, owner: Task) {
         if state == TcpState::Listen {
             self.listeners.insert((netns, port), owner.clone());
+        }
+        if !self.keeps(state) {
+            return;
         }
         self.insert(
             sock,
@@ -112,7 +124,7 @@ impl OwnerTable {
             // The kernel has not given this (accepted) socket its own id yet.
             return;
         }
-        if ev.new == TcpState::Close {
+        if ev.new == TcpState::Close || !self.keeps(ev.new) {
             self.socks.remove(&id);
             return;
         }
@@ -166,7 +178,7 @@ mod tests {
 
     #[test]
     fn accepted_socket_inherits_listener_owner() {
-        let mut t = OwnerTable::new(16);
+        let mut t = OwnerTable::new(16, true);
         t.apply(&mut change(
             1,
             9501,
@@ -186,7 +198,7 @@ mod tests {
 
     #[test]
     fn child_without_its_own_id_yet_inherits_on_its_next_transition() {
-        let mut t = OwnerTable::new(16);
+        let mut t = OwnerTable::new(16, true);
         t.apply(&mut change(
             1,
             9501,
@@ -207,7 +219,7 @@ mod tests {
 
     #[test]
     fn kernel_owner_wins_and_other_ports_do_not_inherit() {
-        let mut t = OwnerTable::new(16);
+        let mut t = OwnerTable::new(16, true);
         t.apply(&mut change(
             1,
             9501,
@@ -232,7 +244,7 @@ mod tests {
 
     #[test]
     fn closed_sockets_and_listeners_are_forgotten() {
-        let mut t = OwnerTable::new(16);
+        let mut t = OwnerTable::new(16, true);
         t.apply(&mut change(
             1,
             9501,
@@ -266,7 +278,7 @@ mod tests {
 
     #[test]
     fn snapshot_seeds_owners() {
-        let mut t = OwnerTable::new(16);
+        let mut t = OwnerTable::new(16, true);
         t.seed(7, 1, 9501, TcpState::CloseWait, task(23308, "php"));
         let mut ev = change(7, 9501, TcpState::CloseWait, TcpState::LastAck, None);
         t.apply(&mut ev);
@@ -276,7 +288,7 @@ mod tests {
 
     #[test]
     fn table_is_bounded() {
-        let mut t = OwnerTable::new(100);
+        let mut t = OwnerTable::new(100, true);
         for id in 0..10_000u64 {
             t.apply(&mut change(
                 id,
@@ -294,5 +306,28 @@ mod tests {
         assert!(t.evicted() > 0);
         // The newest sockets survive eviction.
         assert!(t.get(9_999).is_some());
+    }
+
+    #[test]
+    fn findings_mode_keeps_only_close_wait_and_listeners() {
+        let mut t = OwnerTable::new(16, false);
+        let srv = task(10, "srv");
+        t.seed(1, 1, 9501, TcpState::Listen, srv.clone());
+        t.seed(2, 1, 9501, TcpState::Established, srv.clone());
+        assert!(t.get(1).is_some() && t.get(2).is_none());
+        t.apply(&mut change(
+            3,
+            9501,
+            TcpState::Established,
+            TcpState::CloseWait,
+            Some(srv.clone()),
+        ));
+        assert_eq!(t.get(3).unwrap().state, TcpState::CloseWait);
+        // LAST_ACK -> CLOSE is not sent in this mode: forget it at LAST_ACK.
+        let mut ev = change(3, 9501, TcpState::CloseWait, TcpState::LastAck, None);
+        t.apply(&mut ev);
+        assert_eq!(ev.owner, Some(srv), "still filled in on the way out");
+        assert!(t.get(3).is_none());
+        assert_eq!(t.len(), 1);
     }
 }

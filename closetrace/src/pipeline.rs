@@ -9,7 +9,7 @@ use std::io;
 use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use closetrace_common::LOST_RINGBUF;
+use closetrace_common::{LOST_RINGBUF, STATE_SLOTS, TRANSITION_SLOTS};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 
@@ -21,6 +21,9 @@ use crate::sink::Sink;
 
 const CHANNEL_DEPTH: usize = 8192;
 const LOST_POLL: Duration = Duration::from_millis(250);
+/// The kernel wakes the reader only once the ring is an eighth full (see
+/// `Config::wakeup_bytes`); below that, this bounds how late a record is.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 #[derive(Debug)]
 pub enum Msg {
@@ -37,7 +40,7 @@ pub enum Msg {
 /// and the output error, if any, so the caller can still report totals.
 pub async fn run(
     events: RingBuf<MapData>,
-    lost: PerCpuArray<MapData, u64>,
+    lost: &PerCpuArray<MapData, u64>,
     monitor: &mut Monitor,
     sink: &mut Sink,
     tick: Duration,
@@ -64,6 +67,8 @@ async fn read_ring(
     // SAFETY: the ring buffer owns its map fd and keeps it open, unreplaced,
     // for as long as the AsyncFd that owns the ring buffer exists.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)? };
+    let mut timer = tokio::time::interval(DRAIN_EVERY);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             guard = fd.readable_mut() => {
@@ -72,6 +77,11 @@ async fn read_ring(
                     return Ok(());
                 }
                 guard.clear_ready();
+            }
+            _ = timer.tick() => {
+                if !drain(fd.get_mut(), &tx).await {
+                    return Ok(());
+                }
             }
             _ = stop.changed() => {
                 drain(fd.get_mut(), &tx).await;
@@ -99,8 +109,9 @@ async fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Msg>) -> bool {
     }
 }
 
-fn total_lost(lost: &PerCpuArray<MapData, u64>) -> u64 {
-    match lost.get(&LOST_RINGBUF, 0) {
+/// One of the kernel's per-CPU loss counters, summed.
+pub fn lost_count(lost: &PerCpuArray<MapData, u64>, slot: u32) -> u64 {
+    match lost.get(&slot, 0) {
         Ok(per_cpu) => per_cpu.iter().sum(),
         Err(e) => {
             log::warn!("reading the loss counter failed: {e}");
@@ -109,8 +120,29 @@ fn total_lost(lost: &PerCpuArray<MapData, u64>) -> u64 {
     }
 }
 
+/// Per-transition totals from the kernel's per-CPU counters, as
+/// (old, new, count).
+pub fn transition_counts(map: &PerCpuArray<MapData, u64>) -> Vec<(u32, u32, u64)> {
+    let mut out = Vec::new();
+    for slot in 0..TRANSITION_SLOTS {
+        match map.get(&slot, 0) {
+            Ok(per_cpu) => {
+                let n: u64 = per_cpu.iter().sum();
+                if n > 0 {
+                    out.push((slot / STATE_SLOTS, slot % STATE_SLOTS, n));
+                }
+            }
+            Err(e) => {
+                log::warn!("reading transition counts failed: {e}");
+                break;
+            }
+        }
+    }
+    out
+}
+
 async fn poll_lost(
-    lost: PerCpuArray<MapData, u64>,
+    lost: &PerCpuArray<MapData, u64>,
     tx: mpsc::Sender<Msg>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -121,7 +153,7 @@ async fn poll_lost(
             _ = tick.tick() => false,
             _ = stop.changed() => true,
         };
-        let total = total_lost(&lost);
+        let total = lost_count(lost, LOST_RINGBUF);
         if total > reported {
             let count = total - reported;
             reported = total;

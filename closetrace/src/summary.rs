@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::model::{StateChange, TcpState};
+use crate::model::TcpState;
 
 #[derive(Debug, Default)]
 pub struct Summary {
@@ -24,6 +24,9 @@ pub struct Summary {
     /// (syscall, errno) -> failures, suppressed ones included.
     pub errors: BTreeMap<(&'static str, &'static str), u64>,
     pub listen_overflows: u64,
+    /// connect/bind failures seen without their address (see
+    /// `LOST_CALL_ARGS`), so not reported.
+    pub errors_unattributed: u64,
     transitions: BTreeMap<(TcpState, TcpState), u64>,
     leaks: BTreeMap<u32, LeakStats>,
 }
@@ -79,6 +82,7 @@ pub struct SummaryRecord {
     pub time_wait: TimeWaitSummary,
     /// syscall -> errno -> failures
     pub errors: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+    pub errors_unattributed: u64,
     pub listen_overflows: u64,
     /// Leaking processes, most leaks first.
     pub leaks: Vec<LeakStats>,
@@ -87,9 +91,19 @@ pub struct SummaryRecord {
 }
 
 impl Summary {
-    pub fn record_state(&mut self, ev: &StateChange) {
-        self.events += 1;
-        *self.transitions.entry((ev.old, ev.new)).or_default() += 1;
+    /// The kernel's transition counts (`old`, `new`, count), which cover
+    /// transitions the default mode never sends. Unknown states are skipped.
+    pub fn set_transitions(&mut self, counts: impl IntoIterator<Item = (u32, u32, u64)>) {
+        self.transitions = counts
+            .into_iter()
+            .filter(|&(_, _, n)| n > 0)
+            .filter_map(|(o, n, c)| {
+                Some((
+                    (TcpState::try_from(o).ok()?, TcpState::try_from(n).ok()?),
+                    c,
+                ))
+            })
+            .collect();
     }
 
     /// A leak report for `pid`; returns its running count of leaked sockets.
@@ -160,6 +174,7 @@ impl Summary {
                         .insert(*errno, *n);
                     m
                 }),
+            errors_unattributed: self.errors_unattributed,
             listen_overflows: self.listen_overflows,
             leaks: self.leaks_by_count(),
             transitions: self
@@ -196,6 +211,13 @@ impl Summary {
         for ((call, errno), n) in &self.errors {
             let _ = writeln!(s, "  {call}() {errno}: {n}");
         }
+        if self.errors_unattributed > 0 {
+            let _ = writeln!(
+                s,
+                "  connect()/bind() failures without their address: {}",
+                self.errors_unattributed
+            );
+        }
         if self.listen_overflows > 0 {
             let _ = writeln!(s, "  listen queue overflows: {}", self.listen_overflows);
         }
@@ -226,18 +248,13 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::fixtures::change;
-
-    fn ev(old: TcpState, new: TcpState) -> StateChange {
-        change(1, 1, old, new)
-    }
 
     #[test]
     fn counts_transitions() {
         let mut s = Summary::default();
-        s.record_state(&ev(TcpState::Established, TcpState::CloseWait));
-        s.record_state(&ev(TcpState::Established, TcpState::CloseWait));
-        s.record_state(&ev(TcpState::CloseWait, TcpState::LastAck));
+        // ESTABLISHED=1, CLOSE_WAIT=8, LAST_ACK=9; 99 is no state.
+        s.set_transitions([(1, 8, 2), (8, 9, 1), (1, 2, 0), (99, 1, 5)]);
+        s.events = 3;
         s.lost = 3;
         let r = s.to_record(1.23456);
         assert_eq!(r.events, 3);
@@ -245,6 +262,11 @@ mod tests {
         assert_eq!(r.duration_s, 1.235);
         assert_eq!(r.transitions["ESTABLISHED->CLOSE_WAIT"], 2);
         assert_eq!(r.transitions["CLOSE_WAIT->LAST_ACK"], 1);
+        assert_eq!(
+            r.transitions.len(),
+            2,
+            "zero counts and unknown states are left out"
+        );
         assert_eq!(s.leak_reported(7, "php", true, 2_000_000_000), 1);
         assert_eq!(s.leak_reported(7, "php", false, 4_000_000_000), 1);
         assert_eq!(s.leak_reported(7, "php", true, 1_000_000_000), 2);

@@ -8,14 +8,16 @@
 //! that the state tracepoint never reports). Expiries are not guessed: the
 //! counts are replaced by the kernel's own (sock_diag) at each
 //! reconciliation. Pure: events, dumps and the clock come in as arguments.
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use crate::model::{StateChange, Task, TcpState};
 use crate::ports::PortPolicy;
 
-/// Window for `rate_per_s`.
+/// Window for `rate_per_s`, kept in this many fixed buckets.
 const RATE_WINDOW_NS: u64 = 5_000_000_000;
+const RATE_BUCKETS: usize = 20;
+const BUCKET_NS: u64 = RATE_WINDOW_NS / RATE_BUCKETS as u64;
 /// A further rise of this much in the ratio is reported again.
 const WORSE_STEP: f64 = 0.10;
 /// TIME_WAIT sockets remembered for attribution to their closer.
@@ -32,11 +34,58 @@ pub struct Dest {
 /// One TIME_WAIT socket: its destination and local port.
 pub type Tuple = (Dest, u16);
 
+/// Entries per second over the last `RATE_WINDOW_NS`, in fixed buckets:
+/// constant time and memory however fast sockets enter TIME_WAIT (a list of
+/// entry times made each evaluation O(entries) under churn).
+#[derive(Debug, Default)]
+struct RateWindow {
+    counts: [u32; RATE_BUCKETS],
+    /// Which bucket (time / BUCKET_NS) each slot currently counts.
+    epochs: [u64; RATE_BUCKETS],
+    /// First entry of the current run of activity.
+    first_ns: Option<u64>,
+}
+
+impl RateWindow {
+    fn add(&mut self, ts_ns: u64) {
+        if self.in_window(ts_ns) == 0 {
+            self.first_ns = Some(ts_ns);
+        }
+        let epoch = ts_ns / BUCKET_NS;
+        let slot = (epoch % RATE_BUCKETS as u64) as usize;
+        if self.epochs[slot] != epoch {
+            self.epochs[slot] = epoch;
+            self.counts[slot] = 0;
+        }
+        self.counts[slot] += 1;
+    }
+
+    fn in_window(&self, now_ns: u64) -> u32 {
+        let now = now_ns / BUCKET_NS;
+        self.epochs
+            .iter()
+            .zip(self.counts)
+            .filter(|&(&e, _)| e <= now && e + RATE_BUCKETS as u64 > now)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Entries per second: over the window, or since activity began if
+    /// that is shorter (but at least a second, so one entry is not a spike).
+    fn per_s(&self, now_ns: u64) -> f64 {
+        let window = self.first_ns.map_or(RATE_WINDOW_NS, |first| {
+            now_ns
+                .saturating_sub(first)
+                .clamp(1_000_000_000, RATE_WINDOW_NS)
+        });
+        self.in_window(now_ns) as f64 / (window as f64 / 1e9)
+    }
+}
+
 #[derive(Debug, Default)]
 struct DestState {
     count: u32,
-    /// Entry times within the rate window.
-    recent: VecDeque<u64>,
+    rate: RateWindow,
     /// Processes whose active closes put sockets here, recently.
     pids: BTreeMap<u32, String>,
     /// Ratio at the last report while raised; None when not raised.
@@ -114,14 +163,7 @@ impl TimeWaitCounter {
         if self.last_reconcile_ns.is_none_or(|r| ts_ns > r) {
             st.count += 1;
         }
-        st.recent.push_back(ts_ns);
-        while st
-            .recent
-            .front()
-            .is_some_and(|&t| t + RATE_WINDOW_NS < ts_ns)
-        {
-            st.recent.pop_front();
-        }
+        st.rate.add(ts_ns);
         if let Some(c) = closer {
             st.pids.insert(c.pid, c.comm.clone());
             if self.tuples.len() < TUPLE_CAPACITY || self.tuples.contains_key(&tuple) {
@@ -145,10 +187,9 @@ impl TimeWaitCounter {
         self.tuples
             .retain(|t, (_, ts)| *ts > now_ns || present.contains(t));
         self.dests
-            .retain(|_, st| st.count > 0 || st.raised.is_some() || !st.recent.is_empty());
+            .retain(|_, st| st.count > 0 || st.raised.is_some() || st.rate.in_window(now_ns) > 0);
         for st in self.dests.values_mut() {
             if st.count == 0 {
-                st.recent.retain(|&t| t + RATE_WINDOW_NS >= now_ns);
                 st.pids.clear();
             }
         }
@@ -160,17 +201,7 @@ impl TimeWaitCounter {
         let warn = self.warn;
         let st = self.dests.get_mut(dest)?;
         let available = policy.available();
-        let window = st.recent.front().map_or(RATE_WINDOW_NS, |&first| {
-            now_ns
-                .saturating_sub(first)
-                .clamp(1_000_000_000, RATE_WINDOW_NS)
-        });
-        let in_window = st
-            .recent
-            .iter()
-            .filter(|&&t| t + RATE_WINDOW_NS >= now_ns)
-            .count();
-        let rate = in_window as f64 / (window as f64 / 1e9);
+        let rate = st.rate.per_s(now_ns);
         let reuse = policy.reuse_applies(dest.daddr);
         // With tcp_tw_reuse a port in TIME_WAIT for over a second can be
         // reused by connect(), so only about one second's worth block ports.
@@ -380,6 +411,23 @@ mod tests {
             assert_eq!(c.evaluate(&d, i as u64, &p), None);
         }
         assert_eq!(c.by_process(), vec![(9, "srv".to_string(), 150)]);
+    }
+
+    #[test]
+    fn rate_window_forgets_old_entries_in_constant_space() {
+        let mut r = RateWindow::default();
+        for i in 0..1_000_000u64 {
+            r.add(i * 1000); // 1 ms of 1e6 per second
+        }
+        assert!((r.per_s(S) - 1e6).abs() < 1.0, "{}", r.per_s(S));
+        // 10 s later nothing is in the window.
+        assert_eq!(r.in_window(11 * S), 0);
+        r.add(11 * S);
+        assert_eq!(r.per_s(11 * S), 1.0, "a new run starts its own window");
+        for i in 0..50u64 {
+            r.add(20 * S + i * S / 10); // 10/s for 5 s
+        }
+        assert!((r.per_s(25 * S) - 10.0).abs() < 1.0, "{}", r.per_s(25 * S));
     }
 
     #[test]

@@ -108,7 +108,7 @@ fn prompt_server_never_leaks() {
     let Some(_k) = kernel_test("prompt_server_never_leaks") else {
         return;
     };
-    let tracer = Tracer::start(&["--close-wait-threshold", "2s"]);
+    let tracer = Tracer::start(&["--states", "--close-wait-threshold", "2s"]);
     let mut server = Peer::spawn(&["server", "--connections", "1000", "--close-delay-ms", "5"]);
     let port = server.value("LISTENING");
     let mut c = Peer::spawn(&[
@@ -150,7 +150,7 @@ fn late_closer_is_reported_once_then_resolved() {
     let Some(_k) = kernel_test("late_closer_is_reported_once_then_resolved") else {
         return;
     };
-    let mut tracer = Tracer::start(&["--close-wait-threshold", "1s"]);
+    let mut tracer = Tracer::start(&["--states", "--close-wait-threshold", "1s"]);
     let mut server = Peer::spawn(&["server", "--close-delay-ms", "2500"]);
     let port = server.value("LISTENING");
     connect_and_close(port, "127.0.0.1");
@@ -210,6 +210,7 @@ fn fd_passing_names_the_receiver() {
         .wait_for(Duration::from_secs(10), |l| l == "READY")
         .expect("holder ready");
     let mut tracer = Tracer::start(&[
+        "--states",
         "--close-wait-threshold",
         "1s",
         "--pid",
@@ -315,7 +316,7 @@ fn shutdown_is_not_a_close() {
     let Some(_k) = kernel_test("shutdown_is_not_a_close") else {
         return;
     };
-    let mut tracer = Tracer::start(&["--close-wait-threshold", "1s"]);
+    let mut tracer = Tracer::start(&["--states", "--close-wait-threshold", "1s"]);
     let mut server = Peer::spawn(&["server", "--shutdown-only", "--close-delay-ms", "1500"]);
     let port = server.value("LISTENING");
     connect_and_close(port, "127.0.0.1");

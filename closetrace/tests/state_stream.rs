@@ -12,7 +12,7 @@ use support::{CLOSETRACE, Peer, Tracer, kernel_test};
 /// server's CLOSE_WAIT is caused in the client's context and still belongs
 /// to the server.
 fn client_closes_first(bind: &str) {
-    let tracer = Tracer::start(&[]);
+    let tracer = Tracer::start(&["--states"]);
     let mut server = Peer::spawn(&["server", "--listen", bind, "--close-delay-ms", "200"]);
     let port = server.value("LISTENING");
     let connect = match bind.parse::<std::net::SocketAddr>().unwrap() {
@@ -105,7 +105,7 @@ fn pid_filter_shows_only_the_named_server() {
     let mut a = Peer::spawn(&["server", "--connections", "3"]);
     let mut b = Peer::spawn(&["server", "--connections", "3"]);
     let (pa, pb) = (a.value("LISTENING"), b.value("LISTENING"));
-    let tracer = Tracer::start(&["--pid", &a.pid().to_string()]);
+    let tracer = Tracer::start(&["--states", "--pid", &a.pid().to_string()]);
     assert_eq!(tracer.ready["pids"], serde_json::json!([a.pid()]));
     for port in [pa, pb] {
         let mut c = Peer::spawn(&[
@@ -147,7 +147,7 @@ fn losses_are_counted_and_reported() {
     };
     let mut server = Peer::spawn(&["server", "--connections", "0", "--no-read"]);
     let port = server.value("LISTENING");
-    let mut tracer = Tracer::start(&["--ring-buffer-size", "4096"]);
+    let mut tracer = Tracer::start(&["--states", "--ring-buffer-size", "4096"]);
     // Bursts until the kernel reports a loss; one nearly always suffices.
     let mut lost_seen = false;
     for _ in 0..5 {
@@ -298,7 +298,7 @@ fn closed_stdout_pipe_ends_cleanly() {
         return;
     };
     let mut child = Command::new(CLOSETRACE)
-        .args(["--format", "json"])
+        .args(["--states", "--format", "json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -354,7 +354,7 @@ fn output_file_and_sigterm() {
     };
     let path = std::env::temp_dir().join(format!("closetrace-test-{}.jsonl", std::process::id()));
     let child = Command::new(CLOSETRACE)
-        .args(["--format", "json", "--output"])
+        .args(["--states", "--format", "json", "--output"])
         .arg(&path)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -401,4 +401,59 @@ fn output_file_and_sigterm() {
     );
     assert_eq!(records.last().unwrap()["type"], "summary");
     assert!(err.contains(" events in "), "{err}");
+}
+
+/// Without --states closetrace hunts: the kernel sends only what findings
+/// need, so no state or close records are written, yet every transition is
+/// still counted in the summary.
+#[test]
+fn default_mode_counts_but_does_not_stream() {
+    let Some(_k) = kernel_test("default_mode_counts_but_does_not_stream") else {
+        return;
+    };
+    let tracer = Tracer::start(&[]);
+    let mut server = Peer::spawn(&["server", "--connections", "5"]);
+    let port = server.value("LISTENING");
+    Peer::spawn(&[
+        "client",
+        "--connect",
+        &format!("127.0.0.1:{port}"),
+        "--count",
+        "5",
+    ])
+    .wait_done();
+    server.wait_done();
+    let out = tracer.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(
+        out.of_type("state").count(),
+        0,
+        "no state stream by default"
+    );
+    assert_eq!(
+        out.of_type("close").count(),
+        0,
+        "no close stream by default"
+    );
+    let summary = out.summary();
+    let t = &summary["transitions"];
+    for key in [
+        "SYN_SENT->ESTABLISHED",
+        "ESTABLISHED->FIN_WAIT1",
+        "ESTABLISHED->CLOSE_WAIT",
+    ] {
+        let n = t[key].as_u64().unwrap_or(0);
+        assert!(n >= 5, "{key} counted in the kernel: {n} in {summary}");
+    }
+    let counted: u64 = t
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    let delivered = summary["events"].as_u64().unwrap();
+    assert!(
+        delivered < counted / 2,
+        "only what findings need reaches userspace: {delivered} of {counted}"
+    );
 }

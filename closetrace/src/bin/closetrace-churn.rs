@@ -212,7 +212,7 @@ fn serve(listener: TcpListener, shared: &Shared, accepted: &AtomicU64, leak_ever
                 Err(_) => break,
             }
         }
-        if leak_every != 0 && n % leak_every == 0 {
+        if leak_every != 0 && n.is_multiple_of(leak_every) {
             shared.leaks.fetch_add(1, Ordering::Relaxed);
             leaked.push(s);
         }
