@@ -5,6 +5,8 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
+mod bench;
+mod measure;
 mod offsets_rule;
 mod vm;
 use clap::{Parser, Subcommand};
@@ -34,6 +36,23 @@ enum Task {
     },
     /// Check that no kernel struct offset is hard-coded in the eBPF crate.
     LintOffsets,
+    /// Churn benchmark: no tracer, closetrace (default and --states JSON),
+    /// and libbpf-tools tcpstates, side by side. Writes bench/results.json.
+    Bench {
+        /// CI subset (under 3 minutes): fails on loss at half rate or
+        /// unbounded growth; results go to target/bench/quick.json.
+        #[arg(long)]
+        quick: bool,
+        /// Rounds (each tracer once per round); default 5, quick 2.
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Seconds of churn per trial; default 5, quick 3.
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Where to write the results (JSON; a .md table beside it).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Bootstrap, check formatting and lints, run every test.
     Test {
         /// Extra arguments for `cargo test`.
@@ -228,6 +247,33 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::LintOffsets => lint_offsets()?,
+        Task::Bench {
+            quick,
+            rounds,
+            seconds,
+            out,
+        } => {
+            bootstrap()?;
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "closetrace",
+                "--bin",
+                "closetrace",
+                "--bin",
+                "closetrace-churn",
+            ]))?;
+            bench::run(
+                &root(),
+                &bench::Options {
+                    quick,
+                    rounds,
+                    seconds,
+                    out,
+                },
+            )?;
+        }
         Task::IntegrationTest { vm: true } => {
             bootstrap()?;
             vm::run(&root())?;

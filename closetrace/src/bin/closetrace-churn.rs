@@ -7,7 +7,8 @@
 //! `--leak-every N`, every Nth connection the server keeps without closing:
 //! a CLOSE_WAIT leak, held until `--hold-leaks` after the churn ends.
 //!
-//! Prints one JSON line at the end: connections, errors, leaks, elapsed_s.
+//! Prints one JSON line at the end: pid, connections, errors, leaks,
+//! elapsed_s, rate.
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -137,6 +138,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "mode": format!("{:?}", cli.mode),
+            "pid": std::process::id(),
             "connections": connections,
             "accepted": shared.accepted.load(Ordering::Relaxed),
             "errors": shared.errors.load(Ordering::Relaxed),

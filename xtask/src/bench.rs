@@ -1,0 +1,648 @@
+//! `cargo xtask bench`: closetrace side by side with no tracer and with
+//! libbpf-tools `tcpstates`, under loopback churn from closetrace-churn in a
+//! network namespace the bench makes.
+//!
+//! Each round runs every tracer once, in an order rotated per round so that
+//! drift (thermal, noisy neighbours) spreads over all of them; results are
+//! medians over rounds. BPF run time is taken in separate trials with
+//! kernel.bpf_stats_enabled=1, so its own cost does not skew throughput.
+//! Then each tracer runs at half the untraced rate (where nothing may be
+//! lost), and closetrace runs once through a long churn with leaks while
+//! its RSS is sampled (where nothing may grow without bound).
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use crate::measure::{
+    BpfStats, BpfStatsEnabled, Netns, RssSampler, bpf_stats, interrupt_and_reap, machine, median,
+    peak_rss_kib,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tracer {
+    Untraced,
+    /// closetrace with no flags: the leak-hunting default.
+    Default,
+    /// closetrace --states: every state change as JSON lines to a file.
+    Json,
+    Tcpstates,
+}
+
+impl Tracer {
+    fn name(self) -> &'static str {
+        match self {
+            Tracer::Untraced => "untraced",
+            Tracer::Default => "closetrace (default)",
+            Tracer::Json => "closetrace --states (JSON to file)",
+            Tracer::Tcpstates => "tcpstates (to file)",
+        }
+    }
+
+    fn is_closetrace(self) -> bool {
+        matches!(self, Tracer::Default | Tracer::Json)
+    }
+}
+
+struct Workload {
+    name: &'static str,
+    churn: &'static [&'static str],
+}
+
+const RST: Workload = Workload {
+    name: "rst",
+    churn: &["--mode", "rst"],
+};
+/// Client-first close (TIME_WAIT on the client) with one connection in a
+/// thousand leaked in CLOSE_WAIT: every table closetrace keeps is busy.
+const CLIENT_CLOSE_LEAKY: Workload = Workload {
+    name: "client-close, 0.1% leaked",
+    churn: &["--mode", "client-close", "--leak-every", "1000"],
+};
+
+const NETNS: &str = "closetrace-bench";
+
+pub struct Options {
+    pub quick: bool,
+    pub rounds: Option<usize>,
+    pub seconds: Option<u64>,
+    pub out: Option<PathBuf>,
+}
+
+struct Bins {
+    closetrace: PathBuf,
+    churn: PathBuf,
+    tcpstates: Option<PathBuf>,
+}
+
+/// A tracer while it runs, and where its output goes.
+struct Running {
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Trial {
+    conn_per_s: f64,
+    connections: u64,
+    events: Option<u64>,
+    lost: Option<u64>,
+    /// Tracer CPU while the churn ran (user + sys).
+    cpu_s: Option<f64>,
+    max_rss_kib: Option<u64>,
+    bpf: Option<BpfStats>,
+    summary: Option<Value>,
+}
+
+pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark loads eBPF and makes a network namespace: run it as root");
+    }
+    let rounds = opts.rounds.unwrap_or(if opts.quick { 2 } else { 5 });
+    let seconds = opts.seconds.unwrap_or(if opts.quick { 3 } else { 5 });
+    let bins = Bins {
+        closetrace: root.join("target/release/closetrace"),
+        churn: root.join("target/release/closetrace-churn"),
+        tcpstates: if opts.quick { None } else { find_tcpstates() },
+    };
+    let tracers: Vec<Tracer> = [
+        Tracer::Untraced,
+        Tracer::Default,
+        Tracer::Json,
+        Tracer::Tcpstates,
+    ]
+    .into_iter()
+    .filter(|t| *t != Tracer::Tcpstates || bins.tcpstates.is_some())
+    .collect();
+    let workloads: &[Workload] = if opts.quick {
+        &[CLIENT_CLOSE_LEAKY]
+    } else {
+        &[RST, CLIENT_CLOSE_LEAKY]
+    };
+    let scratch = root.join("target/bench");
+    fs::create_dir_all(&scratch)?;
+    let started = Instant::now();
+    let mut checks: Vec<(String, bool, String)> = Vec::new();
+    let mut results = Vec::new();
+    for w in workloads {
+        eprintln!("bench: workload {}: {rounds} rounds of {seconds} s", w.name);
+        let mut trials: Vec<(Tracer, Trial)> = Vec::new();
+        for round in 0..rounds {
+            for i in 0..tracers.len() {
+                let t = tracers[(i + round) % tracers.len()];
+                let trial = run_trial(&bins, &scratch, t, w, seconds, None, false)?;
+                eprintln!(
+                    "bench:   round {} {:<36} {:>8.0} conn/s",
+                    round + 1,
+                    t.name(),
+                    trial.conn_per_s
+                );
+                trials.push((t, trial));
+            }
+        }
+        let untraced = median_of(&trials, Tracer::Untraced, |t| Some(t.conn_per_s))
+            .context("no untraced trial")?;
+        let mut rows = Vec::new();
+        for &t in &tracers {
+            let cost = if t == Tracer::Untraced {
+                None
+            } else {
+                let _stats = BpfStatsEnabled::new()?;
+                Some(run_trial(&bins, &scratch, t, w, seconds, None, true)?)
+            };
+            let half = if t == Tracer::Untraced {
+                None
+            } else {
+                let rate = (untraced / 2.0) as u64;
+                Some(run_trial(
+                    &bins,
+                    &scratch,
+                    t,
+                    w,
+                    seconds,
+                    Some(rate),
+                    false,
+                )?)
+            };
+            let row = summarize(t, &trials, untraced, cost.as_ref(), half.as_ref());
+            if t.is_closetrace() {
+                let lost = half.as_ref().and_then(|h| h.lost).unwrap_or(u64::MAX);
+                checks.push((
+                    format!("{}: {} loses nothing at half rate", w.name, t.name()),
+                    lost == 0,
+                    format!("lost {lost}"),
+                ));
+            }
+            rows.push(row);
+        }
+        results.push(json!({
+            "workload": w.name,
+            "churn_args": w.churn,
+            "untraced_conn_per_s": untraced.round(),
+            "results": rows,
+        }));
+    }
+    let connections = if opts.quick { 1_000_000 } else { 5_000_000 };
+    let bounded = bounded_run(&bins, &scratch, connections, &mut checks)?;
+
+    let report = json!({
+        "closetrace": env!("CARGO_PKG_VERSION"),
+        "date": today(),
+        "machine": machine(),
+        "quick": opts.quick,
+        "rounds": rounds,
+        "seconds_per_trial": seconds,
+        "workloads": results,
+        "bounded": bounded,
+        "checks": checks.iter().map(|(n, ok, d)| json!({"check": n, "ok": ok, "detail": d})).collect::<Vec<_>>(),
+        "bench_seconds": started.elapsed().as_secs(),
+    });
+    let out = opts.out.clone().unwrap_or_else(|| {
+        if opts.quick {
+            scratch.join("quick.json")
+        } else {
+            root.join("bench/results.json")
+        }
+    });
+    if let Some(dir) = out.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")?;
+    let table = markdown(&report);
+    fs::write(out.with_extension("md"), &table)?;
+    println!("{table}");
+    println!("bench: results in {}", out.display());
+    let failed: Vec<&(String, bool, String)> = checks.iter().filter(|c| !c.1).collect();
+    for (name, ok, detail) in &checks {
+        println!(
+            "bench: {} {name} ({detail})",
+            if *ok { "ok  " } else { "FAIL" }
+        );
+    }
+    if !failed.is_empty() {
+        bail!("{} benchmark check(s) failed", failed.len());
+    }
+    Ok(())
+}
+
+fn find_tcpstates() -> Option<PathBuf> {
+    let known = || {
+        ["/usr/sbin/tcpstates", "/usr/bin/tcpstates"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+    };
+    if let Some(p) = known() {
+        return Some(p);
+    }
+    eprintln!("bench: tcpstates is missing; installing Debian package libbpf-tools");
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "-q", "libbpf-tools"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("bench: could not install libbpf-tools; tcpstates left out of the comparison");
+    }
+    known()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_trial(
+    bins: &Bins,
+    scratch: &Path,
+    tracer: Tracer,
+    w: &Workload,
+    seconds: u64,
+    rate: Option<u64>,
+    want_bpf: bool,
+) -> anyhow::Result<Trial> {
+    // A namespace per trial: each starts without the previous trial's
+    // TIME_WAIT sockets (the kernel drops them with the namespace).
+    let ns = &Netns::new(NETNS)?;
+    let running = start_tracer(ns, bins, scratch, tracer, &[])?;
+    let pid = running.as_ref().map(|r| r.child.id());
+    let cpu_before = pid.and_then(cpu_seconds);
+    let bpf_before = pid.map(bpf_stats);
+    let mut churn = ns.exec(&bins.churn.to_string_lossy());
+    churn
+        .args(w.churn)
+        .args(["--duration", &format!("{seconds}s")]);
+    if let Some(r) = rate {
+        churn.args(["--rate", &r.to_string()]);
+    }
+    let churned = run_churn(&mut churn)?;
+    let mut trial = Trial {
+        conn_per_s: churned["rate"].as_f64().unwrap_or(0.0),
+        connections: churned["connections"].as_u64().unwrap_or(0),
+        ..Trial::default()
+    };
+    if let (Some(pid), Some(running)) = (pid, running) {
+        trial.cpu_s = cpu_seconds(pid).zip(cpu_before).map(|(a, b)| a - b);
+        if want_bpf {
+            let (a, b) = (bpf_stats(pid), bpf_before.unwrap_or_default());
+            trial.bpf = Some(BpfStats {
+                run_cnt: a.run_cnt - b.run_cnt,
+                run_time_ns: a.run_time_ns - b.run_time_ns,
+            });
+        }
+        finish_tracer(tracer, running, &mut trial)?;
+    }
+    Ok(trial)
+}
+
+fn run_churn(cmd: &mut Command) -> anyhow::Result<Value> {
+    let out = cmd.output().context("running closetrace-churn")?;
+    if !out.status.success() {
+        bail!(
+            "closetrace-churn failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(line.trim()).with_context(|| format!("churn output: {line}"))
+}
+
+fn start_tracer(
+    ns: &Netns,
+    bins: &Bins,
+    scratch: &Path,
+    tracer: Tracer,
+    extra: &[&str],
+) -> anyhow::Result<Option<Running>> {
+    let tag = tracer.name().split_whitespace().next().unwrap_or("t");
+    let flags = match tracer {
+        Tracer::Untraced => return Ok(None),
+        Tracer::Default => "",
+        Tracer::Json => "-states",
+        Tracer::Tcpstates => "",
+    };
+    let out = scratch.join(format!("{tag}{flags}.out"));
+    let err = scratch.join(format!("{tag}{flags}.err"));
+    let _ = fs::remove_file(&out);
+    let mut cmd = match tracer {
+        Tracer::Tcpstates => {
+            let path = bins.tcpstates.as_ref().context("tcpstates")?;
+            let mut c = ns.exec(&path.to_string_lossy());
+            c.stdout(File::create(&out)?);
+            c
+        }
+        _ => {
+            let mut c = ns.exec(&bins.closetrace.to_string_lossy());
+            c.args(["--format", "json", "--output"]).arg(&out);
+            if tracer == Tracer::Json {
+                c.arg("--states");
+            }
+            c.stdout(Stdio::null());
+            c
+        }
+    };
+    cmd.args(extra).stderr(File::create(&err)?);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", tracer.name()))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(st) = child.try_wait()? {
+            bail!(
+                "{} exited early ({st}): {}",
+                tracer.name(),
+                fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        let ready = match tracer {
+            // tcpstates says nothing until its first event: give it time
+            // to attach.
+            Tracer::Tcpstates => {
+                thread::sleep(Duration::from_secs(2));
+                true
+            }
+            _ => fs::read_to_string(&out).is_ok_and(|t| t.contains("\"type\":\"ready\"")),
+        };
+        if ready {
+            return Ok(Some(Running { child, out, err }));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("{} never became ready", tracer.name());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn finish_tracer(tracer: Tracer, r: Running, trial: &mut Trial) -> anyhow::Result<()> {
+    trial.max_rss_kib = peak_rss_kib(r.child.id());
+    let exit_code = interrupt_and_reap(r.child, Duration::from_secs(60))?;
+    let err = fs::read_to_string(&r.err).unwrap_or_default();
+    if tracer == Tracer::Tcpstates {
+        // A header, then one line per event; perf-buffer losses go to stderr
+        // as "lost N events on CPU #C".
+        let lines = BufReader::new(File::open(&r.out)?).split(b'\n').count() as u64;
+        trial.events = Some(lines.saturating_sub(1));
+        trial.lost = Some(
+            err.lines()
+                .filter_map(|l| {
+                    l.strip_prefix("lost ")?
+                        .split_whitespace()
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum(),
+        );
+        return Ok(());
+    }
+    if exit_code != Some(0) {
+        bail!("{} exited with {exit_code:?}: {err}", tracer.name());
+    }
+    // The summary is the last line; the file can be hundreds of megabytes.
+    let out = tail(&r.out, 256 * 1024)?;
+    let summary = out
+        .lines()
+        .rev()
+        .find_map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(|v| v["type"] == "summary")
+        })
+        .with_context(|| format!("no summary from {}: {err}", tracer.name()))?;
+    trial.events = summary["events"].as_u64();
+    trial.lost = summary["lost"].as_u64();
+    trial.summary = Some(summary);
+    Ok(())
+}
+
+/// The last `bytes` of a file, as text.
+fn tail(path: &Path, bytes: u64) -> anyhow::Result<String> {
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(bytes)))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// utime + stime of `pid` so far, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may contain spaces: state is
+    // field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks / hz)
+}
+
+fn median_of(
+    trials: &[(Tracer, Trial)],
+    t: Tracer,
+    f: impl Fn(&Trial) -> Option<f64>,
+) -> Option<f64> {
+    median(
+        trials
+            .iter()
+            .filter(|(k, _)| *k == t)
+            .filter_map(|(_, x)| f(x))
+            .collect(),
+    )
+}
+
+fn summarize(
+    t: Tracer,
+    trials: &[(Tracer, Trial)],
+    untraced: f64,
+    cost: Option<&Trial>,
+    half: Option<&Trial>,
+) -> Value {
+    let m = |f: &dyn Fn(&Trial) -> Option<f64>| median_of(trials, t, f);
+    let rate = m(&|x| Some(x.conn_per_s)).unwrap_or(0.0);
+    let events = m(&|x| x.events.map(|e| e as f64));
+    let lost = m(&|x| x.lost.map(|e| e as f64));
+    let cpu_per_100k = m(&|x| {
+        let (cpu, ev) = (x.cpu_s?, x.events?);
+        (ev > 0).then(|| cpu / ev as f64 * 100_000.0)
+    });
+    let round = |v: f64, d: i32| (v * 10f64.powi(d)).round() / 10f64.powi(d);
+    json!({
+        "tracer": t.name(),
+        "conn_per_s": rate.round(),
+        "retained": round(rate / untraced, 3),
+        "events": events.map(f64::round),
+        "lost": lost.map(f64::round),
+        "lost_pct": events.zip(lost).map(|(e, l)| round(100.0 * l / (e + l).max(1.0), 3)),
+        "cpu_s": m(&|x| x.cpu_s).map(|v| round(v, 2)),
+        "cpu_s_per_100k_events": cpu_per_100k.map(|v| round(v, 3)),
+        "bpf_ns_per_run": cost.and_then(|c| c.bpf?.ns_per_run()).map(f64::round),
+        "bpf_runs_per_conn": cost.and_then(|c| {
+            let b = c.bpf?;
+            (c.connections > 0).then(|| round(b.run_cnt as f64 / c.connections as f64, 1))
+        }),
+        "peak_rss_mib": m(&|x| x.max_rss_kib.map(|k| k as f64 / 1024.0)).map(|v| round(v, 1)),
+        "half_rate": half.map(|h| json!({
+            "conn_per_s": h.conn_per_s.round(),
+            "events": h.events,
+            "lost": h.lost,
+        })),
+    })
+}
+
+/// closetrace (default mode, 2 s leak threshold) through `connections`
+/// churned with leaks, its RSS sampled: peak and late growth must stay
+/// small, nothing may be lost at this rate, and every leak the generator
+/// made is reported.
+fn bounded_run(
+    bins: &Bins,
+    scratch: &Path,
+    connections: u64,
+    checks: &mut Vec<(String, bool, String)>,
+) -> anyhow::Result<Value> {
+    eprintln!("bench: {connections} connections through closetrace (default mode), RSS sampled");
+    let ns = &Netns::new(NETNS)?;
+    let running = start_tracer(
+        ns,
+        bins,
+        scratch,
+        Tracer::Default,
+        &["--close-wait-threshold", "2s"],
+    )?
+    .context("closetrace")?;
+    let pid = running.child.id();
+    let sampler = RssSampler::start(pid, Duration::from_millis(500));
+    let mut churn = ns.exec(&bins.churn.to_string_lossy());
+    churn.args(CLIENT_CLOSE_LEAKY.churn).args([
+        "--connections",
+        &connections.to_string(),
+        "--hold-leaks",
+        "4s",
+    ]);
+    let churned = run_churn(&mut churn)?;
+    let samples = sampler.finish();
+    let mut trial = Trial::default();
+    finish_tracer(Tracer::Default, running, &mut trial)?;
+    let peak_mib = trial.max_rss_kib.unwrap_or(0) as f64 / 1024.0;
+    // Growth after the first quarter: tables fill early, then must hold.
+    let quarter = samples.len() / 4;
+    let first = samples.get(quarter).map_or(0, |s| s.1);
+    let last = samples.last().map_or(0, |s| s.1);
+    let growth_mib = (last as f64 - first as f64) / 1024.0;
+    let created = churned["leaks"].as_u64().unwrap_or(0);
+    let churn_pid = churned["pid"].as_u64().unwrap_or(0);
+    let summary = trial.summary.clone().unwrap_or_default();
+    let reported = summary["leaks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["pid"].as_u64() == Some(churn_pid))
+        .map(|l| l["leaks"].as_u64().unwrap_or(0))
+        .sum::<u64>();
+    let lost = trial.lost.unwrap_or(u64::MAX);
+    checks.push((
+        format!("peak RSS after {connections} connections <= 64 MiB"),
+        peak_mib <= 64.0,
+        format!("{peak_mib:.1} MiB"),
+    ));
+    checks.push((
+        "RSS does not grow after the first quarter (<= 8 MiB)".into(),
+        growth_mib <= 8.0,
+        format!("{growth_mib:+.1} MiB"),
+    ));
+    checks.push((
+        "bounded run: nothing lost".into(),
+        lost == 0,
+        format!("lost {lost}"),
+    ));
+    checks.push((
+        "bounded run: every leak the generator made is reported".into(),
+        reported == created,
+        format!("{reported} reported of {created}"),
+    ));
+    Ok(json!({
+        "connections": churned["connections"],
+        "conn_per_s": churned["rate"].as_f64().map(f64::round),
+        "peak_rss_mib": (peak_mib * 10.0).round() / 10.0,
+        "rss_growth_after_first_quarter_mib": (growth_mib * 10.0).round() / 10.0,
+        "events": trial.events,
+        "lost": trial.lost,
+        "leaks_created": created,
+        "leaks_reported": reported,
+        "rss_samples_mib": samples.iter().step_by(4).map(|(t, k)| json!([(t * 10.0).round() / 10.0, *k / 1024])).collect::<Vec<_>>(),
+    }))
+}
+
+fn today() -> String {
+    Command::new("date")
+        .args(["-u", "+%F"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The side-by-side table, as committed to the README.
+fn markdown(r: &Value) -> String {
+    let m = &r["machine"];
+    let mut s = format!(
+        "Measured {} on {} ({} CPUs, {} MiB, kernel {}); medians of {} rounds of {} s{}.\n",
+        r["date"].as_str().unwrap_or(""),
+        m["cpu"].as_str().unwrap_or("?"),
+        m["cpus"],
+        m["mem_mib"],
+        m["kernel"].as_str().unwrap_or("?"),
+        r["rounds"],
+        r["seconds_per_trial"],
+        if r["quick"] == true { " (quick)" } else { "" },
+    );
+    let opt = |v: &Value| match v {
+        Value::Null => "-".to_string(),
+        Value::Number(n) => n.to_string(),
+        other => other.to_string(),
+    };
+    for w in r["workloads"].as_array().into_iter().flatten() {
+        s += &format!(
+            "\n**{}** (untraced: {} connections/s)\n\n",
+            w["workload"].as_str().unwrap_or(""),
+            w["untraced_conn_per_s"]
+        );
+        s += "| tracer | conn/s | retained | events | lost | CPU s / 100k events | BPF ns / run | peak RSS MiB | lost at half rate |\n";
+        s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+        for row in w["results"].as_array().into_iter().flatten() {
+            let retained = row["retained"]
+                .as_f64()
+                .map_or("-".into(), |v| format!("{:.0} %", v * 100.0));
+            s += &format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                row["tracer"].as_str().unwrap_or(""),
+                opt(&row["conn_per_s"]),
+                retained,
+                opt(&row["events"]),
+                opt(&row["lost"]),
+                opt(&row["cpu_s_per_100k_events"]),
+                opt(&row["bpf_ns_per_run"]),
+                opt(&row["peak_rss_mib"]),
+                opt(&row["half_rate"]["lost"]),
+            );
+        }
+    }
+    let b = &r["bounded"];
+    s += &format!(
+        "\nBounded run: {} connections (client-close, 0.1% leaked) through closetrace: peak RSS {} MiB, \
+         growth after the first quarter {} MiB, {} events, {} lost, {} of {} leaks reported.\n",
+        opt(&b["connections"]),
+        opt(&b["peak_rss_mib"]),
+        opt(&b["rss_growth_after_first_quarter_mib"]),
+        opt(&b["events"]),
+        opt(&b["lost"]),
+        opt(&b["leaks_reported"]),
+        opt(&b["leaks_created"]),
+    );
+    s
+}

@@ -1,0 +1,269 @@
+//! What the benchmark measures about a process and the machine: RSS (now
+//! and peak, VmHWM: wait4's ru_maxrss would count the spawning parent's
+//! memory, which a vfork-style spawn shares until exec), BPF program run
+//! time from the program fds' fdinfo (kernel.bpf_stats_enabled), and the
+//! network namespace the churn runs in.
+use std::fs;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// Send SIGINT and reap `child`; its exit code if it exited.
+pub fn interrupt_and_reap(child: Child, timeout: Duration) -> anyhow::Result<Option<i32>> {
+    let pid = child.id() as libc::pid_t;
+    // The Child is not waited on through std: waitpid below reaps it.
+    std::mem::forget(child);
+    // SAFETY: signalling and reaping our own child.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut status = 0;
+        // SAFETY: reaping our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            return Ok(libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)));
+        }
+        if r < 0 {
+            bail!("waitpid({pid}): {}", std::io::Error::last_os_error());
+        }
+        if Instant::now() > deadline {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            bail!("process {pid} did not stop within {timeout:?} of SIGINT");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Run count and run time summed over the BPF programs `pid` holds open.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BpfStats {
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
+}
+
+impl BpfStats {
+    pub fn ns_per_run(&self) -> Option<f64> {
+        (self.run_cnt > 0).then(|| self.run_time_ns as f64 / self.run_cnt as f64)
+    }
+}
+
+pub fn bpf_stats(pid: u32) -> BpfStats {
+    let mut seen = std::collections::HashSet::new();
+    let mut total = BpfStats::default();
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return total;
+    };
+    for entry in dir.flatten() {
+        let Ok(text) = fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        // Program fds only, each program once (a program may have two fds).
+        let (Some(id), Some(cnt), Some(ns)) =
+            (field("prog_id:"), field("run_cnt:"), field("run_time_ns:"))
+        else {
+            continue;
+        };
+        if seen.insert(id) {
+            total.run_cnt += cnt;
+            total.run_time_ns += ns;
+        }
+    }
+    total
+}
+
+/// `kernel.bpf_stats_enabled` set for as long as this lives.
+pub struct BpfStatsEnabled {
+    previous: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStatsEnabled {
+    pub fn new() -> anyhow::Result<Self> {
+        let previous = fs::read_to_string(BPF_STATS).context("reading bpf_stats_enabled")?;
+        fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(BpfStatsEnabled { previous })
+    }
+}
+
+impl Drop for BpfStatsEnabled {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS, self.previous.trim());
+    }
+}
+
+/// VmRSS of `pid` every `every`, until stopped.
+pub struct RssSampler {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<Vec<(f64, u64)>>,
+}
+
+impl RssSampler {
+    pub fn start(pid: u32, every: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = thread::spawn(move || {
+            let started = Instant::now();
+            let mut samples = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                if let Some(kib) = rss_kib(pid) {
+                    samples.push((started.elapsed().as_secs_f64(), kib));
+                }
+                thread::sleep(every);
+            }
+            samples
+        });
+        RssSampler { stop, handle }
+    }
+
+    /// (seconds since start, KiB) samples.
+    pub fn finish(self) -> Vec<(f64, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap_or_default()
+    }
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// Peak RSS of `pid` so far.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A network namespace with loopback up and a wide ephemeral port range,
+/// deleted on drop. The churn and the tracers run inside it, so TIME_WAIT
+/// from the bench never touches the host's ports.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> anyhow::Result<Self> {
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
+        let ok = |c: &mut Command| -> anyhow::Result<()> {
+            let st = c.status().with_context(|| format!("{c:?}"))?;
+            if !st.success() {
+                bail!("{c:?}: {st}");
+            }
+            Ok(())
+        };
+        ok(Command::new("ip").args(["netns", "add", name]))?;
+        let ns = Netns { name: name.into() };
+        ok(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]))?;
+        ok(ns.exec("sh").args([
+            "-c",
+            "echo 1024 65535 > /proc/sys/net/ipv4/ip_local_port_range",
+        ]))?;
+        Ok(ns)
+    }
+
+    pub fn exec(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// One line describing the machine, for the results file and the README.
+pub fn machine() -> serde_json::Value {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let mem_kib = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    serde_json::json!({
+        "cpu": cpu,
+        "cpus": thread::available_parallelism().map_or(0, |n| n.get()),
+        "mem_mib": mem_kib / 1024,
+        "kernel": kernel.trim(),
+    })
+}
+
+/// The median of `v` (NaN-free input), or None when empty.
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0]), Some(3.0));
+        assert_eq!(median(vec![5.0, 1.0, 3.0]), Some(3.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn own_rss_and_bpf_stats_read() {
+        let me = std::process::id();
+        assert!(rss_kib(me).is_some_and(|k| k > 0));
+        assert!(peak_rss_kib(me) >= rss_kib(me));
+        // This process holds no BPF programs.
+        assert_eq!(bpf_stats(me), BpfStats::default());
+        assert_eq!(BpfStats::default().ns_per_run(), None);
+        let s = BpfStats {
+            run_cnt: 4,
+            run_time_ns: 1000,
+        };
+        assert_eq!(s.ns_per_run(), Some(250.0));
+    }
+}
