@@ -169,9 +169,14 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> LoadError {
 }
 
 pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
-    let vmlinux = offsets::load_btf(Path::new(SYSFS_BTF))?;
+    // Two parses of the kernel's BTF (ours for offsets, aya's for loading)
+    // are the largest allocations closetrace ever makes: never hold both.
+    let offsets = {
+        let vmlinux = offsets::load_btf(Path::new(SYSFS_BTF))?;
+        offsets::resolve(&vmlinux)?
+    };
     let config = Config {
-        offsets: offsets::resolve(&vmlinux)?,
+        offsets,
         filter_pids: u32::from(!opts.pids.is_empty()),
         stream_all: u32::from(opts.stream_all),
         // Wake the reader once an eighth of the ring is full; below that it

@@ -122,7 +122,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     );
     // sock_diag can be missing (tcp_diag is a module on distribution
     // kernels, and may be absent): trace anyway, and say what that costs.
-    let view = match KernelView::take() {
+    let view = match KernelView::take(snapshot::states::HELD) {
         Ok(v) => {
             kernel.hooks.push(records::HookReport {
                 hook: "sock_diag".into(),
@@ -149,6 +149,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let seeded = loader::seed_existing(&mut kernel, monitor.table_mut(), &view, netns)?;
     monitor.seed_leaks(&view, clock::monotonic_ns());
     drop(view);
+    // Start-up parsed the kernel's BTF twice and listed every socket: hand
+    // that memory back rather than keep it resident for the whole run.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 
     let mut sink = Sink::new(cli.format, out, clock);
     sink.ready(&Ready {

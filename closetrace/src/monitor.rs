@@ -153,7 +153,9 @@ impl Monitor {
         if due.is_empty() {
             return Ok(());
         }
-        let view = match KernelView::take() {
+        // Only CLOSE_WAIT sockets matter here: a due leak no longer among
+        // them is gone.
+        let view = match KernelView::take(crate::snapshot::states::CLOSE_WAIT_ONLY) {
             Ok(v) => Some(v),
             Err(e) => {
                 if !std::mem::replace(&mut self.diag_warned, true) {

@@ -225,14 +225,16 @@ impl PortPressure {
         }
         self.last_reconcile_ns = now_ns;
         let states = (1 << tcp_state::TIME_WAIT) | (1 << tcp_state::FIN_WAIT2);
-        match snapshot::tcp_sockets_both(states, false) {
-            Ok(dump) => {
-                let tuples: Vec<Tuple> = dump
-                    .iter()
-                    .filter(|s| s.is_timewait())
-                    .map(|s| self.diag_tuple(s))
-                    .collect();
-                self.tw.reconcile(&tuples, now_ns);
+        let mut r = self.tw.begin_reconcile();
+        let (tw, netns) = (&mut self.tw, self.own_netns);
+        let dumped = snapshot::visit_tcp_sockets_both(states, false, &mut |s| {
+            if s.is_timewait() {
+                r.saw(tw, &diag_tuple(netns, &s));
+            }
+        });
+        match dumped {
+            Ok(()) => {
+                self.tw.end_reconcile(r, now_ns);
                 if let Some(p) = self.policy {
                     for pr in self.tw.evaluate_all(now_ns, &p) {
                         write_pressure(&pr, now_ns, sink, clock)?;
@@ -253,18 +255,6 @@ impl PortPressure {
             }
         }
         self.check_listeners(now_ns, sink, clock)
-    }
-
-    fn diag_tuple(&self, s: &DiagSocket) -> Tuple {
-        (
-            Dest {
-                netns: self.own_netns,
-                saddr: s.saddr,
-                daddr: s.daddr,
-                dport: s.dport,
-            },
-            s.sport,
-        )
     }
 
     fn check_listeners(
@@ -379,10 +369,23 @@ fn write_pressure(p: &Pressure, ts_ns: u64, sink: &mut Sink, clock: &WallClock) 
     })
 }
 
+/// A timewait socket from the dump, in closetrace's own namespace.
+fn diag_tuple(netns: u32, s: &DiagSocket) -> Tuple {
+    (
+        Dest {
+            netns,
+            saddr: s.saddr,
+            daddr: s.daddr,
+            dport: s.dport,
+        },
+        s.sport,
+    )
+}
+
 /// Who holds `port` locally: every non-TIME_WAIT socket on it with its
 /// processes, and how many TIME_WAIT sockets.
 fn port_holders(port: u16) -> (Vec<PortHolder>, u32) {
-    let Ok(view) = KernelView::take() else {
+    let Ok(view) = KernelView::take(crate::snapshot::states::ALL) else {
         return (Vec::new(), 0);
     };
     let mut holders = Vec::new();

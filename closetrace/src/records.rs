@@ -1,5 +1,7 @@
 //! The JSON-lines contract (docs/events.md). These serde types are the
 //! output model, deliberately separate from the kernel record layout.
+use std::net::IpAddr;
+
 use serde::Serialize;
 
 use crate::clock::WallClock;
@@ -39,7 +41,7 @@ pub struct Ready<'a> {
 pub struct State<'a> {
     #[serde(rename = "type")]
     pub kind: &'static str,
-    pub ts: String,
+    pub ts: Ts,
     /// Owner's pid and name; null when not known yet.
     pub pid: Option<u32>,
     pub comm: Option<&'a str>,
@@ -48,9 +50,9 @@ pub struct State<'a> {
     pub ctx_pid: u32,
     pub ctx_comm: &'a str,
     pub family: &'static str,
-    pub saddr: String,
+    pub saddr: IpAddr,
     pub sport: u16,
-    pub daddr: String,
+    pub daddr: IpAddr,
     pub dport: u16,
     pub sock: u64,
     pub old: &'static str,
@@ -62,16 +64,16 @@ impl<'a> State<'a> {
     pub fn new(ev: &'a StateChange, clock: &WallClock) -> Self {
         State {
             kind: "state",
-            ts: rfc3339(clock, ev.ts_ns),
+            ts: Ts(clock.wall(ev.ts_ns)),
             pid: ev.owner.as_ref().map(|o| o.pid),
             comm: ev.owner.as_ref().map(|o| o.comm.as_str()),
             owner: ev.owner_source.name(),
             ctx_pid: ev.ctx.pid,
             ctx_comm: &ev.ctx.comm,
             family: ev.sock.family.name(),
-            saddr: ev.sock.saddr.to_string(),
+            saddr: ev.sock.saddr,
             sport: ev.sock.sport,
-            daddr: ev.sock.daddr.to_string(),
+            daddr: ev.sock.daddr,
             dport: ev.sock.dport,
             sock: ev.sock.id,
             old: ev.old.name(),
@@ -85,9 +87,9 @@ impl<'a> State<'a> {
 #[derive(Debug, Serialize)]
 pub struct SockFields {
     pub family: &'static str,
-    pub saddr: String,
+    pub saddr: IpAddr,
     pub sport: u16,
-    pub daddr: String,
+    pub daddr: IpAddr,
     pub dport: u16,
     pub sock: u64,
 }
@@ -96,9 +98,9 @@ impl SockFields {
     pub fn new(s: &SockRef) -> Self {
         SockFields {
             family: s.family.name(),
-            saddr: s.saddr.to_string(),
+            saddr: s.saddr,
             sport: s.sport,
-            daddr: s.daddr.to_string(),
+            daddr: s.daddr,
             dport: s.dport,
             sock: s.id,
         }
@@ -257,6 +259,17 @@ pub struct Lost {
     pub count: u64,
     /// Events lost since start.
     pub total: u64,
+}
+
+/// An RFC 3339 timestamp (microseconds, UTC) formatted straight into the
+/// output: the state stream writes one per event, so no String per event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ts(pub std::time::SystemTime);
+
+impl Serialize for Ts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_micros(self.0))
+    }
 }
 
 pub fn rfc3339(clock: &WallClock, mono_ns: u64) -> String {

@@ -23,6 +23,9 @@ pub struct Sink {
     out: Box<dyn Write + Send>,
     clock: WallClock,
     header_done: bool,
+    /// One JSON record is built here, then written in one call: serde_json
+    /// writes in small pieces, each a call through `out`'s trait object.
+    line: Vec<u8>,
 }
 
 impl Sink {
@@ -32,6 +35,7 @@ impl Sink {
             out,
             clock,
             header_done: false,
+            line: Vec::with_capacity(512),
         }
     }
 
@@ -115,8 +119,10 @@ impl Sink {
     }
 
     fn json<T: Serialize>(&mut self, v: &T) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, v)?;
-        self.out.write_all(b"\n")
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, v)?;
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)
     }
 }
 
@@ -201,8 +207,8 @@ fn close_text(rec: &Close<'_>) -> String {
         time,
         &rec.pid.to_string(),
         &printable(rec.comm),
-        &endpoint_str(&rec.sock.saddr, rec.sock.sport),
-        &endpoint_str(&rec.sock.daddr, rec.sock.dport),
+        &endpoint(rec.sock.saddr, rec.sock.sport),
+        &endpoint(rec.sock.daddr, rec.sock.dport),
         &what,
         "-",
     )
@@ -232,8 +238,8 @@ fn leak_text(rec: &CloseWaitLeak<'_>, process_leaks: u64) -> String {
     format!(
         "!! CLOSE_WAIT LEAK #{} {who} {} -> {} for {at_least}{:.1} s ({eof}); held by {held}; {who} leaks: {process_leaks}",
         rec.report,
-        endpoint_str(&rec.sock.saddr, rec.sock.sport),
-        endpoint_str(&rec.sock.daddr, rec.sock.dport),
+        endpoint(rec.sock.saddr, rec.sock.sport),
+        endpoint(rec.sock.daddr, rec.sock.dport),
         rec.close_wait_ms / 1000.0,
     )
 }
@@ -243,21 +249,14 @@ fn resolved_text(rec: &CloseWaitResolved<'_>) -> String {
         "== CLOSE_WAIT leak ended: {}({}) {} -> {} after {:.1} s: {}",
         printable(rec.comm.unwrap_or("?")),
         rec.pid.map_or("?".into(), |p| p.to_string()),
-        endpoint_str(&rec.sock.saddr, rec.sock.sport),
-        endpoint_str(&rec.sock.daddr, rec.sock.dport),
+        endpoint(rec.sock.saddr, rec.sock.sport),
+        endpoint(rec.sock.daddr, rec.sock.dport),
         rec.close_wait_ms / 1000.0,
         rec.how
     )
 }
 
 /// `saddr` as JSON records carry it (a string) with its port.
-pub fn endpoint_str(addr: &str, port: u16) -> String {
-    match addr.parse::<IpAddr>() {
-        Ok(ip) => endpoint(ip, port),
-        Err(_) => format!("{addr}:{port}"),
-    }
-}
-
 pub fn endpoint(ip: IpAddr, port: u16) -> String {
     match ip {
         IpAddr::V4(a) => format!("{a}:{port}"),

@@ -58,13 +58,16 @@ const DIAG_MSG_LEN: usize = 72;
 const INET_DIAG_SKMEMINFO: u16 = 7;
 const SK_MEMINFO_DROPS: usize = 8;
 
-/// TCP sockets of `family` whose state is in the `states` bit mask
-/// (bit N = TCP state N); with `meminfo`, their drop counters too.
-pub fn tcp_sockets_in(
+/// TCP sockets of `family` whose state is in the `states` bit mask (bit N =
+/// TCP state N), with `meminfo` their drop counters too, each handed to
+/// `visit` as it is parsed: a host can hold a hundred thousand TIME_WAIT
+/// sockets, and a periodic count of them should not materialise them all.
+pub fn visit_tcp_sockets(
     family: u16,
     states: u32,
     meminfo: bool,
-) -> Result<Vec<DiagSocket>, SnapshotError> {
+    visit: &mut dyn FnMut(DiagSocket),
+) -> Result<(), SnapshotError> {
     // SAFETY: plain socket(2); the result is checked before use.
     let raw = unsafe {
         libc::socket(
@@ -99,7 +102,6 @@ pub fn tcp_sockets_in(
         return Err(io::Error::last_os_error().into());
     }
 
-    let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // SAFETY: buf is writable for its whole length.
@@ -111,17 +113,14 @@ pub fn tcp_sockets_in(
             }
             return Err(e.into());
         }
-        if n == 0 {
-            return Ok(out);
-        }
-        if parse_batch(&buf[..n as usize], &mut out)? {
-            return Ok(out);
+        if n == 0 || parse_batch(&buf[..n as usize], visit)? {
+            return Ok(());
         }
     }
 }
 
 /// Parse one datagram of netlink messages; true once the dump is done.
-fn parse_batch(mut data: &[u8], out: &mut Vec<DiagSocket>) -> Result<bool, SnapshotError> {
+fn parse_batch(mut data: &[u8], visit: &mut dyn FnMut(DiagSocket)) -> Result<bool, SnapshotError> {
     while data.len() >= NLMSG_HDR {
         let len = u32::from_ne_bytes(data[0..4].try_into().expect("4 bytes")) as usize;
         let ty = u16::from_ne_bytes(data[4..6].try_into().expect("2 bytes"));
@@ -137,7 +136,7 @@ fn parse_batch(mut data: &[u8], out: &mut Vec<DiagSocket>) -> Result<bool, Snaps
                     .ok_or(SnapshotError::Malformed("short error message"))?;
                 return Err(io::Error::from_raw_os_error(-errno).into());
             }
-            _ => out.push(parse_diag_msg(&data[NLMSG_HDR..len])?),
+            _ => visit(parse_diag_msg(&data[NLMSG_HDR..len])?),
         }
         // Messages are 4-byte aligned.
         let advance = (len + 3) & !3;
@@ -217,11 +216,20 @@ fn skmeminfo_drops(mut attrs: &[u8]) -> Option<u32> {
 
 /// Every TCP socket in `states`, both families (IPv6 failing is not an error).
 pub fn tcp_sockets_both(states: u32, meminfo: bool) -> Result<Vec<DiagSocket>, SnapshotError> {
-    let mut v = tcp_sockets_in(AF_INET, states, meminfo)?;
-    if let Ok(v6) = tcp_sockets_in(AF_INET6, states, meminfo) {
-        v.extend(v6);
-    }
+    let mut v = Vec::new();
+    visit_tcp_sockets_both(states, meminfo, &mut |s| v.push(s))?;
     Ok(v)
+}
+
+/// `visit_tcp_sockets` for both families (IPv6 failing is not an error).
+pub fn visit_tcp_sockets_both(
+    states: u32,
+    meminfo: bool,
+    visit: &mut dyn FnMut(DiagSocket),
+) -> Result<(), SnapshotError> {
+    visit_tcp_sockets(AF_INET, states, meminfo, visit)?;
+    let _ = visit_tcp_sockets(AF_INET6, states, meminfo, visit);
+    Ok(())
 }
 
 /// The kernel's own account of TCP sockets right now, with their holders.
@@ -230,11 +238,22 @@ pub struct KernelView {
     pub holders: HashMap<u32, Vec<Holder>>,
 }
 
+/// State masks for `KernelView::take`: bit N is TCP state N.
+pub mod states {
+    use closetrace_common::tcp_state::{CLOSE_WAIT, TIME_WAIT};
+    pub const ALL: u32 = u32::MAX;
+    /// Everything a process can hold: timewait sockets have no owner, and
+    /// there can be a hundred thousand of them.
+    pub const HELD: u32 = !(1 << TIME_WAIT);
+    pub const CLOSE_WAIT_ONLY: u32 = 1 << CLOSE_WAIT;
+}
+
 impl KernelView {
-    /// Dump both families and scan /proc. IPv6 failing (no IPv6 in this
-    /// kernel) is not an error; IPv4 failing is.
-    pub fn take() -> Result<KernelView, SnapshotError> {
-        let by_cookie = tcp_sockets_both(u32::MAX, false)?
+    /// Dump both families (sockets whose state is in the `states` mask) and
+    /// scan /proc. IPv6 failing (no IPv6 in this kernel) is not an error;
+    /// IPv4 failing is.
+    pub fn take(states: u32) -> Result<KernelView, SnapshotError> {
+        let by_cookie = tcp_sockets_both(states, false)?
             .into_iter()
             .map(|s| (s.cookie, s))
             .collect();
@@ -326,6 +345,10 @@ mod tests {
 
     use super::*;
 
+    fn parse_into(batch: &[u8], out: &mut Vec<DiagSocket>) -> Result<bool, SnapshotError> {
+        parse_batch(batch, &mut |s| out.push(s))
+    }
+
     fn diag_msg(family: u8, state: u8, sport: u16, cookie: u64, inode: u32) -> Vec<u8> {
         let mut m = vec![0u8; DIAG_MSG_LEN];
         m[0] = family;
@@ -356,7 +379,7 @@ mod tests {
         );
         batch.extend(nlmsg(NLMSG_DONE, &[0; 4]));
         let mut out = Vec::new();
-        assert!(parse_batch(&batch, &mut out).unwrap());
+        assert!(parse_into(&batch, &mut out).unwrap());
         assert_eq!(out.len(), 1);
         let s = &out[0];
         assert_eq!((s.state, s.sport, s.inode, s.rqueue), (8, 9501, 4242, 5));
@@ -375,10 +398,10 @@ mod tests {
         }
         m.extend_from_slice(&attr);
         let mut out = Vec::new();
-        parse_batch(&nlmsg(SOCK_DIAG_BY_FAMILY, &m), &mut out).unwrap();
+        parse_into(&nlmsg(SOCK_DIAG_BY_FAMILY, &m), &mut out).unwrap();
         assert_eq!(out[0].drops, Some(17));
         let mut out = Vec::new();
-        parse_batch(
+        parse_into(
             &nlmsg(SOCK_DIAG_BY_FAMILY, &diag_msg(2, 10, 80, 1, 1)),
             &mut out,
         )
@@ -390,12 +413,12 @@ mod tests {
     fn rejects_truncated_messages() {
         let msg = nlmsg(SOCK_DIAG_BY_FAMILY, &diag_msg(2, 8, 1, 1, 1)[..40]);
         assert!(matches!(
-            parse_batch(&msg, &mut Vec::new()),
+            parse_into(&msg, &mut Vec::new()),
             Err(SnapshotError::Malformed(_))
         ));
         let mut bad_len = nlmsg(SOCK_DIAG_BY_FAMILY, &diag_msg(2, 8, 1, 1, 1));
         bad_len[0..4].copy_from_slice(&1000u32.to_ne_bytes());
-        assert!(parse_batch(&bad_len, &mut Vec::new()).is_err());
+        assert!(parse_into(&bad_len, &mut Vec::new()).is_err());
     }
 
     #[test]
@@ -410,7 +433,8 @@ mod tests {
     fn finds_own_listener_and_holder() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let socks = tcp_sockets_in(AF_INET, u32::MAX, false).unwrap();
+        let mut socks = Vec::new();
+        visit_tcp_sockets(AF_INET, u32::MAX, false, &mut |s| socks.push(s)).unwrap();
         let me = socks
             .iter()
             .find(|s| s.sport == port && s.state == 10)

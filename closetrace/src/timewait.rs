@@ -126,12 +126,32 @@ pub struct Pressure {
     pub pids: Vec<(u32, String)>,
 }
 
+/// Counts taken from one kernel dump; applied by `end_reconcile` only once
+/// the dump is complete, so a failed dump changes nothing.
+pub struct Reconciliation {
+    generation: u64,
+    counts: HashMap<Dest, u32>,
+}
+
+impl Reconciliation {
+    /// One timewait socket the kernel holds.
+    pub fn saw(&mut self, tw: &mut TimeWaitCounter, tuple: &Tuple) {
+        *self.counts.entry(tuple.0.clone()).or_default() += 1;
+        if let Some(t) = tw.tuples.get_mut(tuple) {
+            t.2 = self.generation;
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct TimeWaitCounter {
     warn: f64,
     dests: HashMap<Dest, DestState>,
-    /// TIME_WAIT sockets by tuple -> (closer, entry time).
-    tuples: HashMap<Tuple, (Task, u64)>,
+    /// TIME_WAIT sockets by tuple -> (closer, entry time, the reconciliation
+    /// that last saw it).
+    tuples: HashMap<Tuple, (Task, u64, u64)>,
+    /// Reconciliations begun so far.
+    generation: u64,
     /// When the kernel's counts were last taken; None before the first time.
     last_reconcile_ns: Option<u64>,
 }
@@ -152,6 +172,7 @@ impl TimeWaitCounter {
             warn,
             dests: HashMap::new(),
             tuples: HashMap::new(),
+            generation: 0,
             last_reconcile_ns: None,
         }
     }
@@ -167,25 +188,42 @@ impl TimeWaitCounter {
         if let Some(c) = closer {
             st.pids.insert(c.pid, c.comm.clone());
             if self.tuples.len() < TUPLE_CAPACITY || self.tuples.contains_key(&tuple) {
-                self.tuples.insert(tuple, (c, ts_ns));
+                self.tuples.insert(tuple, (c, ts_ns, self.generation));
             }
         }
     }
 
     /// Replace the counts with the kernel's: `dump` is every TIME_WAIT
     /// socket it holds now, taken at `now_ns`.
+    #[cfg(test)]
     pub fn reconcile(&mut self, dump: &[Tuple], now_ns: u64) {
+        let mut r = self.begin_reconcile();
+        for t in dump {
+            r.saw(self, t);
+        }
+        self.end_reconcile(r, now_ns);
+    }
+
+    /// A reconciliation in three steps, so the kernel's dump can be fed in
+    /// socket by socket as it is parsed (see `Reconciliation`).
+    pub fn begin_reconcile(&mut self) -> Reconciliation {
+        self.generation += 1;
+        Reconciliation {
+            generation: self.generation,
+            counts: HashMap::new(),
+        }
+    }
+
+    pub fn end_reconcile(&mut self, r: Reconciliation, now_ns: u64) {
         for st in self.dests.values_mut() {
             st.count = 0;
         }
-        let mut present = std::collections::HashSet::with_capacity(dump.len());
-        for t in dump {
-            self.dests.entry(t.0.clone()).or_default().count += 1;
-            present.insert(t);
+        for (d, n) in r.counts {
+            self.dests.entry(d).or_default().count = n;
         }
         // Sockets gone from TIME_WAIT no longer count for their closer.
         self.tuples
-            .retain(|t, (_, ts)| *ts > now_ns || present.contains(t));
+            .retain(|_, (_, ts, seen)| *ts > now_ns || *seen == r.generation);
         self.dests
             .retain(|_, st| st.count > 0 || st.raised.is_some() || st.rate.in_window(now_ns) > 0);
         for st in self.dests.values_mut() {
@@ -268,7 +306,7 @@ impl TimeWaitCounter {
     /// TIME_WAIT sockets per closing process, among those closetrace saw enter.
     pub fn by_process(&self) -> Vec<(u32, String, u32)> {
         let mut m: BTreeMap<u32, (String, u32)> = BTreeMap::new();
-        for (task, _) in self.tuples.values() {
+        for (task, _, _) in self.tuples.values() {
             m.entry(task.pid)
                 .or_insert_with(|| (task.comm.clone(), 0))
                 .1 += 1;
