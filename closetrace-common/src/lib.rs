@@ -302,7 +302,10 @@ pub struct Config {
     /// bytes wait in the ring buffer; the reader also drains on a timer.
     /// Zero: wake on every record the reader has not caught up with.
     pub wakeup_bytes: u32,
-    pub _pad: u32,
+    /// closetrace's own network namespace (inode). In the default mode its
+    /// CLOSE_WAIT sockets are found by sock_diag scans, not events: only
+    /// the ends of those userspace watches (`WATCH`) are sent. Zero: none.
+    pub own_netns: u32,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 80);
 
@@ -330,7 +333,7 @@ impl Config {
         filter_pids: 0,
         stream_all: 0,
         wakeup_bytes: 0,
-        _pad: 0,
+        own_netns: 0,
     };
 }
 

@@ -55,6 +55,13 @@ static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536, 0)
 #[map]
 static LISTENERS: LruHashMap<ListenKey, ListenerInfo> = LruHashMap::with_max_entries(4096, 0);
 
+/// CLOSE_WAIT sockets (by cookie) of closetrace's own namespace that
+/// userspace tracks as possible leaks: how they leave CLOSE_WAIT is sent.
+/// The rest leave unreported in the default mode: a prompt close is the
+/// common case and needs no record.
+#[map]
+static WATCH: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+
 /// `--pid` filter: tgids whose sockets are reported.
 #[map]
 static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
@@ -178,6 +185,17 @@ fn netns_of(sk: *const u8, off: &SockOffsets) -> u32 {
         Ok(net) if !net.is_null() => read::<u32>(net, off.net_inum).unwrap_or(0),
         _ => 0,
     }
+}
+
+/// CLOSE_WAIT sockets in this namespace are found by userspace scans.
+#[inline(always)]
+fn scanned(cfg: &Config, netns: u32) -> bool {
+    cfg.own_netns != 0 && netns == cfg.own_netns
+}
+
+#[inline(always)]
+fn watched(sock_id: u64) -> bool {
+    unsafe { WATCH.get(sock_id) }.is_some()
 }
 
 /// Transitions that only the owning process can cause, so `current` is the owner.
@@ -382,11 +400,16 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if !wanted && !close_wait {
         return Ok(());
     }
-    if cfg.stream_all == 0 && !findings_need(old, new) {
-        return Ok(());
+    let netns = listen_key.netns;
+    if cfg.stream_all == 0 {
+        if !findings_need(old, new) {
+            return Ok(());
+        }
+        if close_wait && scanned(&cfg, netns) && (new == CLOSE_WAIT || !watched(sock_id)) {
+            return Ok(());
+        }
     }
     let ep = endpoints(sk, off)?;
-    let netns = listen_key.netns;
     let ctx_task = if by_owner { task } else { current_task() };
     let old_since_ns = if is_known && known.state == old {
         known.since_ns
@@ -640,21 +663,22 @@ fn emit_close(sk: *const u8, sock_id: u64, src: u32) -> Result<(), i32> {
         return Ok(());
     }
     let state = read::<u8>(sk, off.state)? as u32;
-    let ep = endpoints(sk, off)?;
     let netns = netns_of(sk, off);
+    // The default mode wants only closes that end a leak, as in try_state.
+    if cfg.stream_all == 0 && (state != CLOSE_WAIT || (scanned(&cfg, netns) && !watched(sock_id))) {
+        return Ok(());
+    }
     let task = current_task();
+    // Closes in CLOSE_WAIT end leaks: those pass any filter.
+    if state != CLOSE_WAIT && cfg.filter_pids != 0 && unsafe { PIDS.get(task.tgid) }.is_none() {
+        return Ok(());
+    }
+    let ep = endpoints(sk, off)?;
     let fl = if current_exiting(off) {
         flags::CTX_EXITING
     } else {
         0
     };
-    // Closes in CLOSE_WAIT end leaks: those pass any filter, as in try_state.
-    if state != CLOSE_WAIT
-        && (cfg.stream_all == 0
-            || (cfg.filter_pids != 0 && unsafe { PIDS.get(task.tgid) }.is_none()))
-    {
-        return Ok(());
-    }
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(mut entry) = EVENTS.reserve::<CloseRecord>(0) else {
         count(LOST_RINGBUF);

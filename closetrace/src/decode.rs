@@ -200,7 +200,7 @@ pub fn comm_string(comm: &[u8; COMM_LEN]) -> String {
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
-fn task(t: &TaskId) -> Task {
+pub fn task(t: &TaskId) -> Task {
     Task {
         pid: t.tgid,
         tid: t.tid,

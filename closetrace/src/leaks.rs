@@ -99,6 +99,18 @@ impl LeakDetector {
         );
     }
 
+    pub fn is_tracked(&self, sock_id: u64) -> bool {
+        self.socks.contains_key(&sock_id)
+    }
+
+    /// A socket a scan found in CLOSE_WAIT, in it since `since_ns` (or, if
+    /// `from_startup`, at least since then). Already tracked: unchanged.
+    pub fn found(&mut self, sock: SockRef, owner: Option<Task>, since_ns: u64, from_startup: bool) {
+        if !self.is_tracked(sock.id) {
+            self.track(sock, owner, since_ns, from_startup);
+        }
+    }
+
     /// A socket found in CLOSE_WAIT at start-up, aged from `now`.
     pub fn seed(&mut self, sock: SockRef, owner: Option<Task>, now_ns: u64) {
         self.track(sock, owner, now_ns, true);

@@ -76,6 +76,10 @@ pub struct LoadOptions<'a> {
     pub close_hook: CloseHookChoice,
     /// `--states`: every transition and close, not only what findings need.
     pub stream_all: bool,
+    /// In the default mode, the namespace whose CLOSE_WAIT sockets
+    /// userspace finds by sock_diag scans rather than events (see
+    /// `Config::own_netns`); 0 when it cannot scan.
+    pub scan_netns: u32,
 }
 
 /// How application closes are observed.
@@ -183,7 +187,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
         // drains on its own timer. One wakeup per record costs more than the
         // record under churn.
         wakeup_bytes: opts.ring_bytes / 8,
-        _pad: 0,
+        own_netns: opts.scan_netns,
     };
     let btf =
         Btf::from_sys_fs().map_err(|e| LoadError::Load(format!("reading kernel BTF: {e}")))?;
@@ -520,6 +524,52 @@ pub fn seed_existing(
         seeded += 1;
     }
     Ok(seeded)
+}
+
+/// The kernel side of CLOSE_WAIT scanning: when a socket entered CLOSE_WAIT
+/// and who owned it (`SOCKS`), and which ones userspace watches (`WATCH`).
+pub struct CloseWaitMaps {
+    socks: BpfHashMap<MapData, u64, SockInfo>,
+    watch: BpfHashMap<MapData, u64, u8>,
+}
+
+impl CloseWaitMaps {
+    /// Take the maps out of `ebpf` (after `seed_existing`, which uses SOCKS).
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+        let mut take = |name: &'static str| {
+            ebpf.take_map(name)
+                .ok_or(LoadError::Map(name, "missing".into()))
+        };
+        let (socks, watch) = (take("SOCKS")?, take("WATCH")?);
+        Ok(CloseWaitMaps {
+            socks: BpfHashMap::try_from(socks).map_err(map_err("SOCKS"))?,
+            watch: BpfHashMap::try_from(watch).map_err(map_err("WATCH"))?,
+        })
+    }
+}
+
+impl crate::monitor::CloseWaitKernel for CloseWaitMaps {
+    fn entered(&self, cookie: u64) -> Option<(u64, Option<crate::model::Task>)> {
+        let info = self.socks.get(&cookie, 0).ok()?;
+        let since = if info.state == closetrace_common::tcp_state::CLOSE_WAIT {
+            info.since_ns
+        } else {
+            0
+        };
+        let owner = (info.owner_src != owner_src::UNKNOWN && info.owner.tgid != 0)
+            .then(|| crate::decode::task(&info.owner));
+        Some((since, owner))
+    }
+
+    fn watch(&mut self, cookie: u64) {
+        if let Err(e) = self.watch.insert(cookie, 1, 0) {
+            log::warn!("watching a CLOSE_WAIT socket: {e}");
+        }
+    }
+
+    fn unwatch(&mut self, cookie: u64) {
+        let _ = self.watch.remove(&cookie);
+    }
 }
 
 fn comm_bytes(s: &str) -> [u8; COMM_LEN] {

@@ -99,16 +99,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(note) = loader::ensure_tracefs() {
         eprintln!("closetrace: {note}");
     }
+    // The namespace sock_diag and the port sysctls describe.
+    let netns = snapshot::own_netns().unwrap_or(0);
+    // sock_diag can be missing (tcp_diag is a module on distribution
+    // kernels, and may be absent): trace anyway, and say what that costs.
+    let (view, diag) = match KernelView::take(snapshot::states::HELD) {
+        Ok(v) => (
+            v,
+            records::HookReport {
+                hook: "sock_diag".into(),
+                attach: "netlink".into(),
+                status: "ok",
+                reason: None,
+            },
+        ),
+        Err(e) => (
+            KernelView::empty(),
+            records::HookReport {
+                hook: "sock_diag".into(),
+                attach: "none".into(),
+                status: "unavailable",
+                reason: Some(format!(
+                    "{e} (load the tcp_diag module); sockets older than closetrace get no owner \
+                     until they act, and leak holders, recv_q and TIME_WAIT reconciliation are \
+                     unavailable"
+                )),
+            },
+        ),
+    };
+    // Default mode with sock_diag: CLOSE_WAIT sockets here are found by
+    // scanning, so a prompt close costs no record (see CloseWaitKernel).
+    let scan = !cli.states && diag.status == "ok" && netns != 0;
     let mut kernel = loader::load(&LoadOptions {
         pids: &pids,
         ring_bytes: cli.ring_buffer_size,
         close_hook: cli.close_hook,
         stream_all: cli.states,
+        scan_netns: if scan { netns } else { 0 },
     })?;
+    kernel.hooks.push(diag);
     let clock = WallClock::sample();
     let threshold = cli.close_wait_threshold;
-    // The namespace sock_diag and the port sysctls describe.
-    let netns = snapshot::own_netns().unwrap_or(0);
     let mut monitor = Monitor::new(
         Settings {
             threshold_ns: threshold.as_nanos().min(u64::MAX as u128) as u64,
@@ -120,34 +151,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         },
         clock,
     );
-    // sock_diag can be missing (tcp_diag is a module on distribution
-    // kernels, and may be absent): trace anyway, and say what that costs.
-    let view = match KernelView::take(snapshot::states::HELD) {
-        Ok(v) => {
-            kernel.hooks.push(records::HookReport {
-                hook: "sock_diag".into(),
-                attach: "netlink".into(),
-                status: "ok",
-                reason: None,
-            });
-            v
-        }
-        Err(e) => {
-            kernel.hooks.push(records::HookReport {
-                hook: "sock_diag".into(),
-                attach: "none".into(),
-                status: "unavailable",
-                reason: Some(format!(
-                    "{e} (load the tcp_diag module); sockets older than closetrace get no owner \
-                     until they act, and leak holders, recv_q and TIME_WAIT reconciliation are \
-                     unavailable"
-                )),
-            });
-            KernelView::empty()
-        }
-    };
     let seeded = loader::seed_existing(&mut kernel, monitor.table_mut(), &view, netns)?;
-    monitor.seed_leaks(&view, clock::monotonic_ns());
+    if scan {
+        // The first tick's scan finds the CLOSE_WAIT sockets already here.
+        monitor.scan_close_wait_with(Box::new(loader::CloseWaitMaps::take(&mut kernel.ebpf)?));
+    } else {
+        monitor.seed_leaks(&view, clock::monotonic_ns());
+    }
     drop(view);
     // Start-up parsed the kernel's BTF twice and listed every socket: hand
     // that memory back rather than keep it resident for the whole run.

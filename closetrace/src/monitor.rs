@@ -18,6 +18,18 @@ use crate::summary::Summary;
 /// Sockets the userspace tables remember at most.
 const TABLE_CAPACITY: usize = 65536;
 
+/// The kernel's side of finding CLOSE_WAIT sockets by scanning (the
+/// default mode, in closetrace's own namespace): the kernel records when a
+/// socket entered CLOSE_WAIT and its owner but sends nothing, and reports
+/// how a socket leaves CLOSE_WAIT only once it is watched. Most sockets
+/// leave CLOSE_WAIT promptly; this way they cost no record at all.
+pub trait CloseWaitKernel {
+    /// When the socket entered CLOSE_WAIT (0: unknown) and its owner.
+    fn entered(&self, cookie: u64) -> Option<(u64, Option<Task>)>;
+    fn watch(&mut self, cookie: u64);
+    fn unwatch(&mut self, cookie: u64);
+}
+
 /// What the monitor is asked to do, from the command line and the loader.
 pub struct Settings {
     pub threshold_ns: u64,
@@ -47,6 +59,9 @@ pub struct Monitor {
     ports: PortPressure,
     /// sock_diag failed once already: do not repeat the warning.
     diag_warned: bool,
+    /// Set in the default mode: CLOSE_WAIT sockets of this namespace are
+    /// found by scanning (see `CloseWaitKernel`).
+    scan: Option<Box<dyn CloseWaitKernel>>,
 }
 
 impl Monitor {
@@ -63,7 +78,61 @@ impl Monitor {
             shown: HashSet::new(),
             ports: PortPressure::new(s.tw_warn, s.own_netns),
             diag_warned: false,
+            scan: None,
         }
+    }
+
+    /// Find this namespace's CLOSE_WAIT sockets by scanning from now on.
+    pub fn scan_close_wait_with(&mut self, kernel: Box<dyn CloseWaitKernel>) {
+        self.scan = Some(kernel);
+    }
+
+    /// Track every CLOSE_WAIT socket of this namespace not yet tracked,
+    /// watched in the kernel from now on; those tracked that are no longer
+    /// in CLOSE_WAIT ended unseen (before the watch took, or lost).
+    fn scan_close_wait(&mut self, now_ns: u64, sink: &mut Sink) -> io::Result<()> {
+        let Some(kernel) = self.scan.as_mut() else {
+            return Ok(());
+        };
+        let netns = self.own_netns;
+        let mut found = Vec::new();
+        let dumped = crate::snapshot::visit_tcp_sockets_both(
+            crate::snapshot::states::CLOSE_WAIT_ONLY,
+            false,
+            &mut |s| found.push(s.sock_ref(netns)),
+        );
+        if let Err(e) = dumped {
+            if !std::mem::replace(&mut self.diag_warned, true) {
+                eprintln!("closetrace: warning: cannot list CLOSE_WAIT sockets: {e}");
+            }
+            return Ok(());
+        }
+        let present: HashSet<u64> = found.iter().map(|s| s.id).collect();
+        for sock in found {
+            if self.leaks.is_tracked(sock.id) {
+                continue;
+            }
+            let (since, owner) = kernel.entered(sock.id).unwrap_or((0, None));
+            let known = since != 0 && since <= now_ns;
+            kernel.watch(sock.id);
+            let since = if known { since } else { now_ns };
+            self.leaks.found(sock, owner, since, !known);
+        }
+        let gone: Vec<u64> = self
+            .leaks
+            .tracked()
+            .filter(|t| t.sock.netns == netns && !present.contains(&t.sock.id))
+            .map(|t| t.sock.id)
+            .collect();
+        for &id in &gone {
+            kernel.unwatch(id);
+        }
+        for id in gone {
+            if let Some(r) = self.leaks.vanished(id, now_ns) {
+                self.resolve(&r, sink)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn table_mut(&mut self) -> &mut OwnerTable {
@@ -92,6 +161,11 @@ impl Monitor {
             KernelEvent::State(mut ev) => {
                 self.table.apply(&mut ev);
                 let resolved = self.leaks.on_state(&ev);
+                if ev.old == TcpState::CloseWait
+                    && let Some(k) = self.scan.as_mut()
+                {
+                    k.unwatch(ev.sock.id);
+                }
                 if self.stream_all && self.wants(ev.owner.as_ref().map(|o| o.pid)) {
                     sink.state(&ev)?;
                 }
@@ -149,6 +223,7 @@ impl Monitor {
     /// is resolved rather than reported (no ghosts).
     pub fn on_tick(&mut self, now_ns: u64, sink: &mut Sink) -> io::Result<()> {
         self.ports.on_tick(now_ns, sink, &self.clock)?;
+        self.scan_close_wait(now_ns, sink)?;
         let due = self.leaks.due(now_ns);
         if due.is_empty() {
             return Ok(());

@@ -453,7 +453,7 @@ fn default_mode_counts_but_does_not_stream() {
         .sum();
     let delivered = summary["events"].as_u64().unwrap();
     assert!(
-        delivered < counted / 2,
+        delivered <= counted / 4,
         "only what findings need reaches userspace: {delivered} of {counted}"
     );
 }

@@ -24,12 +24,15 @@ const TESTS: &[(&str, &str)] = &[
     ("leaks", "prompt_server_never_leaks"),
     ("leaks", "fork_names_the_child"),
     ("leaks", "leak_from_before_startup_is_reported"),
+    // The default mode's watched exit from CLOSE_WAIT, through fentry.
+    ("leaks", "late_closer_is_reported_once_then_resolved"),
 ];
 
 /// Run again with tcp_close forced onto its kprobe: the close records and
 /// their resolutions then come from the kprobe program.
 const KPROBE_TESTS: &[(&str, &str)] = &[
     ("leaks", "prompt_server_never_leaks"),
+    ("leaks", "late_closer_streamed"),
     ("leaks", "late_closer_is_reported_once_then_resolved"),
 ];
 
