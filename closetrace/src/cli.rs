@@ -56,8 +56,18 @@ pub struct Cli {
     pub close_hook: crate::loader::CloseHookChoice,
 
     /// Ring buffer size in bytes: a power of two, at least one page.
-    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = parse_ring_size)]
-    pub ring_buffer_size: u32,
+    /// Default: 4 MiB, or 16 MiB with --states (about 400 ms of the
+    /// busiest churn here, enough to ride out the reader being scheduled
+    /// out).
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
+    pub ring_buffer_size: Option<u32>,
+}
+
+impl Cli {
+    pub fn ring_bytes(&self) -> u32 {
+        self.ring_buffer_size
+            .unwrap_or(if self.states { 16 << 20 } else { 4 << 20 })
+    }
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -124,6 +134,12 @@ mod tests {
         assert_eq!(c.pids, vec![1, 2]);
         assert_eq!(c.format, Format::Json);
         assert!(!c.states, "hunting is the default");
+        assert_eq!(c.ring_bytes(), 4 << 20);
+        let c = Cli::try_parse_from(["closetrace", "--states"]).unwrap();
+        assert_eq!(c.ring_bytes(), 16 << 20);
+        let c =
+            Cli::try_parse_from(["closetrace", "--states", "--ring-buffer-size", "4096"]).unwrap();
+        assert_eq!(c.ring_bytes(), 4096);
         assert_eq!(c.close_wait_threshold, Duration::from_secs(30));
         let c = Cli::try_parse_from(["closetrace", "--close-wait-threshold", "500ms"]).unwrap();
         assert_eq!(c.close_wait_threshold, Duration::from_millis(500));

@@ -132,7 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let scan = !cli.states && diag.status == "ok" && netns != 0;
     let mut kernel = loader::load(&LoadOptions {
         pids: &pids,
-        ring_bytes: cli.ring_buffer_size,
+        ring_bytes: cli.ring_bytes(),
         close_hook: cli.close_hook,
         stream_all: cli.states,
         scan_netns: if scan { netns } else { 0 },
