@@ -176,6 +176,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         pids: &pids,
         snapshot_sockets: seeded,
         close_wait_threshold_ms: threshold.as_millis().min(u64::MAX as u128) as u64,
+        mode: if cli.states { "states" } else { "findings" },
     })
     .and_then(|()| sink.flush())
     .context("writing output")?;

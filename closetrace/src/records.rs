@@ -35,6 +35,8 @@ pub struct Ready<'a> {
     /// Sockets found at start-up and given an owner from /proc.
     pub snapshot_sockets: usize,
     pub close_wait_threshold_ms: u64,
+    /// `findings` (the default) or `states` (`--states`).
+    pub mode: &'static str,
 }
 
 #[derive(Debug, Serialize)]

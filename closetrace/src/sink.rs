@@ -44,7 +44,7 @@ impl Sink {
             Format::Json => self.json(ready),
             Format::Text => {
                 // People read the hook status on stderr; the table stays clean.
-                eprint!("{}", ready_text(ready.hooks, ready.pids));
+                eprint!("{}", ready_text(ready.hooks, ready.pids, ready.mode));
                 Ok(())
             }
         }
@@ -126,7 +126,7 @@ impl Sink {
     }
 }
 
-pub fn ready_text(hooks: &[HookReport], pids: &[u32]) -> String {
+pub fn ready_text(hooks: &[HookReport], pids: &[u32], mode: &str) -> String {
     let mut s = String::new();
     for h in hooks {
         match &h.reason {
@@ -145,7 +145,13 @@ pub fn ready_text(hooks: &[HookReport], pids: &[u32]) -> String {
         let p: Vec<String> = pids.iter().map(u32::to_string).collect();
         format!("pid {}", p.join(", "))
     };
-    s + &format!("closetrace: tracing TCP state changes for {scope}; Ctrl-C to stop\n")
+    let what = if mode == "states" {
+        "tracing every TCP state change"
+    } else {
+        "hunting CLOSE_WAIT leaks, TIME_WAIT pressure and connect/bind failures \
+         (--states: every state change)"
+    };
+    s + &format!("closetrace: {what} for {scope}; Ctrl-C to stop\n")
 }
 
 const W_ADDR: usize = 22;

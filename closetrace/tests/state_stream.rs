@@ -107,6 +107,7 @@ fn pid_filter_shows_only_the_named_server() {
     let (pa, pb) = (a.value("LISTENING"), b.value("LISTENING"));
     let tracer = Tracer::start(&["--states", "--pid", &a.pid().to_string()]);
     assert_eq!(tracer.ready["pids"], serde_json::json!([a.pid()]));
+    assert_eq!(tracer.ready["mode"], "states");
     for port in [pa, pb] {
         let mut c = Peer::spawn(&[
             "client",
@@ -412,6 +413,7 @@ fn default_mode_counts_but_does_not_stream() {
         return;
     };
     let tracer = Tracer::start(&[]);
+    assert_eq!(tracer.ready["mode"], "findings");
     let mut server = Peer::spawn(&["server", "--connections", "5"]);
     let port = server.value("LISTENING");
     Peer::spawn(&[

@@ -330,8 +330,12 @@ fn start_tracer(
     let _ = fs::remove_file(&out);
     let mut cmd = match tracer {
         Tracer::Tcpstates => {
+            // Run in the host's namespaces: it traces every namespace
+            // anyway, and `ip netns exec` remounts /sys without tracefs,
+            // where libbpf looks for the tracepoint's id.
+            ensure_tracefs()?;
             let path = bins.tcpstates.as_ref().context("tcpstates")?;
-            let mut c = ns.exec(&path.to_string_lossy());
+            let mut c = Command::new(path);
             c.stdout(File::create(&out)?);
             c
         }
@@ -363,6 +367,13 @@ fn start_tracer(
             // to attach.
             Tracer::Tcpstates => {
                 thread::sleep(Duration::from_secs(2));
+                // It must still be running: an attach failure exits.
+                if let Some(st) = child.try_wait()? {
+                    bail!(
+                        "tcpstates exited ({st}): {}",
+                        fs::read_to_string(&err).unwrap_or_default()
+                    );
+                }
                 true
             }
             _ => fs::read_to_string(&out).is_ok_and(|t| t.contains("\"type\":\"ready\"")),
@@ -417,6 +428,21 @@ fn finish_tracer(tracer: Tracer, r: Running, trial: &mut Trial) -> anyhow::Resul
     trial.events = summary["events"].as_u64();
     trial.lost = summary["lost"].as_u64();
     trial.summary = Some(summary);
+    Ok(())
+}
+
+/// Mount tracefs where libbpf looks for tracepoint ids, if it is not there.
+fn ensure_tracefs() -> anyhow::Result<()> {
+    const TRACEFS: &str = "/sys/kernel/tracing";
+    if Path::new(TRACEFS).join("events").exists() {
+        return Ok(());
+    }
+    let st = Command::new("mount")
+        .args(["-t", "tracefs", "nodev", TRACEFS])
+        .status()?;
+    if !st.success() {
+        bail!("tracefs is not mounted at {TRACEFS} and mounting it failed");
+    }
     Ok(())
 }
 
@@ -587,6 +613,19 @@ fn today() -> String {
         .unwrap_or_default()
 }
 
+/// Write the Markdown table for a results file again (after the table's
+/// layout changed, without measuring again).
+pub fn render(results: &Path) -> anyhow::Result<()> {
+    let text =
+        fs::read_to_string(results).with_context(|| format!("reading {}", results.display()))?;
+    let r: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a bench results file", results.display()))?;
+    let table = markdown(&r);
+    fs::write(results.with_extension("md"), &table)?;
+    println!("{table}");
+    Ok(())
+}
+
 /// The side-by-side table, as committed to the README.
 fn markdown(r: &Value) -> String {
     let m = &r["machine"];
@@ -603,30 +642,41 @@ fn markdown(r: &Value) -> String {
     );
     let opt = |v: &Value| match v {
         Value::Null => "-".to_string(),
-        Value::Number(n) => n.to_string(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 => format!("{f:.0}"),
+            _ => n.to_string(),
+        },
         other => other.to_string(),
     };
     for w in r["workloads"].as_array().into_iter().flatten() {
         s += &format!(
             "\n**{}** (untraced: {} connections/s)\n\n",
             w["workload"].as_str().unwrap_or(""),
-            w["untraced_conn_per_s"]
+            opt(&w["untraced_conn_per_s"])
         );
-        s += "| tracer | conn/s | retained | events | lost | CPU s / 100k events | BPF ns / run | peak RSS MiB | lost at half rate |\n";
-        s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+        s += "| tracer | conn/s | retained | events | lost | CPU s | CPU s / 100k events | BPF ns / run | runs / conn | peak RSS MiB | lost at half rate |\n";
+        s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
         for row in w["results"].as_array().into_iter().flatten() {
             let retained = row["retained"]
                 .as_f64()
                 .map_or("-".into(), |v| format!("{:.0} %", v * 100.0));
+            // Per 100k events says nothing when a handful crossed over.
+            let per_100k = if row["events"].as_f64().unwrap_or(0.0) < 10_000.0 {
+                "-".to_string()
+            } else {
+                opt(&row["cpu_s_per_100k_events"])
+            };
             s += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 row["tracer"].as_str().unwrap_or(""),
                 opt(&row["conn_per_s"]),
                 retained,
                 opt(&row["events"]),
                 opt(&row["lost"]),
-                opt(&row["cpu_s_per_100k_events"]),
+                opt(&row["cpu_s"]),
+                per_100k,
                 opt(&row["bpf_ns_per_run"]),
+                opt(&row["bpf_runs_per_conn"]),
                 opt(&row["peak_rss_mib"]),
                 opt(&row["half_rate"]["lost"]),
             );

@@ -52,6 +52,9 @@ enum Task {
         /// Where to write the results (JSON; a .md table beside it).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Only write the .md table again from this results file.
+        #[arg(long, value_name = "RESULTS_JSON", conflicts_with_all = ["quick", "rounds", "seconds", "out"])]
+        render: Option<PathBuf>,
     },
     /// Bootstrap, check formatting and lints, run every test.
     Test {
@@ -248,10 +251,15 @@ fn main() -> anyhow::Result<()> {
         }
         Task::LintOffsets => lint_offsets()?,
         Task::Bench {
+            render: Some(results),
+            ..
+        } => bench::render(&results)?,
+        Task::Bench {
             quick,
             rounds,
             seconds,
             out,
+            render: None,
         } => {
             bootstrap()?;
             run(cargo().args([
