@@ -323,8 +323,9 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     };
     let mut known_ptr: *mut SockInfo = core::ptr::null_mut();
     // A socket leaving CLOSE, or a child just cloned from its listener, is
-    // new to the map (CLOSE removed it): skip the lookup.
-    let fresh = old == CLOSE || old == LISTEN;
+    // new to the map (CLOSE removed it): skip the lookup. A listener that
+    // closes (LISTEN -> CLOSE) is not: its entry must be found and removed.
+    let fresh = old == CLOSE || (old == LISTEN && new == SYN_RECV);
     if sock_id != 0
         && !fresh
         && let Some(p) = SOCKS.get_ptr_mut(sock_id)
