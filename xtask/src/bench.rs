@@ -582,10 +582,13 @@ fn bounded_run(
         growth_mib <= 8.0,
         format!("{growth_mib:+.1} MiB"),
     ));
+    // This run churns at full rate: the bar there is the full-rate one
+    // (under 1 %); the half-rate trials are where nothing may be lost.
+    let events = trial.events.unwrap_or(0);
     checks.push((
-        "bounded run: nothing lost".into(),
-        lost == 0,
-        format!("lost {lost}"),
+        "bounded run (full rate): under 1% lost".into(),
+        lost.saturating_mul(100) < events.max(1),
+        format!("lost {lost}, delivered {events}"),
     ));
     checks.push((
         "bounded run: every leak the generator made is reported".into(),
