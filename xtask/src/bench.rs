@@ -10,7 +10,7 @@
 //! lost), and closetrace runs once through a long churn with leaks while
 //! its RSS is sampled (where nothing may grow without bound).
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+use crate::bench_report::markdown;
 use crate::measure::{
-    BpfStats, BpfStatsEnabled, Netns, RssSampler, bpf_stats, interrupt_and_reap, machine, median,
-    peak_rss_kib,
+    BpfStats, BpfStatsEnabled, Netns, RssSampler, bpf_stats, cpu_seconds, ensure_tracefs,
+    interrupt_and_reap, machine, median, peak_rss_kib, tail,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -431,44 +432,6 @@ fn finish_tracer(tracer: Tracer, r: Running, trial: &mut Trial) -> anyhow::Resul
     Ok(())
 }
 
-/// Mount tracefs where libbpf looks for tracepoint ids, if it is not there.
-fn ensure_tracefs() -> anyhow::Result<()> {
-    const TRACEFS: &str = "/sys/kernel/tracing";
-    if Path::new(TRACEFS).join("events").exists() {
-        return Ok(());
-    }
-    let st = Command::new("mount")
-        .args(["-t", "tracefs", "nodev", TRACEFS])
-        .status()?;
-    if !st.success() {
-        bail!("tracefs is not mounted at {TRACEFS} and mounting it failed");
-    }
-    Ok(())
-}
-
-/// The last `bytes` of a file, as text.
-fn tail(path: &Path, bytes: u64) -> anyhow::Result<String> {
-    let mut f = File::open(path)?;
-    let len = f.metadata()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(bytes)))?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf)?;
-    Ok(String::from_utf8_lossy(&buf).into_owned())
-}
-
-/// utime + stime of `pid` so far, in seconds.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may contain spaces: state is
-    // field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Some(ticks / hz)
-}
-
 fn median_of(
     trials: &[(Tracer, Trial)],
     t: Tracer,
@@ -614,88 +577,4 @@ fn today() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
-}
-
-/// Write the Markdown table for a results file again (after the table's
-/// layout changed, without measuring again).
-pub fn render(results: &Path) -> anyhow::Result<()> {
-    let text =
-        fs::read_to_string(results).with_context(|| format!("reading {}", results.display()))?;
-    let r: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a bench results file", results.display()))?;
-    let table = markdown(&r);
-    fs::write(results.with_extension("md"), &table)?;
-    println!("{table}");
-    Ok(())
-}
-
-/// The side-by-side table, as committed to the README.
-fn markdown(r: &Value) -> String {
-    let m = &r["machine"];
-    let mut s = format!(
-        "Measured {} on {} ({} CPUs, {} MiB, kernel {}); medians of {} rounds of {} s{}.\n",
-        r["date"].as_str().unwrap_or(""),
-        m["cpu"].as_str().unwrap_or("?"),
-        m["cpus"],
-        m["mem_mib"],
-        m["kernel"].as_str().unwrap_or("?"),
-        r["rounds"],
-        r["seconds_per_trial"],
-        if r["quick"] == true { " (quick)" } else { "" },
-    );
-    let opt = |v: &Value| match v {
-        Value::Null => "-".to_string(),
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if f.fract() == 0.0 => format!("{f:.0}"),
-            _ => n.to_string(),
-        },
-        other => other.to_string(),
-    };
-    for w in r["workloads"].as_array().into_iter().flatten() {
-        s += &format!(
-            "\n**{}** (untraced: {} connections/s)\n\n",
-            w["workload"].as_str().unwrap_or(""),
-            opt(&w["untraced_conn_per_s"])
-        );
-        s += "| tracer | conn/s | retained | events | lost | CPU s | CPU s / 100k events | BPF ns / run | runs / conn | peak RSS MiB | lost at half rate |\n";
-        s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
-        for row in w["results"].as_array().into_iter().flatten() {
-            let retained = row["retained"]
-                .as_f64()
-                .map_or("-".into(), |v| format!("{:.0} %", v * 100.0));
-            // Per 100k events says nothing when a handful crossed over.
-            let per_100k = if row["events"].as_f64().unwrap_or(0.0) < 10_000.0 {
-                "-".to_string()
-            } else {
-                opt(&row["cpu_s_per_100k_events"])
-            };
-            s += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-                row["tracer"].as_str().unwrap_or(""),
-                opt(&row["conn_per_s"]),
-                retained,
-                opt(&row["events"]),
-                opt(&row["lost"]),
-                opt(&row["cpu_s"]),
-                per_100k,
-                opt(&row["bpf_ns_per_run"]),
-                opt(&row["bpf_runs_per_conn"]),
-                opt(&row["peak_rss_mib"]),
-                opt(&row["half_rate"]["lost"]),
-            );
-        }
-    }
-    let b = &r["bounded"];
-    s += &format!(
-        "\nBounded run: {} connections (client-close, 0.1% leaked) through closetrace: peak RSS {} MiB, \
-         growth after the first quarter {} MiB, {} events, {} lost, {} of {} leaks reported.\n",
-        opt(&b["connections"]),
-        opt(&b["peak_rss_mib"]),
-        opt(&b["rss_growth_after_first_quarter_mib"]),
-        opt(&b["events"]),
-        opt(&b["lost"]),
-        opt(&b["leaks_reported"]),
-        opt(&b["leaks_created"]),
-    );
-    s
 }

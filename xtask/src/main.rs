@@ -6,6 +6,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 mod bench;
+mod bench_report;
 mod measure;
 mod offsets_rule;
 mod vm;
@@ -253,7 +254,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench {
             render: Some(results),
             ..
-        } => bench::render(&results)?,
+        } => bench_report::render(&results)?,
         Task::Bench {
             quick,
             rounds,

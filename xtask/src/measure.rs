@@ -3,7 +3,9 @@
 //! memory, which a vfork-style spawn shares until exec), BPF program run
 //! time from the program fds' fdinfo (kernel.bpf_stats_enabled), and the
 //! network namespace the churn runs in.
-use std::fs;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -238,6 +240,44 @@ pub fn median(mut v: Vec<f64>) -> Option<f64> {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     })
+}
+
+/// Mount tracefs where libbpf looks for tracepoint ids, if it is not there.
+pub fn ensure_tracefs() -> anyhow::Result<()> {
+    const TRACEFS: &str = "/sys/kernel/tracing";
+    if Path::new(TRACEFS).join("events").exists() {
+        return Ok(());
+    }
+    let st = Command::new("mount")
+        .args(["-t", "tracefs", "nodev", TRACEFS])
+        .status()?;
+    if !st.success() {
+        bail!("tracefs is not mounted at {TRACEFS} and mounting it failed");
+    }
+    Ok(())
+}
+
+/// The last `bytes` of a file, as text.
+pub fn tail(path: &Path, bytes: u64) -> anyhow::Result<String> {
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(bytes)))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// utime + stime of `pid` so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may contain spaces: state is
+    // field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks / hz)
 }
 
 #[cfg(test)]
