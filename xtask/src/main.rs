@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 
 mod bench;
 mod bench_report;
+mod demo;
 mod measure;
 mod offsets_rule;
 mod vm;
@@ -37,6 +38,9 @@ enum Task {
     },
     /// Check that no kernel struct offset is hard-coded in the eBPF crate.
     LintOffsets,
+    /// The article's three failures in a namespace, with closetrace beside
+    /// them (under 30 s); fails unless each is flagged with its process.
+    Demo,
     /// Churn benchmark: no tracer, closetrace (default and --states JSON),
     /// and libbpf-tools tcpstates, side by side. Writes bench/results.json.
     Bench {
@@ -251,6 +255,20 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::LintOffsets => lint_offsets()?,
+        Task::Demo => {
+            bootstrap()?;
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "closetrace",
+                "--bin",
+                "closetrace",
+                "--bin",
+                "closetrace-peer",
+            ]))?;
+            demo::run(&root())?;
+        }
         Task::Bench {
             render: Some(results),
             ..

@@ -18,8 +18,21 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "closetrace-peer", about = "TCP actor for closetrace tests")]
 struct Cli {
+    /// Process name to take (prctl PR_SET_NAME, at most 15 bytes): what
+    /// closetrace will show for this process.
+    #[arg(long, global = true)]
+    comm: Option<String>,
     #[command(subcommand)]
     role: Role,
+}
+
+fn set_comm(name: &str) -> anyhow::Result<()> {
+    let c = std::ffi::CString::new(name).context("--comm must not contain NUL")?;
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string (truncated to 15 bytes).
+    if unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error()).context("prctl(PR_SET_NAME)");
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -410,7 +423,11 @@ fn try_bind(addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().role {
+    let cli = Cli::parse();
+    if let Some(name) = &cli.comm {
+        set_comm(name)?;
+    }
+    match cli.role {
         Role::Server {
             opts,
             never_close,
