@@ -27,6 +27,11 @@ pub struct Cli {
     #[arg(long)]
     pub states: bool,
 
+    /// Colour in the text view: auto (on a terminal, unless NO_COLOR is
+    /// set), always, never.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub color: crate::sink::Color,
+
     /// Write events here instead of stdout.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,

@@ -167,7 +167,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         libc::malloc_trim(0);
     }
 
-    let mut sink = Sink::new(cli.format, out, clock);
+    let color = cli.color.enabled(cli.output.is_none());
+    let mut sink = Sink::new(cli.format, out, clock, color);
     sink.ready(&Ready {
         kind: "ready",
         version: SCHEMA_VERSION,

@@ -18,8 +18,54 @@ pub enum Format {
     Json,
 }
 
+/// When the text view uses colour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Color {
+    /// On a terminal, unless NO_COLOR is set (and not empty).
+    Auto,
+    Always,
+    Never,
+}
+
+impl Color {
+    /// Whether to colour text written to stdout (`to_stdout`) or a file.
+    pub fn enabled(self, to_stdout: bool) -> bool {
+        use std::io::IsTerminal;
+        match self {
+            Color::Always => true,
+            Color::Never => false,
+            Color::Auto => {
+                to_stdout
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                    && io::stdout().is_terminal()
+            }
+        }
+    }
+}
+
+/// A finding's line in colour by its kind: leaks red, other warnings
+/// yellow, endings green, periodic notes dim. Only the prefix chosen here
+/// decides; process names were made printable before, so none can carry an
+/// escape of its own.
+fn paint(line: &str) -> String {
+    let code = if line.starts_with("!! CLOSE_WAIT LEAK") {
+        "1;31"
+    } else if line.starts_with("!!") {
+        "33"
+    } else if line.starts_with("==") {
+        "32"
+    } else if line.starts_with("--") {
+        "2"
+    } else {
+        return line.to_string();
+    };
+    format!("\x1b[{code}m{line}\x1b[0m")
+}
+
 pub struct Sink {
     format: Format,
+    /// Colour the text view's findings (see `Color`).
+    color: bool,
     out: Box<dyn Write + Send>,
     clock: WallClock,
     header_done: bool,
@@ -29,9 +75,10 @@ pub struct Sink {
 }
 
 impl Sink {
-    pub fn new(format: Format, out: Box<dyn Write + Send>, clock: WallClock) -> Self {
+    pub fn new(format: Format, out: Box<dyn Write + Send>, clock: WallClock, color: bool) -> Self {
         Sink {
             format,
+            color: color && format == Format::Text,
             out,
             clock,
             header_done: false,
@@ -84,7 +131,15 @@ impl Sink {
     ) -> io::Result<()> {
         match self.format {
             Format::Json => self.json(rec),
-            Format::Text => writeln!(self.out, "{}", text()),
+            Format::Text => self.text_line(text()),
+        }
+    }
+
+    fn text_line(&mut self, line: String) -> io::Result<()> {
+        if self.color {
+            writeln!(self.out, "{}", paint(&line))
+        } else {
+            writeln!(self.out, "{line}")
         }
     }
 
@@ -92,7 +147,7 @@ impl Sink {
     pub fn text_only(&mut self, line: impl FnOnce() -> String) -> io::Result<()> {
         match self.format {
             Format::Json => Ok(()),
-            Format::Text => writeln!(self.out, "{}", line()),
+            Format::Text => self.text_line(line()),
         }
     }
 
@@ -296,6 +351,27 @@ mod tests {
         ev.owner_source = OwnerSource::Listener;
         ev.owner = owner;
         ev
+    }
+
+    #[test]
+    fn findings_are_coloured_by_kind_only() {
+        assert_eq!(
+            paint("!! CLOSE_WAIT LEAK #1 php(7)"),
+            "\x1b[1;31m!! CLOSE_WAIT LEAK #1 php(7)\x1b[0m"
+        );
+        assert!(paint("!! bind() EADDRINUSE").starts_with("\x1b[33m"));
+        assert!(paint("== CLOSE_WAIT leak ended").starts_with("\x1b[32m"));
+        assert!(paint("-- TIME_WAIT top").starts_with("\x1b[2m"));
+        // State rows and anything else stay plain.
+        assert_eq!(
+            paint("21:39:38.577787   28070 php"),
+            "21:39:38.577787   28070 php"
+        );
+        assert!(Color::Always.enabled(false));
+        assert!(!Color::Never.enabled(true));
+        // A file is never coloured by default; nor is a pipe (tests run
+        // with stdout captured).
+        assert!(!Color::Auto.enabled(false));
     }
 
     #[test]
