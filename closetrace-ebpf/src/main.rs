@@ -259,9 +259,9 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if !is_tcp(sk, off) {
         return Ok(());
     }
-    // Hot path: ~7 transitions per connection. Lookups and reads happen only
-    // where they are needed: listener keys for listener-side transitions, the
-    // endpoints and context facts only for what is sent.
+    // Hot path: ~7 transitions per connection. In the default mode most of
+    // them stop at the count just below; the endpoints and context facts
+    // are read only for what is sent.
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let by_owner = caused_by_owner(old, new) && tgid != 0;
