@@ -319,15 +319,14 @@ fn start_tracer(
     tracer: Tracer,
     extra: &[&str],
 ) -> anyhow::Result<Option<Running>> {
-    let tag = tracer.name().split_whitespace().next().unwrap_or("t");
-    let flags = match tracer {
+    let stem = match tracer {
         Tracer::Untraced => return Ok(None),
-        Tracer::Default => "",
-        Tracer::Json => "-states",
-        Tracer::Tcpstates => "",
+        Tracer::Default => "closetrace",
+        Tracer::Json => "closetrace-states",
+        Tracer::Tcpstates => "tcpstates",
     };
-    let out = scratch.join(format!("{tag}{flags}.out"));
-    let err = scratch.join(format!("{tag}{flags}.err"));
+    let out = scratch.join(format!("{stem}.out"));
+    let err = scratch.join(format!("{stem}.err"));
     let _ = fs::remove_file(&out);
     let mut cmd = match tracer {
         Tracer::Tcpstates => {

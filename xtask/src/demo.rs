@@ -54,8 +54,8 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .context("starting closetrace")?;
-    let mut lines = Lines::new(echo_lines(tracer.stdout.take().context("stdout")?));
-    let mut errs = Lines::new(echo_lines(tracer.stderr.take().context("stderr")?));
+    let mut lines = Lines::new(lines_of(tracer.stdout.take().context("stdout")?, true));
+    let mut errs = Lines::new(lines_of(tracer.stderr.take().context("stderr")?, true));
     errs.wait_for(Duration::from_secs(60), |l| l.contains("Ctrl-C to stop"))
         .context("closetrace never became ready")?;
 
@@ -68,7 +68,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {comm}"))?;
-        let out = Lines::new(quiet_lines(c.stdout.take().context("peer stdout")?));
+        let out = Lines::new(lines_of(c.stdout.take().context("peer stdout")?, false));
         Ok((c, out))
     };
 
@@ -178,25 +178,14 @@ fn say(line: &str) {
     println!("demo: {line}");
 }
 
-/// Print each line as it comes, and hand it on.
-fn echo_lines(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
+/// Hand each line on as it comes; with `echo`, print it too.
+fn lines_of(r: impl std::io::Read + Send + 'static, echo: bool) -> Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(r).lines().map_while(Result::ok) {
-            println!("{line}");
-            if tx.send(line).is_err() {
-                break;
+            if echo {
+                println!("{line}");
             }
-        }
-    });
-    rx
-}
-
-/// Hand each line on without printing (the actors' milestones).
-fn quiet_lines(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(r).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
                 break;
             }

@@ -90,6 +90,17 @@ fn cargo() -> Command {
     c
 }
 
+/// Bootstrap first: release binaries of the closetrace package into
+/// target/release.
+fn build_release(bins: &[&str]) -> anyhow::Result<()> {
+    let mut c = cargo();
+    c.args(["build", "--release", "-p", "closetrace"]);
+    for b in bins {
+        c.args(["--bin", b]);
+    }
+    run(&mut c)
+}
+
 fn bootstrap() -> anyhow::Result<()> {
     run(&mut Command::new(root().join("scripts/bootstrap")))
 }
@@ -233,14 +244,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Run { args } => {
             bootstrap()?;
-            run(cargo().args([
-                "build",
-                "--release",
-                "-p",
-                "closetrace",
-                "--bin",
-                "closetrace",
-            ]))?;
+            build_release(&["closetrace"])?;
             let bin = root().join("target/release/closetrace");
             // SAFETY: geteuid has no preconditions.
             let mut cmd = if unsafe { libc::geteuid() } == 0 {
@@ -257,16 +261,7 @@ fn main() -> anyhow::Result<()> {
         Task::LintOffsets => lint_offsets()?,
         Task::Demo => {
             bootstrap()?;
-            run(cargo().args([
-                "build",
-                "--release",
-                "-p",
-                "closetrace",
-                "--bin",
-                "closetrace",
-                "--bin",
-                "closetrace-peer",
-            ]))?;
+            build_release(&["closetrace", "closetrace-peer"])?;
             demo::run(&root())?;
         }
         Task::Bench {
@@ -281,16 +276,7 @@ fn main() -> anyhow::Result<()> {
             render: None,
         } => {
             bootstrap()?;
-            run(cargo().args([
-                "build",
-                "--release",
-                "-p",
-                "closetrace",
-                "--bin",
-                "closetrace",
-                "--bin",
-                "closetrace-churn",
-            ]))?;
+            build_release(&["closetrace", "closetrace-churn"])?;
             bench::run(
                 &root(),
                 &bench::Options {
