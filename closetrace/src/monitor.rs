@@ -124,10 +124,10 @@ impl Monitor {
             .filter(|t| t.sock.netns == netns && !present.contains(&t.sock.id))
             .map(|t| t.sock.id)
             .collect();
-        for &id in &gone {
-            kernel.unwatch(id);
-        }
         for id in gone {
+            if let Some(k) = self.scan.as_mut() {
+                k.unwatch(id);
+            }
             if let Some(r) = self.leaks.vanished(id, now_ns) {
                 self.resolve(&r, sink)?;
             }

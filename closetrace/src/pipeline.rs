@@ -8,7 +8,7 @@
 use std::io;
 use std::time::Duration;
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{MapData, MapError, PerCpuArray, RingBuf};
 use closetrace_common::{LOST_RINGBUF, STATE_SLOTS, TRANSITION_SLOTS};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
@@ -109,15 +109,17 @@ async fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Msg>) -> bool {
     }
 }
 
+/// One slot of a per-CPU counter array, summed over the CPUs.
+fn per_cpu_total(map: &PerCpuArray<MapData, u64>, slot: u32) -> Result<u64, MapError> {
+    Ok(map.get(&slot, 0)?.iter().sum())
+}
+
 /// One of the kernel's per-CPU loss counters, summed.
 pub fn lost_count(lost: &PerCpuArray<MapData, u64>, slot: u32) -> u64 {
-    match lost.get(&slot, 0) {
-        Ok(per_cpu) => per_cpu.iter().sum(),
-        Err(e) => {
-            log::warn!("reading the loss counter failed: {e}");
-            0
-        }
-    }
+    per_cpu_total(lost, slot).unwrap_or_else(|e| {
+        log::warn!("reading the loss counter failed: {e}");
+        0
+    })
 }
 
 /// Per-transition totals from the kernel's per-CPU counters, as
@@ -125,13 +127,9 @@ pub fn lost_count(lost: &PerCpuArray<MapData, u64>, slot: u32) -> u64 {
 pub fn transition_counts(map: &PerCpuArray<MapData, u64>) -> Vec<(u32, u32, u64)> {
     let mut out = Vec::new();
     for slot in 0..TRANSITION_SLOTS {
-        match map.get(&slot, 0) {
-            Ok(per_cpu) => {
-                let n: u64 = per_cpu.iter().sum();
-                if n > 0 {
-                    out.push((slot / STATE_SLOTS, slot % STATE_SLOTS, n));
-                }
-            }
+        match per_cpu_total(map, slot) {
+            Ok(0) => {}
+            Ok(n) => out.push((slot / STATE_SLOTS, slot % STATE_SLOTS, n)),
             Err(e) => {
                 log::warn!("reading transition counts failed: {e}");
                 break;
