@@ -11,6 +11,11 @@ use std::collections::HashMap;
 use crate::closes::{How, how_left_close_wait};
 use crate::model::{SockRef, StateChange, Task, TcpState};
 
+/// How long a socket must be missing from the kernel's view before it is
+/// taken as gone unseen: several times the pipeline's ring-buffer drain
+/// period (50 ms), so a transition still in flight arrives first.
+pub const ABSENCE_GRACE_NS: u64 = 250_000_000;
+
 /// Longest gap between two reports of the same leak.
 const MAX_REPORT_GAP_NS: u64 = 3600 * 1_000_000_000;
 
@@ -25,6 +30,8 @@ pub struct Tracked {
     /// Leak reports so far.
     pub reports: u32,
     next_report_ns: u64,
+    /// When the kernel's own view first lacked it in CLOSE_WAIT.
+    absent_since_ns: Option<u64>,
 }
 
 /// A leak to report now.
@@ -95,6 +102,7 @@ impl LeakDetector {
                 from_startup,
                 reports: 0,
                 next_report_ns,
+                absent_since_ns: None,
             },
         );
     }
@@ -133,9 +141,18 @@ impl LeakDetector {
         self.resolved(tracked, ev.ts_ns, how, Some(ev.ctx.clone()))
     }
 
-    /// The socket is gone or no longer in CLOSE_WAIT, by the kernel's own
-    /// account, without closetrace having seen it leave.
-    pub fn vanished(&mut self, sock_id: u64, now_ns: u64) -> Option<Resolved> {
+    /// The kernel's own account (sock_diag) says the socket is gone or no
+    /// longer in CLOSE_WAIT, and closetrace has not seen it leave. Its way
+    /// out may still be on the way: records wait in the ring buffer up to
+    /// the reader's drain period, while the kernel's view is immediate. So
+    /// it ends as `unknown` only once it has been absent for
+    /// `ABSENCE_GRACE_NS`; until then the transition can still say how.
+    pub fn absent(&mut self, sock_id: u64, now_ns: u64) -> Option<Resolved> {
+        let t = self.socks.get_mut(&sock_id)?;
+        let since = *t.absent_since_ns.get_or_insert(now_ns);
+        if now_ns.saturating_sub(since) < ABSENCE_GRACE_NS {
+            return None;
+        }
         let tracked = self.socks.remove(&sock_id)?;
         self.resolved(tracked, now_ns, How::Unknown, None)
     }
@@ -272,9 +289,27 @@ mod tests {
         let mut shut = leave(3, 2 * S);
         shut.context.in_shutdown = true;
         assert_eq!(d.on_state(&shut).unwrap().how, How::Shutdown);
-        let r = d.vanished(4, 3 * S).unwrap();
-        assert_eq!((r.how, r.age_ns), (How::Unknown, 3 * S));
-        assert_eq!(d.vanished(4, 3 * S), None, "no ghost left behind");
+        // Missing from the kernel's view: not yet taken as gone.
+        assert_eq!(d.absent(4, 3 * S), None);
+        let later = 3 * S + ABSENCE_GRACE_NS;
+        let r = d.absent(4, later).unwrap();
+        assert_eq!((r.how, r.age_ns), (How::Unknown, later));
+        assert_eq!(d.absent(4, later), None, "no ghost left behind");
+    }
+
+    #[test]
+    fn a_transition_in_flight_beats_the_kernel_view() {
+        let mut d = LeakDetector::new(S, 100);
+        d.on_state(&enter(1, 0));
+        assert_eq!(d.due(S).len(), 1);
+        // The socket has left CLOSE_WAIT; sock_diag says so at once ...
+        assert_eq!(d.absent(1, 2 * S), None);
+        // ... and its transition, still in the ring buffer, follows.
+        let r = d
+            .on_state(&leave(1, 2 * S - 1))
+            .expect("resolved by the event");
+        assert_eq!(r.how, How::Closed);
+        assert_eq!(d.absent(1, 3 * S), None, "already resolved");
     }
 
     #[test]

@@ -88,8 +88,9 @@ impl Monitor {
     }
 
     /// Track every CLOSE_WAIT socket of this namespace not yet tracked,
-    /// watched in the kernel from now on; those tracked that are no longer
-    /// in CLOSE_WAIT ended unseen (before the watch took, or lost).
+    /// watched in the kernel from now on. Those tracked that are no longer
+    /// in CLOSE_WAIT left it before the watch took, or their transition is
+    /// still in flight or lost: see `LeakDetector::absent`.
     fn scan_close_wait(&mut self, now_ns: u64, sink: &mut Sink) -> io::Result<()> {
         let Some(kernel) = self.scan.as_mut() else {
             return Ok(());
@@ -128,7 +129,7 @@ impl Monitor {
             if let Some(k) = self.scan.as_mut() {
                 k.unwatch(id);
             }
-            if let Some(r) = self.leaks.vanished(id, now_ns) {
+            if let Some(r) = self.leaks.absent(id, now_ns) {
                 self.resolve(&r, sink)?;
             }
         }
@@ -259,8 +260,9 @@ impl Monitor {
             && local
             && diag.is_none_or(|s| TcpState::try_from(s.state as u32) != Ok(TcpState::CloseWait));
         if gone {
-            // Left CLOSE_WAIT unseen (lost events): resolve if it was shown.
-            if let Some(r) = self.leaks.vanished(id, now_ns) {
+            // Left CLOSE_WAIT, seen or not yet: no report; resolved (if it
+            // was shown) by its transition or, failing that, as unknown.
+            if let Some(r) = self.leaks.absent(id, now_ns) {
                 self.resolve(&r, sink)?;
             }
             return Ok(());
