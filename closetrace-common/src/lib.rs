@@ -136,8 +136,11 @@ pub struct StateRecord {
     pub ctx: TaskId,
     /// The socket's owner as closetrace knows it (see `owner_src`).
     pub owner: TaskId,
+    /// Id of the cgroup (v2) the socket belongs to: its creator's, which
+    /// accepted sockets inherit from their listener. 0: unknown.
+    pub cgroup: u64,
 }
-pub const STATE_RECORD_SIZE: usize = 136;
+pub const STATE_RECORD_SIZE: usize = 144;
 const _: () = assert!(core::mem::size_of::<StateRecord>() == STATE_RECORD_SIZE);
 
 /// A TCP socket's last close, seen at `tcp_close` (fentry or kprobe).
@@ -164,8 +167,10 @@ pub struct CloseRecord {
     pub daddr: [u8; 16],
     /// The closing task.
     pub task: TaskId,
+    /// The socket's cgroup, as in `StateRecord::cgroup`.
+    pub cgroup: u64,
 }
-pub const CLOSE_RECORD_SIZE: usize = 104;
+pub const CLOSE_RECORD_SIZE: usize = 112;
 const _: () = assert!(core::mem::size_of::<CloseRecord>() == CLOSE_RECORD_SIZE);
 
 /// A connect(2) or bind(2) that failed with EADDRNOTAVAIL or EADDRINUSE.
@@ -187,8 +192,13 @@ pub struct SockErrorRecord {
     pub addr: [u8; 16],
     /// The calling task.
     pub task: TaskId,
+    /// The caller's network namespace (inode); 0 when unknown.
+    pub netns: u32,
+    pub _pad: u32,
+    /// The caller's cgroup (v2) id.
+    pub cgroup: u64,
 }
-pub const SOCK_ERROR_RECORD_SIZE: usize = 64;
+pub const SOCK_ERROR_RECORD_SIZE: usize = 80;
 const _: () = assert!(core::mem::size_of::<SockErrorRecord>() == SOCK_ERROR_RECORD_SIZE);
 
 /// A connect/bind in flight on one CPU, from syscall entry to exit. The
@@ -283,9 +293,22 @@ pub struct SockOffsets {
     pub cookie: u32,
     /// `task_struct.flags` (unsigned int)
     pub task_flags: u32,
-    pub _pad: u32,
+    /// `sock.sk_cgrp_data.cgroup` (struct cgroup *), or OFFSET_ABSENT
+    /// without socket cgroup data
+    pub sk_cgroup: u32,
+    /// `cgroup.kn` (struct kernfs_node *)
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id` (u64): the cgroup id, its directory's inode
+    pub kn_id: u32,
+    /// `task_struct.tgid` (pid_t): `--pid-tree` follows forks by it
+    pub task_tgid: u32,
+    /// `task_struct.nsproxy` (struct nsproxy *)
+    pub task_nsproxy: u32,
+    /// `nsproxy.net_ns` (struct net *)
+    pub nsproxy_net: u32,
+    pub _pad: [u32; 3],
 }
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 64);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 96);
 
 /// Everything userspace hands the programs at load time.
 #[repr(C)]
@@ -306,8 +329,18 @@ pub struct Config {
     /// CLOSE_WAIT sockets are found by sock_diag scans, not events: only
     /// the ends of those userspace watches (`WATCH`) are sent. Zero: none.
     pub own_netns: u32,
+    /// Non-zero: only sockets (and callers) of this network namespace
+    /// (inode) are seen at all, `--netns`.
+    pub filter_netns: u32,
+    /// Non-zero: only sockets (and callers) whose cgroup id is in the
+    /// `CGROUPS` map are seen at all, `--cgroup`.
+    pub filter_cgroups: u32,
+    /// Non-zero: a fork by a process in `PIDS` adds the child, and a
+    /// process leaving removes itself, `--pid-tree`.
+    pub follow_forks: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 80);
+const _: () = assert!(core::mem::size_of::<Config>() == 128);
 
 impl Config {
     /// Every offset absent: programs emit nothing until userspace fills it in.
@@ -328,12 +361,22 @@ impl Config {
             state: OFFSET_ABSENT,
             cookie: OFFSET_ABSENT,
             task_flags: OFFSET_ABSENT,
-            _pad: 0,
+            sk_cgroup: OFFSET_ABSENT,
+            cgroup_kn: OFFSET_ABSENT,
+            kn_id: OFFSET_ABSENT,
+            task_tgid: OFFSET_ABSENT,
+            task_nsproxy: OFFSET_ABSENT,
+            nsproxy_net: OFFSET_ABSENT,
+            _pad: [0; 3],
         },
         filter_pids: 0,
         stream_all: 0,
         wakeup_bytes: 0,
         own_netns: 0,
+        filter_netns: 0,
+        filter_cgroups: 0,
+        follow_forks: 0,
+        _pad: 0,
     };
 }
 

@@ -14,8 +14,9 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user,
     },
     macros::{btf_tracepoint, fentry, kprobe, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -62,9 +63,15 @@ static LISTENERS: LruHashMap<ListenKey, ListenerInfo> = LruHashMap::with_max_ent
 #[map]
 static WATCH: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
-/// `--pid` filter: tgids whose sockets are reported.
+/// `--pid` filter: tgids whose sockets are reported. With `--pid-tree`
+/// the programs below add forked children and remove exited processes.
 #[map]
-static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+/// `--cgroup` filter: cgroup ids (the given cgroup and its descendants,
+/// kept up to date by userspace).
+#[map]
+static CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(16384, 0);
 
 /// The connect/bind in flight on each CPU. The failures reported here
 /// (EADDRNOTAVAIL, EADDRINUSE) return before the call can sleep, so entry
@@ -130,6 +137,20 @@ pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
     finish_call(&ctx, syscall::BIND).map_or_else(|e| e as u32, |()| 0)
 }
 
+/// `--pid-tree`: a followed process's child is followed too. Runs in the
+/// parent's context.
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
+    try_fork(&ctx).map_or_else(|e| e, |()| 0)
+}
+
+/// `--pid-tree`: a followed process that exits is dropped, so a later
+/// process reusing its pid is not followed by accident.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
+    try_exit().map_or_else(|e| e, |()| 0)
+}
+
 /// The exact close hook where trampolines load.
 #[fentry(function = "tcp_close")]
 pub fn tcp_close_fentry(ctx: FEntryContext) -> i32 {
@@ -185,6 +206,45 @@ fn netns_of(sk: *const u8, off: &SockOffsets) -> u32 {
         Ok(net) if !net.is_null() => read::<u32>(net, off.net_inum).unwrap_or(0),
         _ => 0,
     }
+}
+
+/// The cgroup (v2) id a socket belongs to; 0 when unknown.
+#[inline(always)]
+fn sock_cgroup(sk: *const u8, off: &SockOffsets) -> u64 {
+    let Ok(cgrp) = read::<*const u8>(sk, off.sk_cgroup) else {
+        return 0;
+    };
+    if cgrp.is_null() {
+        return 0;
+    }
+    match read::<*const u8>(cgrp, off.cgroup_kn) {
+        Ok(kn) if !kn.is_null() => read::<u64>(kn, off.kn_id).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The current task's network namespace (inode); 0 when unknown.
+#[inline(always)]
+fn current_netns(off: &SockOffsets) -> u32 {
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let Ok(nsproxy) = read::<*const u8>(task, off.task_nsproxy) else {
+        return 0;
+    };
+    if nsproxy.is_null() {
+        return 0;
+    }
+    match read::<*const u8>(nsproxy, off.nsproxy_net) {
+        Ok(net) if !net.is_null() => read::<u32>(net, off.net_inum).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// `--netns` and `--cgroup`: a socket's namespace and cgroup never change,
+/// so a socket outside them is dropped before any bookkeeping.
+#[inline(always)]
+fn outside(cfg: &Config, netns: u32, cgroup: u64) -> bool {
+    (cfg.filter_netns != 0 && netns != cfg.filter_netns)
+        || (cfg.filter_cgroups != 0 && unsafe { CGROUPS.get(cgroup) }.is_none())
 }
 
 /// CLOSE_WAIT sockets in this namespace are found by userspace scans.
@@ -257,6 +317,10 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let cfg = config();
     let off = &cfg.offsets;
     if !is_tcp(sk, off) {
+        return Ok(());
+    }
+    let filtered = cfg.filter_netns != 0 || cfg.filter_cgroups != 0;
+    if filtered && outside(&cfg, netns_of(sk, off), sock_cgroup(sk, off)) {
         return Ok(());
     }
     // Hot path: ~7 transitions per connection. In the default mode most of
@@ -452,6 +516,7 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         daddr: ep.daddr,
         ctx: ctx_task,
         owner,
+        cgroup: sock_cgroup(sk, off),
     });
     entry.submit(wakeup(&cfg, size_of::<StateRecord>()));
     Ok(())
@@ -614,7 +679,13 @@ fn finish_call(ctx: &TracePointContext, which: u32) -> Result<(), i32> {
         return Ok(());
     }
     let task = current_task();
-    if config().filter_pids != 0 && unsafe { PIDS.get(task.tgid) }.is_none() {
+    let cfg = config();
+    if cfg.filter_pids != 0 && unsafe { PIDS.get(task.tgid) }.is_none() {
+        return Ok(());
+    }
+    let netns = current_netns(&cfg.offsets);
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    if outside(&cfg, netns, cgroup) {
         return Ok(());
     }
     let mut addr = [0u8; 16];
@@ -637,8 +708,11 @@ fn finish_call(ctx: &TracePointContext, which: u32) -> Result<(), i32> {
         ts_ns: now,
         addr,
         task,
+        netns,
+        _pad: 0,
+        cgroup,
     });
-    entry.submit(wakeup(&config(), size_of::<SockErrorRecord>()));
+    entry.submit(wakeup(&cfg, size_of::<SockErrorRecord>()));
     Ok(())
 }
 
@@ -665,6 +739,10 @@ fn emit_close(sk: *const u8, sock_id: u64, src: u32) -> Result<(), i32> {
     }
     let state = read::<u8>(sk, off.state)? as u32;
     let netns = netns_of(sk, off);
+    let cgroup = sock_cgroup(sk, off);
+    if outside(&cfg, netns, cgroup) {
+        return Ok(());
+    }
     // The default mode wants only closes that end a leak, as in try_state.
     if cfg.stream_all == 0 && (state != CLOSE_WAIT || (scanned(&cfg, netns) && !watched(sock_id))) {
         return Ok(());
@@ -701,8 +779,41 @@ fn emit_close(sk: *const u8, sock_id: u64, src: u32) -> Result<(), i32> {
         saddr: ep.saddr,
         daddr: ep.daddr,
         task,
+        cgroup,
     });
     entry.submit(wakeup(&cfg, size_of::<CloseRecord>()));
+    Ok(())
+}
+
+fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let cfg = config();
+    if cfg.follow_forks == 0 {
+        return Ok(());
+    }
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if unsafe { PIDS.get(parent) }.is_none() {
+        return Ok(());
+    }
+    let child: *const u8 = ctx.arg(1);
+    let off = &cfg.offsets;
+    let tgid: u32 = read(child, off.task_tgid)?;
+    // A new thread shares its process's tgid: nothing to add.
+    if tgid != parent {
+        PIDS.insert(tgid, 1, BPF_ANY as u64)?;
+    }
+    Ok(())
+}
+
+fn try_exit() -> Result<(), i32> {
+    if config().follow_forks == 0 {
+        return Ok(());
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    // The process's main thread: the pid is about to be free for reuse.
+    if tid == tgid {
+        let _ = PIDS.remove(tgid);
+    }
     Ok(())
 }
 

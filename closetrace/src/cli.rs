@@ -2,19 +2,45 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use crate::sink::Format;
 
 /// Trace TCP connection teardown live: every state change tied to the
 /// process that owns the socket.
 #[derive(Debug, Parser)]
-#[command(name = "closetrace", version, about)]
+#[command(
+    name = "closetrace",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Only report sockets owned by this process (repeatable). A thread id
     /// is taken as its process.
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
+
+    /// Follow this process and all its descendants, including those forked
+    /// after start (a Swoole master and its workers, nginx and its
+    /// workers). Repeatable; combines with --pid.
+    #[arg(long = "pid-tree", value_name = "PID")]
+    pub pid_trees: Vec<u32>,
+
+    /// Only sockets of this cgroup (v2) and the cgroups below it, e.g.
+    /// system.slice/nginx.service or a path under the cgroup2 mount.
+    /// Applied in the kernel.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+
+    /// Only sockets of this network namespace: a namespace file
+    /// (/run/netns/NAME, /proc/PID/ns/net) or its inode number. Applied in
+    /// the kernel.
+    #[arg(long, value_name = "PATH|INODE")]
+    pub netns: Option<String>,
 
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -31,6 +57,12 @@ pub struct Cli {
     /// set), always, never.
     #[arg(long, value_enum, default_value = "auto")]
     pub color: crate::sink::Color,
+
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9477) at
+    /// /metrics. Off by default; a non-loopback address exposes process
+    /// names and destinations to whoever can reach it.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 
     /// Write events here instead of stdout.
     #[arg(long, short, value_name = "FILE")]
@@ -66,6 +98,22 @@ pub struct Cli {
     /// out).
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
     pub ring_buffer_size: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sum up JSON lines that closetrace wrote: leaks per process, the
+    /// busiest TIME_WAIT destinations, errors, losses and the time range.
+    /// Needs no privileges.
+    Report {
+        /// JSON lines from `closetrace --format json` (`-` for stdin).
+        #[arg(value_name = "EVENTS.JSONL")]
+        file: PathBuf,
+        /// Also write an HTML page with charts (CLOSE_WAIT leaks per
+        /// process, TIME_WAIT per destination, over time), readable offline.
+        #[arg(long, value_name = "OUT.HTML")]
+        html: Option<PathBuf>,
+    },
 }
 
 impl Cli {

@@ -97,8 +97,7 @@ fn decode_state(r: &StateRecord) -> Result<StateChange, DecodeError> {
     let owner_source =
         OwnerSource::try_from(r.owner_src).map_err(DecodeError::UnknownOwnerSource)?;
     let sock = sock_ref(
-        r.sock_id,
-        r.netns,
+        (r.sock_id, r.netns, r.cgroup),
         r.family,
         (&r.saddr, r.sport),
         (&r.daddr, r.dport),
@@ -138,8 +137,7 @@ fn decode_close(r: &CloseRecord) -> Result<Close, DecodeError> {
     Ok(Close {
         ts_ns: r.ts_ns,
         sock: sock_ref(
-            r.sock_id,
-            r.netns,
+            (r.sock_id, r.netns, r.cgroup),
             r.family,
             (&r.saddr, r.sport),
             (&r.daddr, r.dport),
@@ -172,12 +170,13 @@ fn decode_sock_error(r: &SockErrorRecord) -> Result<SockError, DecodeError> {
         addr,
         port: r.port,
         task: task(&r.task),
+        netns: r.netns,
+        cgroup: r.cgroup,
     })
 }
 
 fn sock_ref(
-    id: u64,
-    netns: u32,
+    (id, netns, cgroup): (u64, u32, u64),
     family: u16,
     (saddr, sport): (&[u8; 16], u16),
     (daddr, dport): (&[u8; 16], u16),
@@ -186,6 +185,7 @@ fn sock_ref(
     Ok(SockRef {
         id,
         netns,
+        cgroup,
         family,
         saddr: family.addr(saddr),
         sport,
@@ -251,6 +251,7 @@ mod tests {
                 tid: 100,
                 comm: comm("server"),
             },
+            cgroup: 77,
         }
     }
 
@@ -284,6 +285,7 @@ mod tests {
             saddr: Ipv6Addr::LOCALHOST.octets(),
             daddr: Ipv6Addr::LOCALHOST.octets(),
             task: r.owner,
+            cgroup: r.cgroup,
         }
     }
 
@@ -298,6 +300,9 @@ mod tests {
             ts_ns: 7,
             addr: record().saddr,
             task: record().ctx,
+            netns: 4026531840,
+            _pad: 0,
+            cgroup: 77,
         };
         let Ok(KernelEvent::SockError(e)) = decode(&pod_bytes(&r)) else {
             panic!("not a sock error");
@@ -308,6 +313,7 @@ mod tests {
         );
         assert_eq!(e.addr, "127.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(e.task.pid, 200);
+        assert_eq!((e.netns, e.cgroup), (4026531840, 77));
         let mut bad = r;
         bad.errno = 1;
         assert_eq!(decode(&pod_bytes(&bad)), Err(DecodeError::UnknownErrno(1)));
@@ -333,6 +339,7 @@ mod tests {
         assert_eq!(c.via, CloseVia::Fentry);
         assert!(c.exiting);
         assert_eq!(c.closer.pid, 100);
+        assert_eq!(c.sock.cgroup, 77);
         assert_eq!(c.sock.saddr, IpAddr::V6(Ipv6Addr::LOCALHOST));
         let b = pod_bytes(&close_record());
         assert!(matches!(
@@ -400,7 +407,7 @@ mod tests {
         big.extend_from_slice(&[0; 8]);
         assert!(matches!(
             decode(&big),
-            Err(DecodeError::Oversized { len: 144, .. })
+            Err(DecodeError::Oversized { len, .. }) if len == STATE_RECORD_SIZE + 8
         ));
         assert_eq!(decode(&b[..3]), Err(DecodeError::NoKind { len: 3 }));
         assert_eq!(decode(&[]), Err(DecodeError::NoKind { len: 0 }));

@@ -47,6 +47,8 @@ pub enum LoadError {
     Attach { hook: String, reason: String },
     #[error("kernel map {0}: {1}")]
     Map(&'static str, String),
+    #[error("--cgroup: this kernel does not expose sockets' cgroups (no sock.sk_cgrp_data in BTF)")]
+    NoSocketCgroups,
 }
 
 #[cfg(test)]
@@ -80,6 +82,12 @@ pub struct LoadOptions<'a> {
     /// userspace finds by sock_diag scans rather than events (see
     /// `Config::own_netns`); 0 when it cannot scan.
     pub scan_netns: u32,
+    /// `--netns`: the only namespace seen (inode); 0 for all.
+    pub netns: u32,
+    /// `--cgroup`: the cgroup ids seen (a subtree); `None` for all.
+    pub cgroups: Option<&'a [u64]>,
+    /// `--pid-tree`: children of followed processes are followed.
+    pub follow_forks: bool,
 }
 
 /// How application closes are observed.
@@ -100,6 +108,10 @@ pub struct Kernel {
     pub events: RingBuf<MapData>,
     pub lost: PerCpuArray<MapData, u64>,
     pub transitions: PerCpuArray<MapData, u64>,
+    /// `--pid-tree`: the followed processes, which the kernel extends.
+    pub pids: Option<BpfHashMap<MapData, u32, u8>>,
+    /// `--cgroup`: the cgroup ids seen, which userspace keeps up to date.
+    pub cgroups: Option<BpfHashMap<MapData, u64, u8>>,
 }
 
 fn has_cap(mask: u64, cap: u32) -> bool {
@@ -188,7 +200,14 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
         // record under churn.
         wakeup_bytes: opts.ring_bytes / 8,
         own_netns: opts.scan_netns,
+        filter_netns: opts.netns,
+        filter_cgroups: u32::from(opts.cgroups.is_some()),
+        follow_forks: u32::from(opts.follow_forks),
+        _pad: 0,
     };
+    if opts.cgroups.is_some() && offsets.sk_cgroup == closetrace_common::OFFSET_ABSENT {
+        return Err(LoadError::NoSocketCgroups);
+    }
     let btf =
         Btf::from_sys_fs().map_err(|e| LoadError::Load(format!("reading kernel BTF: {e}")))?;
     let mut ebpf = EbpfLoader::new()
@@ -212,6 +231,16 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
     .map_err(map_err("PIDS"))?;
     for pid in opts.pids {
         pids.insert(pid, 1, 0).map_err(map_err("PIDS"))?;
+    }
+    if let Some(ids) = opts.cgroups {
+        let mut map: BpfHashMap<_, u64, u8> = BpfHashMap::try_from(
+            ebpf.map_mut("CGROUPS")
+                .ok_or(LoadError::Map("CGROUPS", "missing".into()))?,
+        )
+        .map_err(map_err("CGROUPS"))?;
+        for id in ids {
+            map.insert(id, 1, 0).map_err(map_err("CGROUPS"))?;
+        }
     }
 
     let mut hooks = Vec::new();
@@ -284,6 +313,20 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
     ));
     let (close_hook, report) = attach_close_hook(&mut ebpf, &btf, opts.close_hook);
     hooks.push(report);
+    if opts.follow_forks {
+        // Without these --pid-tree would silently follow only the processes
+        // there at start: refuse instead.
+        for (prog, hook) in [
+            ("sched_process_fork", "sched:sched_process_fork"),
+            ("sched_process_exit", "sched:sched_process_exit"),
+        ] {
+            attach_btf_tp(&mut ebpf, &btf, prog, hook).map_err(|reason| LoadError::Attach {
+                hook: hook.into(),
+                reason,
+            })?;
+            hooks.push(ok_hook(hook, "tp_btf"));
+        }
+    }
 
     let events = RingBuf::try_from(
         ebpf.take_map("EVENTS")
@@ -300,6 +343,16 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
             .ok_or(LoadError::Map("TRANSITIONS", "missing".into()))?,
     )
     .map_err(map_err("TRANSITIONS"))?;
+    let pids = if opts.follow_forks {
+        Some(take_hash(&mut ebpf, "PIDS")?)
+    } else {
+        None
+    };
+    let cgroups = if opts.cgroups.is_some() {
+        Some(take_hash(&mut ebpf, "CGROUPS")?)
+    } else {
+        None
+    };
     Ok(Kernel {
         ebpf,
         hooks,
@@ -307,7 +360,20 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
         events,
         lost,
         transitions,
+        pids,
+        cgroups,
     })
+}
+
+fn take_hash<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<BpfHashMap<MapData, K, V>, LoadError> {
+    BpfHashMap::try_from(
+        ebpf.take_map(name)
+            .ok_or(LoadError::Map(name, "missing".into()))?,
+    )
+    .map_err(map_err(name))
 }
 
 /// An aya error as one readable message: a rejected program's verifier log

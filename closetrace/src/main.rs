@@ -3,12 +3,15 @@
 //! Exit codes: 0 on a clean stop (Ctrl-C, SIGTERM, `--duration`), 2 for bad
 //! arguments (including a `--pid` that does not exist), 1 for anything else
 //! (privileges, kernel support, output failures).
+mod cgroups;
 mod cli;
 mod clock;
 mod closes;
 mod decode;
+mod filters;
 mod leaks;
 mod loader;
+mod metrics;
 mod model;
 mod monitor;
 mod offsets;
@@ -17,6 +20,7 @@ mod pipeline;
 mod ports;
 mod pressure;
 mod records;
+mod report;
 mod sink;
 mod snapshot;
 mod summary;
@@ -48,7 +52,11 @@ struct UsageError(String);
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
-    match run(cli) {
+    let result = match &cli.command {
+        Some(cli::Command::Report { file, html }) => run_report(file, html.as_deref()),
+        None => run(cli),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("closetrace: error: {e:#}");
@@ -61,20 +69,55 @@ fn main() -> ExitCode {
     }
 }
 
+/// `closetrace report`: no kernel, no privileges.
+fn run_report(file: &std::path::Path, html: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let source = file.display().to_string();
+    let report = if source == "-" {
+        report::Report::read(io::stdin().lock())
+    } else {
+        let f = File::open(file).map_err(|e| UsageError(format!("cannot read {source}: {e}")))?;
+        report::Report::read(io::BufReader::new(f))
+    }
+    .with_context(|| format!("reading {source}"))?;
+    for (n, why) in report.malformed.iter().take(20) {
+        eprintln!(
+            "closetrace: {}: line {n}: {} (skipped)",
+            sink::printable(&source),
+            sink::printable(why)
+        );
+    }
+    if report.malformed.len() > 20 {
+        eprintln!(
+            "closetrace: ... and {} more malformed lines",
+            report.malformed.len() - 20
+        );
+    }
+    let mut out = io::stdout().lock();
+    out.write_all(report.to_text(&source).as_bytes())
+        .context("writing the report")?;
+    if let Some(path) = html {
+        fs::write(path, report::render_html(&report, &source))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        writeln!(out, "\nHTML report with charts: {}", path.display())
+            .context("writing the report")?;
+    }
+    Ok(())
+}
+
 /// `--pid` values as process ids: threads map to their process, and a pid
 /// that does not exist is refused before anything is loaded.
-fn resolve_pids(pids: &[u32]) -> Result<Vec<u32>, UsageError> {
+fn resolve_pids(pids: &[u32], flag: &str) -> Result<Vec<u32>, UsageError> {
     let mut out = Vec::new();
     for &pid in pids {
         let status = fs::read_to_string(format!("/proc/{pid}/status"))
-            .map_err(|_| UsageError(format!("--pid {pid}: no such process")))?;
+            .map_err(|_| UsageError(format!("{flag} {pid}: no such process")))?;
         let tgid = status
             .lines()
             .find_map(|l| l.strip_prefix("Tgid:"))
             .and_then(|v| v.trim().parse::<u32>().ok())
-            .ok_or_else(|| UsageError(format!("--pid {pid}: cannot read its process id")))?;
+            .ok_or_else(|| UsageError(format!("{flag} {pid}: cannot read its process id")))?;
         if tgid != pid {
-            eprintln!("closetrace: --pid {pid} is a thread of process {tgid}; following {tgid}");
+            eprintln!("closetrace: {flag} {pid} is a thread of process {tgid}; following {tgid}");
         }
         if !out.contains(&tgid) {
             out.push(tgid);
@@ -92,9 +135,59 @@ fn open_output(cli: &Cli) -> anyhow::Result<Box<dyn Write + Send>> {
     })
 }
 
+/// What `--pid`, `--pid-tree`, `--netns` and `--cgroup` select.
+struct Selection {
+    /// `--pid` processes and, with `--pid-tree`, the trees as they are now.
+    pids: Vec<u32>,
+    fixed: Vec<u32>,
+    roots: Vec<u32>,
+    netns: u32,
+    cgroup: Option<(std::path::PathBuf, Vec<u64>)>,
+}
+
+fn select(cli: &Cli) -> Result<Selection, UsageError> {
+    let fixed = resolve_pids(&cli.pids, "--pid")?;
+    let roots = resolve_pids(&cli.pid_trees, "--pid-tree")?;
+    let tree = filters::process_tree(&roots).map_err(|e| UsageError(e.to_string()))?;
+    let mut pids = fixed.clone();
+    pids.extend(tree);
+    pids.sort_unstable();
+    pids.dedup();
+    let netns = match &cli.netns {
+        Some(arg) => filters::resolve_netns(arg).map_err(|e| UsageError(e.to_string()))?,
+        None => 0,
+    };
+    let cgroup = match &cli.cgroup {
+        Some(arg) => {
+            let dir = cgroups::resolve_arg(arg).map_err(|e| UsageError(e.to_string()))?;
+            let ids = cgroups::subtree_ids(&dir);
+            Some((dir, ids))
+        }
+        None => None,
+    };
+    Ok(Selection {
+        pids,
+        fixed,
+        roots,
+        netns,
+        cgroup,
+    })
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let pids = resolve_pids(&cli.pids)?;
+    let sel = select(&cli)?;
+    let pids = sel.pids.clone();
     loader::preflight()?;
+    // Bound before anything is loaded: a busy or foreign address fails now.
+    let metrics_listener = match cli.metrics {
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("--metrics {addr}: cannot listen there"))?;
+            l.set_nonblocking(true).context("--metrics socket")?;
+            Some(l)
+        }
+        None => None,
+    };
     let out = open_output(&cli)?;
     if let Some(note) = loader::ensure_tracefs() {
         eprintln!("closetrace: {note}");
@@ -129,14 +222,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     // Default mode with sock_diag: CLOSE_WAIT sockets here are found by
     // scanning, so a prompt close costs no record (see CloseWaitKernel).
-    let scan = !cli.states && diag.status == "ok" && netns != 0;
+    // With --netns elsewhere or --cgroup, CLOSE_WAIT sockets come from
+    // events, which the kernel filters; the scan could not.
+    let scan = !cli.states
+        && diag.status == "ok"
+        && netns != 0
+        && (sel.netns == 0 || sel.netns == netns)
+        && sel.cgroup.is_none();
     let mut kernel = loader::load(&LoadOptions {
         pids: &pids,
         ring_bytes: cli.ring_bytes(),
         close_hook: cli.close_hook,
         stream_all: cli.states,
         scan_netns: if scan { netns } else { 0 },
+        netns: sel.netns,
+        cgroups: sel.cgroup.as_ref().map(|(_, ids)| ids.as_slice()),
+        follow_forks: !sel.roots.is_empty(),
     })?;
+    let mut pids = pids;
+    if let Some(map) = kernel.pids.as_mut() {
+        // Children forked between the first walk and the fork hook.
+        for pid in filters::process_tree(&sel.roots).unwrap_or_default() {
+            if !pids.contains(&pid) {
+                map.insert(pid, 1, 0)
+                    .context("adding to the followed processes")?;
+                pids.push(pid);
+            }
+        }
+    }
     kernel.hooks.push(diag);
     let clock = WallClock::sample();
     let threshold = cli.close_wait_threshold;
@@ -156,7 +269,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         // The first tick's scan finds the CLOSE_WAIT sockets already here.
         monitor.scan_close_wait_with(Box::new(loader::CloseWaitMaps::take(&mut kernel.ebpf)?));
     } else {
-        monitor.seed_leaks(&view, clock::monotonic_ns());
+        let cgroup_ids: Option<std::collections::HashSet<u64>> = sel
+            .cgroup
+            .as_ref()
+            .map(|(_, ids)| ids.iter().copied().collect());
+        let keep = |s: &snapshot::DiagSocket| {
+            (sel.netns == 0 || sel.netns == netns)
+                && cgroup_ids
+                    .as_ref()
+                    .is_none_or(|ids| ids.contains(&s.cgroup))
+        };
+        monitor.seed_leaks(&view, clock::monotonic_ns(), &keep);
+    }
+    if kernel.pids.is_some() || kernel.cgroups.is_some() {
+        let mut upkeep = filters::Upkeep::new(
+            kernel.pids.take(),
+            sel.fixed.clone(),
+            sel.cgroup
+                .as_ref()
+                .map(|(dir, _)| dir.clone())
+                .zip(kernel.cgroups.take()),
+        );
+        monitor.follow_with(Box::new(move || upkeep.refresh()));
     }
     drop(view);
     // Start-up parsed the kernel's BTF twice and listed every socket: hand
@@ -178,6 +312,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         snapshot_sockets: seeded,
         close_wait_threshold_ms: threshold.as_millis().min(u64::MAX as u128) as u64,
         mode: if cli.states { "states" } else { "findings" },
+        pid_tree: &sel.roots,
+        netns: (sel.netns != 0).then_some(sel.netns),
+        cgroup: sel.cgroup.as_ref().map(|(dir, _)| {
+            let root = cgroups::cgroup2_root().unwrap_or_default();
+            format!("/{}", dir.strip_prefix(&root).unwrap_or(dir).display())
+        }),
     })
     .and_then(|()| sink.flush())
     .context("writing output")?;
@@ -197,10 +337,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         events,
         lost,
         transitions,
+        hooks,
         ..
     } = kernel;
+    let metrics = metrics_listener
+        .as_ref()
+        .map(|_| std::rc::Rc::new(std::cell::RefCell::new(metrics::Metrics::new(&hooks))));
+    monitor.metrics = metrics.clone();
     let result = runtime.block_on(async {
         let (stop_tx, mut stop_rx) = watch::channel(false);
+        let exporter = async {
+            let (Some(std_listener), Some(metrics)) = (metrics_listener, metrics.as_ref()) else {
+                return;
+            };
+            let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("closetrace: warning: --metrics: {e}; not serving metrics");
+                    return;
+                }
+            };
+            let mut stop = stop_tx.subscribe();
+            loop {
+                tokio::select! {
+                    conn = listener.accept() => {
+                        let Ok((stream, _)) = conn else { continue };
+                        let body = || {
+                            let mut m = metrics.borrow_mut();
+                            m.update_kernel(
+                                &pipeline::transition_counts(&transitions),
+                                pipeline::lost_count(&lost, closetrace_common::LOST_RINGBUF),
+                            );
+                            m.render()
+                        };
+                        if let Err(e) = metrics::serve_one(stream, body).await {
+                            log::debug!("metrics scrape: {e}");
+                        }
+                    }
+                    _ = stop.changed() => return,
+                }
+            }
+        };
         let trigger = async {
             let mut term = signal(SignalKind::terminate())?;
             let mut int = signal(SignalKind::interrupt())?;
@@ -221,7 +398,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             io::Result::Ok(())
         };
         let pipeline = pipeline::run(events, &lost, &mut monitor, &mut sink, tick, &stop_tx);
-        let (signals, result) = tokio::join!(trigger, pipeline);
+        let (signals, result, ()) = tokio::join!(trigger, pipeline, exporter);
         signals.and(result)
     });
     // Detach before reporting, so the summary is final.

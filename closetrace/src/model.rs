@@ -160,6 +160,8 @@ pub struct Task {
 pub struct SockRef {
     pub id: u64,
     pub netns: u32,
+    /// The cgroup (v2) id the socket belongs to; 0 when unknown.
+    pub cgroup: u64,
     pub family: Family,
     pub saddr: IpAddr,
     pub sport: u16,
@@ -265,6 +267,9 @@ pub struct SockError {
     pub addr: IpAddr,
     pub port: u16,
     pub task: Task,
+    /// The caller's network namespace and cgroup (0: unknown).
+    pub netns: u32,
+    pub cgroup: u64,
 }
 
 /// Everything the ring buffer can carry, decoded.
@@ -299,6 +304,7 @@ pub mod fixtures {
             sock: SockRef {
                 id,
                 netns: 1,
+                cgroup: 0,
                 family: Family::Ipv4,
                 saddr: lo,
                 sport,

@@ -49,7 +49,9 @@ pub struct Monitor {
     pub summary: Summary,
     clock: WallClock,
     /// `--pid`: what is displayed (the kernel already dropped most else).
-    pids: Vec<u32>,
+    /// With `--pid-tree` it follows the kernel's set, which may empty.
+    by_pid: bool,
+    pids: HashSet<u32>,
     /// No exact tcp_close hook: closes are inferred from transitions.
     infer_closes: bool,
     stream_all: bool,
@@ -62,6 +64,10 @@ pub struct Monitor {
     /// Set in the default mode: CLOSE_WAIT sockets of this namespace are
     /// found by scanning (see `CloseWaitKernel`).
     scan: Option<Box<dyn CloseWaitKernel>>,
+    /// `--pid-tree`: the processes followed now (the kernel adds children).
+    follow: Option<Box<dyn FnMut() -> Option<Vec<u32>>>>,
+    /// `--metrics`: gauges refreshed each tick.
+    pub metrics: Option<std::rc::Rc<std::cell::RefCell<crate::metrics::Metrics>>>,
 }
 
 impl Monitor {
@@ -71,7 +77,8 @@ impl Monitor {
             leaks: LeakDetector::new(s.threshold_ns, TABLE_CAPACITY),
             summary: Summary::default(),
             clock,
-            pids: s.pids,
+            by_pid: !s.pids.is_empty(),
+            pids: s.pids.into_iter().collect(),
             infer_closes: s.infer_closes,
             stream_all: s.stream_all,
             own_netns: s.own_netns,
@@ -79,7 +86,14 @@ impl Monitor {
             ports: PortPressure::new(s.tw_warn, s.own_netns),
             diag_warned: false,
             scan: None,
+            follow: None,
+            metrics: None,
         }
+    }
+
+    /// Display what `follow` returns from now on (refreshed each tick).
+    pub fn follow_with(&mut self, follow: Box<dyn FnMut() -> Option<Vec<u32>>>) {
+        self.follow = Some(follow);
     }
 
     /// Find this namespace's CLOSE_WAIT sockets by scanning from now on.
@@ -141,13 +155,19 @@ impl Monitor {
     }
 
     fn wants(&self, pid: Option<u32>) -> bool {
-        self.pids.is_empty() || pid.is_some_and(|p| self.pids.contains(&p))
+        !self.by_pid || pid.is_some_and(|p| self.pids.contains(&p))
     }
 
     /// Sockets already in CLOSE_WAIT at start-up, aged from `now_ns`.
-    pub fn seed_leaks(&mut self, view: &KernelView, now_ns: u64) {
+    /// `keep`: the sockets `--netns` and `--cgroup` select.
+    pub fn seed_leaks(
+        &mut self,
+        view: &KernelView,
+        now_ns: u64,
+        keep: &dyn Fn(&crate::snapshot::DiagSocket) -> bool,
+    ) {
         for s in view.by_cookie.values() {
-            if TcpState::try_from(s.state as u32) != Ok(TcpState::CloseWait) {
+            if TcpState::try_from(s.state as u32) != Ok(TcpState::CloseWait) || !keep(s) {
                 continue;
             }
             let sock = s.sock_ref(self.own_netns);
@@ -223,8 +243,14 @@ impl Monitor {
     /// own view first: a socket that is gone, or no longer in CLOSE_WAIT,
     /// is resolved rather than reported (no ghosts).
     pub fn on_tick(&mut self, now_ns: u64, sink: &mut Sink) -> io::Result<()> {
+        if let Some(pids) = self.follow.as_mut().and_then(|f| f()) {
+            self.pids = pids.into_iter().collect();
+        }
         self.ports.on_tick(now_ns, sink, &self.clock)?;
         self.scan_close_wait(now_ns, sink)?;
+        if let Some(m) = &self.metrics {
+            m.borrow_mut().update(&self.metrics_view(now_ns));
+        }
         let due = self.leaks.due(now_ns);
         if due.is_empty() {
             return Ok(());
@@ -301,6 +327,44 @@ impl Monitor {
             },
             process_leaks,
         )
+    }
+
+    /// What the metrics gauges show: reported leaks still open, by the
+    /// process blamed; the busiest TIME_WAIT destinations; error totals.
+    pub fn metrics_view(&self, now_ns: u64) -> crate::metrics::View {
+        let mut by_pid: HashMap<u32, (String, u64, u64)> = HashMap::new();
+        for t in self.leaks.tracked() {
+            let (true, Some(o)) = (self.shown.contains(&t.sock.id), &t.owner) else {
+                continue;
+            };
+            let e = by_pid
+                .entry(o.pid)
+                .or_insert_with(|| (o.comm.clone(), 0, 0));
+            e.1 += 1;
+            e.2 = e.2.max(now_ns.saturating_sub(t.since_ns));
+        }
+        let mut leaks: Vec<_> = by_pid
+            .into_iter()
+            .map(|(pid, (comm, n, age))| (pid, comm, n, age as f64 / 1e9))
+            .collect();
+        leaks.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+        let time_wait = self
+            .ports
+            .top(crate::metrics::MAX_DESTINATIONS)
+            .into_iter()
+            .map(|(d, n)| (d.daddr.to_string(), d.dport, n, self.ports.ratio(n)))
+            .collect();
+        let errors = self
+            .ports
+            .errors
+            .iter()
+            .map(|(&(call, errno), &n)| (call, errno, n))
+            .collect();
+        crate::metrics::View {
+            leaks,
+            time_wait,
+            errors,
+        }
     }
 
     /// Leaks still open at exit, for the summary.

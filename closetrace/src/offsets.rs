@@ -70,7 +70,15 @@ pub fn resolve(btf: &Btf) -> Result<SockOffsets, OffsetError> {
         // `sk_cookie` is a macro for this: the kprobe close path reads it.
         cookie: sock("__sk_common.skc_cookie", 8)?,
         task_flags: field_offset(btf, "task_struct", "flags", 4)?,
-        _pad: 0,
+        // Kernels without CONFIG_SOCK_CGROUP_DATA: cgroup 0, and --cgroup
+        // is refused.
+        sk_cgroup: optional(sock("sk_cgrp_data.cgroup", 8))?,
+        cgroup_kn: optional(field_offset(btf, "cgroup", "kn", 8))?,
+        kn_id: optional(field_offset(btf, "kernfs_node", "id", 8))?,
+        task_tgid: field_offset(btf, "task_struct", "tgid", 4)?,
+        task_nsproxy: field_offset(btf, "task_struct", "nsproxy", 8)?,
+        nsproxy_net: optional(field_offset(btf, "nsproxy", "net_ns", 8))?,
+        _pad: [0; 3],
     })
 }
 

@@ -23,6 +23,8 @@ const RECONCILE_NS: u64 = 1_000_000_000;
 const ERROR_INTERVAL_NS: u64 = 1_000_000_000;
 /// In the text view, the top TIME_WAIT destinations every this often.
 const TOP_EVERY_NS: u64 = 10_000_000_000;
+/// Destinations in each `time_wait_top` record.
+const TOP_RECORDED: usize = 10;
 
 /// Rate limiting of identical error records.
 #[derive(Debug, Default)]
@@ -164,6 +166,7 @@ impl PortPressure {
                     dport: e.port,
                     time_wait,
                     suppressed,
+                    scope: records::Scope::new(e.netns, e.cgroup),
                 };
                 sink.record(&rec, || {
                     format!(
@@ -190,6 +193,7 @@ impl PortPressure {
                     time_wait,
                     hint,
                     suppressed,
+                    scope: records::Scope::new(e.netns, e.cgroup),
                 };
                 sink.record(&rec, || {
                     let held: Vec<String> = rec
@@ -245,13 +249,30 @@ impl PortPressure {
         }
         if now_ns >= self.last_top_ns.saturating_add(TOP_EVERY_NS) {
             self.last_top_ns = now_ns;
-            let top = self.tw.top(3);
+            let top = self.tw.top(TOP_RECORDED);
             if !top.is_empty() {
-                let list: Vec<String> = top
-                    .iter()
-                    .map(|(d, n)| format!("{} -> {} {n}", d.saddr, endpoint(d.daddr, d.dport)))
-                    .collect();
-                sink.text_only(|| format!("-- TIME_WAIT top: {}", list.join(", ")))?;
+                let rec = records::TimeWaitTop {
+                    kind: "time_wait_top",
+                    ts: records::rfc3339(clock, now_ns),
+                    top: top
+                        .iter()
+                        .map(|(d, n)| records::TimeWaitDest {
+                            saddr: d.saddr,
+                            daddr: d.daddr,
+                            dport: d.dport,
+                            time_wait: *n,
+                            ratio: self.ratio(*n),
+                        })
+                        .collect(),
+                };
+                sink.record(&rec, || {
+                    let list: Vec<String> = top
+                        .iter()
+                        .take(3)
+                        .map(|(d, n)| format!("{} -> {} {n}", d.saddr, endpoint(d.daddr, d.dport)))
+                        .collect();
+                    format!("-- TIME_WAIT top: {}", list.join(", "))
+                })?;
             }
         }
         self.check_listeners(now_ns, sink, clock)
@@ -321,6 +342,12 @@ impl PortPressure {
 
     pub fn top(&self, n: usize) -> Vec<(Dest, u32)> {
         self.tw.top(n)
+    }
+
+    /// `n` TIME_WAIT sockets as a share of the ephemeral ports, if known.
+    pub fn ratio(&self, n: u32) -> Option<f64> {
+        let available = self.policy?.available();
+        (available > 0).then(|| f64::from(n) / f64::from(available))
     }
 
     pub fn by_process(&self) -> Vec<(u32, String, u32)> {
@@ -456,6 +483,8 @@ mod tests {
             addr: "127.0.0.1".parse().unwrap(),
             port: 80,
             task: task(pid, "cli"),
+            netns: 1,
+            cgroup: 0,
         }
     }
 

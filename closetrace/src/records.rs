@@ -37,6 +37,12 @@ pub struct Ready<'a> {
     pub close_wait_threshold_ms: u64,
     /// `findings` (the default) or `states` (`--states`).
     pub mode: &'static str,
+    /// `--pid-tree` roots; `pids` then lists them and their descendants.
+    pub pid_tree: &'a [u32],
+    /// `--netns`, as an inode; null for every namespace.
+    pub netns: Option<u32>,
+    /// `--cgroup`, as a path under the cgroup2 mount; null for all.
+    pub cgroup: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -60,6 +66,8 @@ pub struct State<'a> {
     pub old: &'static str,
     pub new: &'static str,
     pub old_ms: Option<f64>,
+    #[serde(flatten)]
+    pub scope: Scope,
 }
 
 impl<'a> State<'a> {
@@ -81,6 +89,30 @@ impl<'a> State<'a> {
             old: ev.old.name(),
             new: ev.new.name(),
             old_ms: ev.old_ns.map(ns_to_ms),
+            scope: Scope::new(ev.sock.netns, ev.sock.cgroup),
+        }
+    }
+}
+
+/// Where a socket or a caller lives: its network namespace, its cgroup,
+/// and the container that cgroup belongs to, if any.
+#[derive(Debug, Serialize)]
+pub struct Scope {
+    /// Network namespace inode; 0 when unknown.
+    pub netns: u32,
+    /// cgroup (v2) id: its directory's inode under the cgroup2 mount; 0
+    /// when unknown.
+    pub cgroup: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<crate::cgroups::Container>,
+}
+
+impl Scope {
+    pub fn new(netns: u32, cgroup: u64) -> Self {
+        Scope {
+            netns,
+            cgroup,
+            container: crate::cgroups::container(cgroup),
         }
     }
 }
@@ -94,6 +126,8 @@ pub struct SockFields {
     pub daddr: IpAddr,
     pub dport: u16,
     pub sock: u64,
+    #[serde(flatten)]
+    pub scope: Scope,
 }
 
 impl SockFields {
@@ -105,6 +139,7 @@ impl SockFields {
             daddr: s.daddr,
             dport: s.dport,
             sock: s.id,
+            scope: Scope::new(s.netns, s.cgroup),
         }
     }
 }
@@ -189,6 +224,26 @@ pub struct TimeWaitPressure {
     pub pids: Vec<u32>,
 }
 
+/// The busiest TIME_WAIT destinations, every 10 s while there are any:
+/// the time series `closetrace report` charts.
+#[derive(Debug, Serialize)]
+pub struct TimeWaitTop {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub ts: String,
+    pub top: Vec<TimeWaitDest>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TimeWaitDest {
+    pub saddr: IpAddr,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub time_wait: u32,
+    /// Share of the ephemeral ports; null when the port range is unknown.
+    pub ratio: Option<f64>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct ConnectError<'a> {
     #[serde(rename = "type")]
@@ -204,6 +259,8 @@ pub struct ConnectError<'a> {
     pub time_wait: u32,
     /// Identical failures not reported since the previous record.
     pub suppressed: u64,
+    #[serde(flatten)]
+    pub scope: Scope,
 }
 
 #[derive(Debug, Serialize, Clone, PartialEq, Eq)]
@@ -233,6 +290,8 @@ pub struct BindError<'a> {
     pub time_wait: u32,
     pub hint: &'static str,
     pub suppressed: u64,
+    #[serde(flatten)]
+    pub scope: Scope,
 }
 
 #[derive(Debug, Serialize)]

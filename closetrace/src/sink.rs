@@ -143,14 +143,6 @@ impl Sink {
         }
     }
 
-    /// A line for people only (nothing in JSON mode).
-    pub fn text_only(&mut self, line: impl FnOnce() -> String) -> io::Result<()> {
-        match self.format {
-            Format::Json => Ok(()),
-            Format::Text => self.text_line(line()),
-        }
-    }
-
     pub fn lost(&mut self, count: u64, total: u64) -> io::Result<()> {
         let rec = Lost {
             kind: "lost",

@@ -39,6 +39,9 @@ pub struct DiagSocket {
     /// Packets the socket dropped (`sk_drops`, from INET_DIAG_SKMEMINFO),
     /// when asked for: for a listener, its accept-queue overflows.
     pub drops: Option<u32>,
+    /// The socket's cgroup (v2) id (INET_DIAG_CGROUP_ID, sent unasked by
+    /// 5.7+ kernels for full sockets); 0 when absent.
+    pub cgroup: u64,
 }
 
 /// A process that has a socket in its fd table (as close_wait_leak's
@@ -56,6 +59,7 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const DIAG_MSG_LEN: usize = 72;
 const INET_DIAG_SKMEMINFO: u16 = 7;
+const INET_DIAG_CGROUP_ID: u16 = 21;
 const SK_MEMINFO_DROPS: usize = 8;
 
 /// TCP sockets of `family` whose state is in the `states` bit mask (bit N =
@@ -155,7 +159,14 @@ fn parse_diag_msg(m: &[u8]) -> Result<DiagSocket, SnapshotError> {
         Family::from_af(m[0] as u16).ok_or(SnapshotError::Malformed("unknown address family"))?;
     let addr = |o: usize| family.addr(m[o..o + 16].try_into().expect("16 bytes"));
     Ok(DiagSocket {
-        drops: skmeminfo_drops(&m[DIAG_MSG_LEN..]),
+        drops: diag_attr(&m[DIAG_MSG_LEN..], INET_DIAG_SKMEMINFO).and_then(|a| {
+            let at = 4 * SK_MEMINFO_DROPS;
+            a.get(at..at + 4)
+                .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
+        }),
+        cgroup: diag_attr(&m[DIAG_MSG_LEN..], INET_DIAG_CGROUP_ID)
+            .and_then(|a| a.get(..8))
+            .map_or(0, |b| u64::from_ne_bytes(b.try_into().expect("8 bytes"))),
         family,
         state: m[1],
         timer: m[2],
@@ -179,6 +190,7 @@ impl DiagSocket {
         SockRef {
             id: self.cookie,
             netns,
+            cgroup: self.cgroup,
             family: self.family,
             saddr: self.saddr,
             sport: self.sport,
@@ -195,19 +207,16 @@ impl DiagSocket {
     }
 }
 
-/// `sk_drops` from the INET_DIAG_SKMEMINFO attribute, if present.
-fn skmeminfo_drops(mut attrs: &[u8]) -> Option<u32> {
+/// The payload of netlink attribute `want`, if present and well formed.
+fn diag_attr(mut attrs: &[u8], want: u16) -> Option<&[u8]> {
     while attrs.len() >= 4 {
         let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
         let ty = u16::from_ne_bytes([attrs[2], attrs[3]]);
         if len < 4 || len > attrs.len() {
             return None;
         }
-        if ty == INET_DIAG_SKMEMINFO {
-            let at = 4 + 4 * SK_MEMINFO_DROPS;
-            return attrs
-                .get(at..at + 4)
-                .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")));
+        if ty == want {
+            return Some(&attrs[4..len]);
         }
         attrs = attrs.get((len + 3) & !3..).unwrap_or(&[]);
     }

@@ -105,6 +105,12 @@ fn bootstrap() -> anyhow::Result<()> {
     run(&mut Command::new(root().join("scripts/bootstrap")))
 }
 
+/// The bootstrap plus the Debian packages the tests drive (Prometheus,
+/// Chromium).
+fn bootstrap_for_tests() -> anyhow::Result<()> {
+    run(Command::new(root().join("scripts/bootstrap")).arg("--test-deps"))
+}
+
 /// Build closetrace (whose build script builds the eBPF object) and copy the
 /// object out of OUT_DIR to a stable path for inspection (bpftool, objdump).
 fn build_ebpf() -> anyhow::Result<PathBuf> {
@@ -306,7 +312,7 @@ fn main() -> anyhow::Result<()> {
                 .args(kernel_tests))?;
         }
         Task::Test { args } => {
-            bootstrap()?;
+            bootstrap_for_tests()?;
             lint_offsets()?;
             run(cargo().args(["fmt", "--all", "--check"]))?;
             run(cargo()

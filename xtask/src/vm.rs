@@ -26,6 +26,9 @@ const TESTS: &[(&str, &str)] = &[
     ("leaks", "leak_from_before_startup_is_reported"),
     // The default mode's watched exit from CLOSE_WAIT, through fentry.
     ("leaks", "late_closer_is_reported_once_then_resolved"),
+    // Fork and exit hooks, and socket cgroups read through BTF offsets.
+    ("scopes", "pid_tree_follows_children_forked_after_start"),
+    ("scopes", "cgroup_filter_selects_a_subtree_in_the_kernel"),
 ];
 
 /// Run again with tcp_close forced onto its kprobe: the close records and
@@ -162,6 +165,8 @@ fn test_binaries(root: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
                 "state_stream",
                 "--test",
                 "leaks",
+                "--test",
+                "scopes",
             ]),
     )?;
     Ok(out
@@ -201,6 +206,7 @@ fn init_script(
 ) -> String {
     let mut s = String::from(
         "#!/bin/sh\nmount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\n\
+         mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
          for m in /modules/*.ko; do insmod $m; done\nip link set lo up\n\
          export CLOSETRACE_REQUIRE_KERNEL_TESTS=1 RUST_BACKTRACE=0\n\
          echo \"VM-KERNEL $(cat /proc/sys/kernel/osrelease)\"\n",

@@ -261,7 +261,11 @@ impl Tracer {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         self.lines.drain(Duration::from_secs(30));
-        let out = self.child.wait_with_output().expect("closetrace exits");
+        let mut stderr = Vec::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_end(&mut e, &mut stderr);
+        }
+        let status = self.child.wait().expect("closetrace exits");
         let records = self
             .lines
             .seen
@@ -269,9 +273,20 @@ impl Tracer {
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
             .collect();
         Finished {
-            status: out.status,
+            status,
             records,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        }
+    }
+}
+
+/// A test that fails before `stop` must not leave closetrace running: it
+/// would hold the test harness's output open.
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }

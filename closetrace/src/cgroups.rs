@@ -1,0 +1,252 @@
+//! cgroup (v2) ids, their paths, and the containers those paths name.
+//!
+//! The kernel reports a socket's cgroup as an id: the inode number of its
+//! directory in the cgroup2 file system. Paths come from walking that file
+//! system, cached, so events stay cheap; container runtimes are recognised
+//! from the path alone.
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum CgroupError {
+    #[error("no cgroup2 file system is mounted (see /proc/self/mountinfo)")]
+    NoCgroup2,
+    #[error("--cgroup {0}: not a cgroup directory under {1}")]
+    NotACgroup(String, String),
+}
+
+/// Where the cgroup2 file system is mounted (`/sys/fs/cgroup` on unified
+/// hosts, `/sys/fs/cgroup/unified` on hybrid ones).
+pub fn cgroup2_root() -> Result<PathBuf, CgroupError> {
+    let info = fs::read_to_string("/proc/self/mountinfo").map_err(|_| CgroupError::NoCgroup2)?;
+    root_from_mountinfo(&info).ok_or(CgroupError::NoCgroup2)
+}
+
+fn root_from_mountinfo(info: &str) -> Option<PathBuf> {
+    info.lines().find_map(|l| {
+        // "... mount-point options - fstype source super-options"
+        let (pre, post) = l.split_once(" - ")?;
+        (post.split_whitespace().next() == Some("cgroup2"))
+            .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
+/// `--cgroup PATH`: an absolute directory, or a path relative to the cgroup2
+/// root (`system.slice/nginx.service`, or `/system.slice/...` as
+/// /proc/PID/cgroup prints it).
+pub fn resolve_arg(arg: &str) -> Result<PathBuf, CgroupError> {
+    let root = cgroup2_root()?;
+    let given = Path::new(arg);
+    let candidates = [given.to_path_buf(), root.join(arg.trim_start_matches('/'))];
+    candidates
+        .into_iter()
+        .find(|p| p.starts_with(&root) && p.join("cgroup.procs").exists())
+        .ok_or_else(|| CgroupError::NotACgroup(arg.into(), root.display().to_string()))
+}
+
+/// The ids of `dir` and every cgroup below it.
+pub fn subtree_ids(dir: &Path) -> Vec<u64> {
+    let mut out = Vec::new();
+    walk(dir, &mut |_, ino| out.push(ino));
+    out
+}
+
+fn walk(dir: &Path, f: &mut dyn FnMut(&Path, u64)) {
+    let Ok(meta) = fs::metadata(dir) else { return };
+    f(dir, meta.ino());
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            walk(&e.path(), f);
+        }
+    }
+}
+
+/// A container, recognised from its cgroup path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Container {
+    /// `docker`, `containerd`, `cri-o` or `podman`.
+    pub runtime: &'static str,
+    /// The container id (64 hex digits).
+    pub id: String,
+}
+
+/// The container a cgroup path names, by the layouts runtimes use with the
+/// systemd and cgroupfs drivers:
+/// `docker-<id>.scope`, `/docker/<id>`, `cri-containerd-<id>.scope`,
+/// `crio-<id>.scope`, `libpod-<id>.scope`, `/libpod_parent/libpod-<id>`,
+/// and kubepods' bare `/<id>` under a pod.
+pub fn container_of(path: &str) -> Option<Container> {
+    let mut parent = "";
+    let mut found = None;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        let name = part.strip_suffix(".scope").unwrap_or(part);
+        let guess = [
+            ("docker-", "docker"),
+            ("cri-containerd-", "containerd"),
+            ("crio-", "cri-o"),
+            ("libpod-", "podman"),
+        ]
+        .iter()
+        .find_map(|(prefix, rt)| name.strip_prefix(prefix).map(|id| (*rt, id)))
+        .or_else(|| match parent {
+            "docker" => Some(("docker", name)),
+            _ if parent.starts_with("pod") || path.contains("kubepods") => {
+                Some(("containerd", name))
+            }
+            _ => None,
+        });
+        if let Some((runtime, id)) = guess
+            && is_container_id(id)
+        {
+            found = Some(Container {
+                runtime,
+                id: id.to_string(),
+            });
+        }
+        parent = name;
+    }
+    found
+}
+
+fn is_container_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Cached id -> path lookups, rescanning the tree at most once a second
+/// when an id is new, since cgroups come and go with containers.
+struct Names {
+    root: Option<PathBuf>,
+    paths: HashMap<u64, Option<String>>,
+    scanned: Option<Instant>,
+}
+
+impl Names {
+    fn path(&mut self, id: u64) -> Option<String> {
+        if let Some(p) = self.paths.get(&id) {
+            return p.clone();
+        }
+        let root = self.root.clone()?;
+        if self
+            .scanned
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.scanned = Some(Instant::now());
+        walk(&root, &mut |p, ino| {
+            let rel = p.strip_prefix(&root).unwrap_or(p);
+            self.paths.insert(ino, Some(format!("/{}", rel.display())));
+        });
+        // Ids that are still unknown stay unknown until the next rescan.
+        self.paths.get(&id).cloned().flatten()
+    }
+}
+
+fn names() -> &'static Mutex<Names> {
+    static NAMES: OnceLock<Mutex<Names>> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        Mutex::new(Names {
+            root: cgroup2_root().ok(),
+            paths: HashMap::new(),
+            scanned: None,
+        })
+    })
+}
+
+/// The path of cgroup `id`, relative to the cgroup2 root ("/..."), if it
+/// still exists.
+pub fn path_of(id: u64) -> Option<String> {
+    if id == 0 {
+        return None;
+    }
+    names().lock().ok()?.path(id)
+}
+
+/// The container cgroup `id` belongs to, if any.
+pub fn container(id: u64) -> Option<Container> {
+    path_of(id).and_then(|p| container_of(&p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "4f6c0e2bc0a7d5e3b0b1a2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f607";
+
+    #[test]
+    fn runtimes_are_recognised_from_their_paths() {
+        let cases = [
+            (format!("/system.slice/docker-{ID}.scope"), "docker"),
+            (format!("/docker/{ID}"), "docker"),
+            (
+                format!(
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-{ID}.scope"
+                ),
+                "containerd",
+            ),
+            (format!("/kubepods/besteffort/pod7d3a/{ID}"), "containerd"),
+            (format!("/kubepods.slice/crio-{ID}.scope"), "cri-o"),
+            (format!("/machine.slice/libpod-{ID}.scope"), "podman"),
+            (
+                format!(
+                    "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope/container"
+                ),
+                "podman",
+            ),
+        ];
+        for (path, runtime) in cases {
+            let c = container_of(&path).unwrap_or_else(|| panic!("{path}"));
+            assert_eq!((c.runtime, c.id.as_str()), (runtime, ID), "{path}");
+        }
+    }
+
+    #[test]
+    fn ordinary_cgroups_are_not_containers() {
+        for path in [
+            "/",
+            "/system.slice/nginx.service",
+            "/user.slice/user-1000.slice/session-3.scope",
+            "/docker",
+            "/system.slice/docker-notanid.scope",
+            "/kubepods/besteffort/pod7d3a",
+        ] {
+            assert_eq!(container_of(path), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn cgroup2_root_from_mountinfo() {
+        let hybrid = "24 31 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            root_from_mountinfo(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let v1 = "24 31 0:22 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        assert_eq!(root_from_mountinfo(v1), None);
+    }
+
+    #[test]
+    fn cgroup_arguments_must_name_a_cgroup() {
+        let Ok(root) = cgroup2_root() else {
+            eprintln!("skipped: no cgroup2 mount here");
+            return;
+        };
+        assert_eq!(resolve_arg("/").unwrap(), root);
+        assert_eq!(resolve_arg(root.to_str().unwrap()).unwrap(), root);
+        let err = resolve_arg("/no/such/cgroup").unwrap_err().to_string();
+        assert!(err.contains("not a cgroup directory"), "{err}");
+        assert!(resolve_arg("/etc").is_err());
+        assert!(!subtree_ids(&root).is_empty());
+    }
+}

@@ -1,0 +1,213 @@
+//! What `--netns`, `--cgroup` and `--pid-tree` select, resolved from their
+//! arguments, and kept current while tracing: cgroups created below the
+//! chosen one join the kernel's filter, and the processes the kernel added
+//! to a followed tree become what userspace displays.
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum FilterError {
+    #[error(
+        "--netns {0}: neither a namespace inode nor a readable namespace file \
+         (e.g. /run/netns/NAME or /proc/PID/ns/net)"
+    )]
+    Netns(String),
+    #[error("--pid-tree {0}: no such process")]
+    NoProcess(u32),
+}
+
+/// `--netns`: an inode number, or a namespace file whose inode it is.
+pub fn resolve_netns(arg: &str) -> Result<u32, FilterError> {
+    let bad = || FilterError::Netns(arg.into());
+    if let Ok(inode) = arg.trim().parse::<u32>() {
+        return if inode == 0 { Err(bad()) } else { Ok(inode) };
+    }
+    let meta = fs::metadata(arg).map_err(|_| bad())?;
+    // Namespace files live on nsfs; anything else is a mistake, such as a
+    // directory or a config file given by accident.
+    if !on_nsfs(arg) {
+        return Err(bad());
+    }
+    u32::try_from(meta.ino()).map_err(|_| bad())
+}
+
+fn on_nsfs(path: &str) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let Ok(c) = std::ffi::CString::new(path) else {
+        return false;
+    };
+    // SAFETY: a valid C string and a zeroed out-parameter of the right type.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    rc == 0 && st.f_type as i64 == NSFS_MAGIC
+}
+
+/// Parent of every process, from /proc/*/stat.
+fn parents() -> HashMap<u32, u32> {
+    let mut out = HashMap::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Some(ppid) = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| stat_ppid(&s))
+        {
+            out.insert(pid, ppid);
+        }
+    }
+    out
+}
+
+/// The ppid field of /proc/PID/stat. The name before it is in parentheses
+/// and may itself contain spaces and parentheses: parse after the last ')'.
+fn stat_ppid(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `roots` and all their descendants, as processes (tgids) now.
+pub fn process_tree(roots: &[u32]) -> Result<Vec<u32>, FilterError> {
+    let parents = parents();
+    for &r in roots {
+        if !parents.contains_key(&r) {
+            return Err(FilterError::NoProcess(r));
+        }
+    }
+    Ok(descendants(roots, &parents))
+}
+
+fn descendants(roots: &[u32], parents: &HashMap<u32, u32>) -> Vec<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (&pid, &ppid) in parents {
+        children.entry(ppid).or_default().push(pid);
+    }
+    let mut seen: HashSet<u32> = HashSet::new();
+    let mut todo: Vec<u32> = roots.to_vec();
+    let mut out = Vec::new();
+    while let Some(p) = todo.pop() {
+        if !seen.insert(p) {
+            continue;
+        }
+        out.push(p);
+        if let Some(c) = children.get(&p) {
+            todo.extend(c);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Keeps the kernel's selection maps current while tracing.
+pub struct Upkeep {
+    /// `--pid-tree`: the kernel's PIDS map, which its fork hook extends.
+    pub pids: Option<BpfHashMap<MapData, u32, u8>>,
+    /// `--pid` processes, always displayed whatever the tree holds.
+    pub fixed: Vec<u32>,
+    /// `--cgroup`: the chosen directory and the kernel's CGROUPS map.
+    pub cgroup: Option<(PathBuf, BpfHashMap<MapData, u64, u8>)>,
+    last: Option<Instant>,
+}
+
+impl Upkeep {
+    pub fn new(
+        pids: Option<BpfHashMap<MapData, u32, u8>>,
+        fixed: Vec<u32>,
+        cgroup: Option<(PathBuf, BpfHashMap<MapData, u64, u8>)>,
+    ) -> Self {
+        Upkeep {
+            pids,
+            fixed,
+            cgroup,
+            last: None,
+        }
+    }
+
+    /// Refresh, at most once a second. Returns the processes to display
+    /// when following a tree (`None`: the selection is fixed).
+    pub fn refresh(&mut self) -> Option<Vec<u32>> {
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.last = Some(Instant::now());
+        if let Some((dir, map)) = self.cgroup.as_mut() {
+            for id in crate::cgroups::subtree_ids(dir) {
+                if map.get(&id, 0).is_err()
+                    && let Err(e) = map.insert(id, 1, 0)
+                {
+                    log::warn!("cannot add cgroup {id} to the filter: {e}");
+                }
+            }
+        }
+        let map = self.pids.as_ref()?;
+        let mut now: Vec<u32> = map.keys().filter_map(Result::ok).collect();
+        now.extend(&self.fixed);
+        now.sort_unstable();
+        now.dedup();
+        Some(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ppid_survives_hostile_names() {
+        assert_eq!(stat_ppid("42 (nginx) S 1 42 42 0 -1"), Some(1));
+        assert_eq!(stat_ppid("43 (a) b (c) R 7 43 43"), Some(7));
+        assert_eq!(stat_ppid("44 (x\ny) S 9 1"), Some(9));
+        assert_eq!(stat_ppid("garbage"), None);
+    }
+
+    #[test]
+    fn descendants_follow_every_generation_once() {
+        // 1 -> 10 -> {11, 12 -> 13}; 20 unrelated; a cycle cannot loop.
+        let parents: HashMap<u32, u32> = [
+            (10, 1),
+            (11, 10),
+            (12, 10),
+            (13, 12),
+            (20, 1),
+            (30, 31),
+            (31, 30),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(descendants(&[10], &parents), vec![10, 11, 12, 13]);
+        assert_eq!(descendants(&[12, 13], &parents), vec![12, 13]);
+        assert_eq!(descendants(&[30], &parents), vec![30, 31]);
+    }
+
+    #[test]
+    fn this_process_tree_includes_itself() {
+        let me = std::process::id();
+        assert!(process_tree(&[me]).unwrap().contains(&me));
+        assert!(matches!(
+            process_tree(&[u32::MAX - 1]),
+            Err(FilterError::NoProcess(_))
+        ));
+    }
+
+    #[test]
+    fn netns_arguments() {
+        let own = fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        assert_eq!(resolve_netns("/proc/self/ns/net").unwrap(), own);
+        assert_eq!(resolve_netns(&own.to_string()).unwrap(), own);
+        for bad in ["0", "/etc/passwd", "/tmp", "/no/such/ns", "net"] {
+            assert!(resolve_netns(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Prometheus exposition (`--metrics ADDR`), for fleets that watch
+//! closetrace through Prometheus rather than its output.
+//!
+//! Label cardinality is bounded: transitions by (old, new) state (at most
+//! 13 x 13), leaks by process (the `MAX_PROCESSES` with the most), TIME_WAIT
+//! by destination (the `MAX_DESTINATIONS` busiest), errors by (syscall,
+//! errno) (2 x 2), hooks by name. Gauges are replaced whole at each update,
+//! so a process or destination that drops out of the top disappears rather
+//! than going stale.
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::model::TcpState;
+use crate::records::HookReport;
+
+pub const MAX_PROCESSES: usize = 50;
+pub const MAX_DESTINATIONS: usize = 10;
+
+type Labels = Vec<(&'static str, String)>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// What the state machines know now, for the gauges.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct View {
+    /// Reported, still open leaks per process: (pid, comm, count, oldest s).
+    pub leaks: Vec<(u32, String, u64, f64)>,
+    /// TIME_WAIT per destination: (daddr, dport, sockets, share of the
+    /// ephemeral ports, if known).
+    pub time_wait: Vec<(String, u16, u32, Option<f64>)>,
+    /// connect/bind failures so far, by (syscall, errno).
+    pub errors: Vec<(&'static str, &'static str, u64)>,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    transitions: Family<Labels, Counter>,
+    leaks: Family<Labels, Gauge>,
+    leak_age: Family<Labels, FloatGauge>,
+    time_wait: Family<Labels, Gauge>,
+    tw_ratio: Family<Labels, FloatGauge>,
+    errors: Family<Labels, Counter>,
+    lost: Counter,
+    /// Kernel counters are totals; counters move by the difference.
+    seen: HashMap<Labels, u64>,
+    lost_seen: u64,
+}
+
+impl Metrics {
+    pub fn new(hooks: &[HookReport]) -> Self {
+        let mut registry = Registry::with_prefix("closetrace");
+        let transitions = Family::<Labels, Counter>::default();
+        registry.register(
+            "state_transitions",
+            "TCP state transitions seen, by old and new state",
+            transitions.clone(),
+        );
+        let leaks = Family::<Labels, Gauge>::default();
+        registry.register(
+            "close_wait_leaks",
+            "CLOSE_WAIT sockets reported as leaks and still open, by holding process",
+            leaks.clone(),
+        );
+        let leak_age = Family::<Labels, FloatGauge>::default();
+        registry.register(
+            "close_wait_leak_oldest_seconds",
+            "Age of the oldest open CLOSE_WAIT leak, by holding process",
+            leak_age.clone(),
+        );
+        let time_wait = Family::<Labels, Gauge>::default();
+        registry.register(
+            "time_wait_sockets",
+            "TIME_WAIT sockets toward the busiest destinations",
+            time_wait.clone(),
+        );
+        let tw_ratio = Family::<Labels, FloatGauge>::default();
+        registry.register(
+            "time_wait_pressure_ratio",
+            "TIME_WAIT sockets toward a destination over the ephemeral ports available",
+            tw_ratio.clone(),
+        );
+        let errors = Family::<Labels, Counter>::default();
+        registry.register(
+            "socket_errors",
+            "connect() and bind() failures for want of an address or port, by errno",
+            errors.clone(),
+        );
+        let lost = Counter::default();
+        registry.register(
+            "events_lost",
+            "Kernel records dropped because the ring buffer was full",
+            lost.clone(),
+        );
+        let attached = Family::<Labels, Gauge>::default();
+        registry.register(
+            "hook_attached",
+            "1 when a kernel hook is attached (attach says how), 0 when unavailable",
+            attached.clone(),
+        );
+        for h in hooks {
+            attached
+                .get_or_create(&vec![
+                    ("hook", h.hook.clone()),
+                    ("attach", h.attach.clone()),
+                ])
+                .set(i64::from(h.status == "ok"));
+        }
+        Metrics {
+            registry,
+            transitions,
+            leaks,
+            leak_age,
+            time_wait,
+            tw_ratio,
+            errors,
+            lost,
+            seen: HashMap::new(),
+            lost_seen: 0,
+        }
+    }
+
+    /// Advance a counter to the total `now` (totals never go down).
+    fn advance(
+        seen: &mut HashMap<Labels, u64>,
+        family: &Family<Labels, Counter>,
+        l: Labels,
+        now: u64,
+    ) {
+        let before = seen.entry(l.clone()).or_default();
+        if now > *before {
+            family.get_or_create(&l).inc_by(now - *before);
+            *before = now;
+        }
+    }
+
+    /// Replace the gauges with what the state machines know now.
+    pub fn update(&mut self, v: &View) {
+        self.leaks.clear();
+        self.leak_age.clear();
+        for (pid, comm, n, oldest) in v.leaks.iter().take(MAX_PROCESSES) {
+            let l = vec![("pid", pid.to_string()), ("comm", comm.clone())];
+            self.leaks.get_or_create(&l).set(*n as i64);
+            self.leak_age.get_or_create(&l).set(*oldest);
+        }
+        self.time_wait.clear();
+        self.tw_ratio.clear();
+        for (daddr, dport, n, ratio) in v.time_wait.iter().take(MAX_DESTINATIONS) {
+            let l = vec![("daddr", daddr.clone()), ("dport", dport.to_string())];
+            self.time_wait.get_or_create(&l).set(i64::from(*n));
+            if let Some(r) = ratio {
+                self.tw_ratio.get_or_create(&l).set(*r);
+            }
+        }
+        for (call, errno, n) in &v.errors {
+            let l = vec![("syscall", call.to_string()), ("errno", errno.to_string())];
+            Self::advance(&mut self.seen, &self.errors, l, *n);
+        }
+    }
+
+    /// The kernel's counters: transitions (old, new, total) and losses.
+    pub fn update_kernel(&mut self, transitions: &[(u32, u32, u64)], lost: u64) {
+        let name =
+            |s: u32| TcpState::try_from(s).map_or_else(|n| n.to_string(), |s| s.name().into());
+        for &(old, new, n) in transitions {
+            let l = vec![("old", name(old)), ("new", name(new))];
+            Self::advance(&mut self.seen, &self.transitions, l, n);
+        }
+        if lost > self.lost_seen {
+            self.lost.inc_by(lost - self.lost_seen);
+            self.lost_seen = lost;
+        }
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Answer one scrape: GET /metrics gets the exposition (`body()` is asked
+/// for it only then), anything else 404. One request per connection.
+pub async fn serve_one(mut s: TcpStream, body: impl FnOnce() -> String) -> io::Result<()> {
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0;
+    // The request head, bounded in size and time.
+    let head = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            let n = s.read(&mut buf[len..]).await?;
+            len += n;
+            if n == 0 || buf[..len].windows(4).any(|w| w == b"\r\n\r\n") || len == buf.len() {
+                return io::Result::Ok(());
+            }
+        }
+    })
+    .await;
+    if !matches!(head, Ok(Ok(()))) {
+        return Ok(());
+    }
+    let line = String::from_utf8_lossy(&buf[..len]);
+    let target = line.split_whitespace().take(2).collect::<Vec<_>>();
+    let (status, ctype, payload) = match target.as_slice() {
+        ["GET", path] if *path == "/metrics" || path.starts_with("/metrics?") => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body(),
+        ),
+        ["GET", "/"] => (
+            "200 OK",
+            "text/plain; charset=utf-8",
+            "closetrace: metrics at /metrics\n".to_string(),
+        ),
+        _ => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found\n".to_string(),
+        ),
+    };
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        payload.len()
+    );
+    s.write_all(resp.as_bytes()).await?;
+    s.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hooks() -> Vec<HookReport> {
+        vec![
+            HookReport {
+                hook: "sock:inet_sock_set_state".into(),
+                attach: "tp_btf".into(),
+                status: "ok",
+                reason: None,
+            },
+            HookReport {
+                hook: "tcp_close".into(),
+                attach: "transitions".into(),
+                status: "degraded",
+                reason: Some("no fentry".into()),
+            },
+        ]
+    }
+
+    #[test]
+    fn exposition_has_every_family_and_bounded_labels() {
+        let mut m = Metrics::new(&hooks());
+        let many: Vec<_> = (0..200)
+            .map(|i| (1000 + i, format!("w{i}"), 1, 2.5))
+            .collect();
+        m.update(&View {
+            leaks: many,
+            time_wait: vec![("10.0.0.1".into(), 80, 120, Some(0.25))],
+            errors: vec![("connect", "EADDRNOTAVAIL", 3)],
+        });
+        m.update_kernel(&[(1, 8, 5), (8, 9, 4)], 7);
+        let text = m.render();
+        for needle in [
+            "closetrace_state_transitions_total{old=\"ESTABLISHED\",new=\"CLOSE_WAIT\"} 5",
+            "closetrace_close_wait_leaks{pid=\"1000\",comm=\"w0\"} 1",
+            "closetrace_close_wait_leak_oldest_seconds{pid=\"1000\",comm=\"w0\"} 2.5",
+            "closetrace_time_wait_sockets{daddr=\"10.0.0.1\",dport=\"80\"} 120",
+            "closetrace_time_wait_pressure_ratio{daddr=\"10.0.0.1\",dport=\"80\"} 0.25",
+            "closetrace_socket_errors_total{syscall=\"connect\",errno=\"EADDRNOTAVAIL\"} 3",
+            "closetrace_events_lost_total 7",
+            "closetrace_hook_attached{hook=\"tcp_close\",attach=\"transitions\"} 0",
+            "closetrace_hook_attached{hook=\"sock:inet_sock_set_state\",attach=\"tp_btf\"} 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        assert_eq!(
+            text.matches("closetrace_close_wait_leaks{").count(),
+            MAX_PROCESSES
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn counters_follow_totals_and_gauges_are_replaced() {
+        let mut m = Metrics::new(&[]);
+        m.update_kernel(&[(1, 8, 5)], 2);
+        m.update_kernel(&[(1, 8, 9)], 2);
+        let leak = View {
+            leaks: vec![(7, "srv".into(), 2, 1.0)],
+            ..View::default()
+        };
+        m.update(&leak);
+        m.update(&View::default());
+        let text = m.render();
+        assert!(
+            text.contains("old=\"ESTABLISHED\",new=\"CLOSE_WAIT\"} 9"),
+            "{text}"
+        );
+        assert!(text.contains("closetrace_events_lost_total 2"), "{text}");
+        assert!(
+            !text.contains("pid=\"7\""),
+            "a closed leak lingers:\n{text}"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn serves_metrics_and_refuses_other_paths() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = async {
+            for _ in 0..3 {
+                let (s, _) = listener.accept().await.unwrap();
+                serve_one(s, || "closetrace_x 1\n# EOF\n".into())
+                    .await
+                    .unwrap();
+            }
+        };
+        let client = async {
+            let mut out = Vec::new();
+            for path in ["/metrics", "/nope", "/metrics?x=1"] {
+                let mut c = TcpStream::connect(addr).await.unwrap();
+                c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                    .await
+                    .unwrap();
+                let mut resp = String::new();
+                c.read_to_string(&mut resp).await.unwrap();
+                out.push(resp);
+            }
+            out
+        };
+        let ((), out) = tokio::join!(server, client);
+        assert!(out[0].starts_with("HTTP/1.1 200 OK"), "{}", out[0]);
+        assert!(out[0].contains("openmetrics-text"));
+        assert!(out[0].ends_with("closetrace_x 1\n# EOF\n"));
+        assert!(out[1].starts_with("HTTP/1.1 404"), "{}", out[1]);
+        assert!(out[2].starts_with("HTTP/1.1 200 OK"));
+    }
+}

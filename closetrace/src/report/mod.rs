@@ -1,0 +1,507 @@
+//! `closetrace report FILE`: reads JSON lines closetrace wrote (no root
+//! needed) and sums them up: leaks per process, the busiest TIME_WAIT
+//! destinations, errors, losses and the time range; `--html` adds charts.
+//!
+//! Input is untrusted: a line that is not JSON, or a known record missing
+//! a field it needs, is reported with its line number and skipped. Record
+//! types this version does not know are counted and ignored, so newer
+//! output still reads.
+mod html;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::io::{self, BufRead};
+use std::time::SystemTime;
+
+use serde::Deserialize;
+
+pub use html::render as render_html;
+
+/// Longest line read whole; longer ones are skipped as malformed (a
+/// closetrace record is well under a kilobyte).
+const MAX_LINE: usize = 1 << 20;
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Rec {
+    CloseWaitLeak {
+        ts: String,
+        pid: Option<u32>,
+        comm: Option<String>,
+        sock: u64,
+        close_wait_ms: f64,
+    },
+    CloseWaitResolved {
+        ts: String,
+        sock: u64,
+        close_wait_ms: f64,
+        how: String,
+    },
+    TimeWaitPressure {
+        ts: String,
+        daddr: String,
+        dport: u16,
+        time_wait: u32,
+        ratio: f64,
+    },
+    TimeWaitTop {
+        ts: String,
+        top: Vec<TopDest>,
+    },
+    ConnectError {
+        ts: String,
+        pid: u32,
+        comm: String,
+        errno: String,
+        #[serde(default)]
+        suppressed: u64,
+    },
+    BindError {
+        ts: String,
+        pid: u32,
+        comm: String,
+        errno: String,
+        #[serde(default)]
+        suppressed: u64,
+    },
+    Lost {
+        count: u64,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct TopDest {
+    daddr: String,
+    dport: u16,
+    time_wait: u32,
+    ratio: Option<f64>,
+}
+
+/// One process's leaks.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ProcessLeaks {
+    pub comm: String,
+    /// Leaked sockets reported.
+    pub leaks: u64,
+    /// Still leaked at the end of the file.
+    pub open: u64,
+    pub oldest_ms: f64,
+    /// How the ended ones ended (`closed`, `process_exit`, ...).
+    pub ended: BTreeMap<String, u64>,
+}
+
+/// A TIME_WAIT destination's peak.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Destination {
+    pub peak: u32,
+    pub peak_ratio: Option<f64>,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub records: u64,
+    /// Records of types this version does not summarise.
+    pub other: u64,
+    /// (line number, why), in order.
+    pub malformed: Vec<(u64, String)>,
+    pub first: Option<SystemTime>,
+    pub last: Option<SystemTime>,
+    pub processes: BTreeMap<u32, ProcessLeaks>,
+    pub destinations: BTreeMap<String, Destination>,
+    /// (syscall, errno) -> failures, suppressed ones included.
+    pub errors: BTreeMap<(String, String), u64>,
+    /// (pid, comm, errno) -> failures.
+    pub errors_by_process: BTreeMap<(u32, String, String), u64>,
+    pub lost: u64,
+    /// Open leaks per process over time: (when, open now), at each change.
+    pub leak_series: BTreeMap<(u32, String), Vec<(SystemTime, u64)>>,
+    /// TIME_WAIT sockets per destination over time.
+    pub tw_series: BTreeMap<String, Vec<(SystemTime, u32)>>,
+    /// Leaks being tracked: socket -> (pid, comm).
+    leak_owner: HashMap<u64, (u32, String)>,
+}
+
+fn dest_name(daddr: &str, dport: u16) -> String {
+    if daddr.contains(':') {
+        format!("[{daddr}]:{dport}")
+    } else {
+        format!("{daddr}:{dport}")
+    }
+}
+
+impl Report {
+    /// Read every line of `input`; only I/O errors fail.
+    pub fn read(input: impl BufRead) -> io::Result<Report> {
+        let mut r = Report::default();
+        let mut input = input;
+        let mut buf = Vec::new();
+        let mut n = 0u64;
+        loop {
+            buf.clear();
+            let got =
+                io::Read::take(&mut input, MAX_LINE as u64 + 1).read_until(b'\n', &mut buf)?;
+            if got == 0 {
+                break;
+            }
+            n += 1;
+            if buf.len() > MAX_LINE && !buf.ends_with(b"\n") {
+                r.malformed
+                    .push((n, format!("longer than {MAX_LINE} bytes")));
+                // Skip the rest of the line.
+                let mut rest = Vec::new();
+                input.read_until(b'\n', &mut rest)?;
+                continue;
+            }
+            r.line(n, &buf);
+        }
+        r.finish();
+        Ok(r)
+    }
+
+    fn line(&mut self, n: u64, raw: &[u8]) {
+        let Ok(text) = std::str::from_utf8(raw) else {
+            self.malformed.push((n, "not UTF-8".into()));
+            return;
+        };
+        let text = text.trim();
+        if text.is_empty() {
+            return;
+        }
+        match serde_json::from_str::<Rec>(text) {
+            Ok(rec) => {
+                self.records += 1;
+                if let Err(why) = self.apply(rec) {
+                    self.malformed.push((n, why));
+                }
+            }
+            Err(e) => self.malformed.push((n, e.to_string())),
+        }
+    }
+
+    fn when(&mut self, ts: &str) -> Result<SystemTime, String> {
+        let t = humantime::parse_rfc3339_weak(ts).map_err(|e| format!("ts {ts:?}: {e}"))?;
+        self.first = Some(self.first.map_or(t, |f| f.min(t)));
+        self.last = Some(self.last.map_or(t, |l| l.max(t)));
+        Ok(t)
+    }
+
+    fn apply(&mut self, rec: Rec) -> Result<(), String> {
+        match rec {
+            Rec::CloseWaitLeak {
+                ts,
+                pid,
+                comm,
+                sock,
+                close_wait_ms,
+            } => {
+                let t = self.when(&ts)?;
+                let (pid, comm) = (pid.unwrap_or(0), comm.unwrap_or_else(|| "?".into()));
+                let p = self.processes.entry(pid).or_default();
+                p.comm.clone_from(&comm);
+                p.oldest_ms = p.oldest_ms.max(close_wait_ms);
+                if self.leak_owner.insert(sock, (pid, comm.clone())).is_none() {
+                    p.leaks += 1;
+                    p.open += 1;
+                    let open = p.open;
+                    self.leak_series
+                        .entry((pid, comm))
+                        .or_default()
+                        .push((t, open));
+                }
+            }
+            Rec::CloseWaitResolved {
+                ts,
+                sock,
+                close_wait_ms,
+                how,
+            } => {
+                let t = self.when(&ts)?;
+                if let Some((pid, comm)) = self.leak_owner.remove(&sock)
+                    && let Some(p) = self.processes.get_mut(&pid)
+                {
+                    p.open = p.open.saturating_sub(1);
+                    p.oldest_ms = p.oldest_ms.max(close_wait_ms);
+                    *p.ended.entry(how).or_default() += 1;
+                    let open = p.open;
+                    self.leak_series
+                        .entry((pid, comm))
+                        .or_default()
+                        .push((t, open));
+                }
+            }
+            Rec::TimeWaitPressure {
+                ts,
+                daddr,
+                dport,
+                time_wait,
+                ratio,
+            } => {
+                let t = self.when(&ts)?;
+                self.destination(t, dest_name(&daddr, dport), time_wait, Some(ratio));
+            }
+            Rec::TimeWaitTop { ts, top } => {
+                let t = self.when(&ts)?;
+                for d in top {
+                    self.destination(t, dest_name(&d.daddr, d.dport), d.time_wait, d.ratio);
+                }
+            }
+            Rec::ConnectError {
+                ts,
+                pid,
+                comm,
+                errno,
+                suppressed,
+            } => {
+                self.when(&ts)?;
+                self.error("connect", pid, comm, errno, 1 + suppressed);
+            }
+            Rec::BindError {
+                ts,
+                pid,
+                comm,
+                errno,
+                suppressed,
+            } => {
+                self.when(&ts)?;
+                self.error("bind", pid, comm, errno, 1 + suppressed);
+            }
+            Rec::Lost { count } => self.lost += count,
+            Rec::Other => self.other += 1,
+        }
+        Ok(())
+    }
+
+    fn destination(&mut self, t: SystemTime, name: String, n: u32, ratio: Option<f64>) {
+        let d = self.destinations.entry(name.clone()).or_default();
+        if n >= d.peak {
+            d.peak = n;
+            d.peak_ratio = ratio.or(d.peak_ratio);
+        }
+        self.tw_series.entry(name).or_default().push((t, n));
+    }
+
+    fn error(&mut self, call: &str, pid: u32, comm: String, errno: String, n: u64) {
+        *self
+            .errors
+            .entry((call.to_string(), errno.clone()))
+            .or_default() += n;
+        *self
+            .errors_by_process
+            .entry((pid, comm, errno))
+            .or_default() += n;
+    }
+
+    /// Series points arrive in file order; charts want time order.
+    fn finish(&mut self) {
+        for s in self.leak_series.values_mut() {
+            s.sort_by_key(|p| p.0);
+        }
+        for s in self.tw_series.values_mut() {
+            s.sort_by_key(|p| p.0);
+        }
+    }
+
+    /// Seconds from the first record to `t`.
+    pub fn offset(&self, t: SystemTime) -> f64 {
+        self.first
+            .and_then(|f| t.duration_since(f).ok())
+            .map_or(0.0, |d| d.as_secs_f64())
+    }
+
+    pub fn span_s(&self) -> f64 {
+        self.last.map_or(0.0, |l| self.offset(l))
+    }
+
+    /// Processes by leaks reported, most first.
+    pub fn leak_table(&self) -> Vec<(u32, &ProcessLeaks)> {
+        let mut v: Vec<_> = self.processes.iter().map(|(p, l)| (*p, l)).collect();
+        v.sort_by(|a, b| b.1.leaks.cmp(&a.1.leaks).then(a.0.cmp(&b.0)));
+        v
+    }
+
+    /// Destinations by peak TIME_WAIT, most first.
+    pub fn destination_table(&self) -> Vec<(&str, &Destination)> {
+        let mut v: Vec<_> = self
+            .destinations
+            .iter()
+            .map(|(n, d)| (n.as_str(), d))
+            .collect();
+        v.sort_by(|a, b| b.1.peak.cmp(&a.1.peak).then(a.0.cmp(b.0)));
+        v
+    }
+
+    /// The plain-text summary.
+    pub fn to_text(&self, source: &str) -> String {
+        let mut s = String::new();
+        let stamp = |t: Option<SystemTime>| {
+            t.map(|t| humantime::format_rfc3339_millis(t).to_string())
+                .unwrap_or_else(|| "-".into())
+        };
+        let _ = writeln!(s, "closetrace report: {}", crate::sink::printable(source));
+        let _ = writeln!(
+            s,
+            "  {} .. {} ({:.1} s), {} records, {} malformed lines skipped",
+            stamp(self.first),
+            stamp(self.last),
+            self.span_s(),
+            self.records,
+            self.malformed.len()
+        );
+        let _ = writeln!(s, "\nCLOSE_WAIT leaks by process");
+        if self.processes.is_empty() {
+            let _ = writeln!(s, "  none");
+        } else {
+            let _ = writeln!(
+                s,
+                "  {:<8} {:<16} {:>6} {:>6} {:>12}  ENDED",
+                "PID", "COMM", "LEAKS", "OPEN", "OLDEST"
+            );
+            for (pid, p) in self.leak_table() {
+                let ended: Vec<String> = p.ended.iter().map(|(h, n)| format!("{h} {n}")).collect();
+                let _ = writeln!(
+                    s,
+                    "  {:<8} {:<16} {:>6} {:>6} {:>10.1} s  {}",
+                    if pid == 0 {
+                        "?".into()
+                    } else {
+                        pid.to_string()
+                    },
+                    crate::sink::printable(&p.comm),
+                    p.leaks,
+                    p.open,
+                    p.oldest_ms / 1000.0,
+                    if ended.is_empty() {
+                        "-".into()
+                    } else {
+                        ended.join(", ")
+                    }
+                );
+            }
+        }
+        let _ = writeln!(s, "\nTop TIME_WAIT destinations");
+        if self.destinations.is_empty() {
+            let _ = writeln!(s, "  none");
+        } else {
+            let _ = writeln!(
+                s,
+                "  {:<28} {:>8} {:>10}",
+                "DESTINATION", "PEAK", "PEAK RATIO"
+            );
+            for (name, d) in self.destination_table().into_iter().take(10) {
+                let ratio = d.peak_ratio.map_or("-".into(), |r| format!("{r:.2}"));
+                let _ = writeln!(
+                    s,
+                    "  {:<28} {:>8} {:>10}",
+                    crate::sink::printable(name),
+                    d.peak,
+                    ratio
+                );
+            }
+        }
+        let _ = writeln!(s, "\nconnect()/bind() errors");
+        if self.errors.is_empty() {
+            let _ = writeln!(s, "  none");
+        }
+        for ((call, errno), n) in &self.errors {
+            let who: Vec<String> = self
+                .errors_by_process
+                .iter()
+                .filter(|((_, _, e), _)| e == errno)
+                .map(|((pid, comm, _), n)| format!("{}({pid}) {n}", crate::sink::printable(comm)))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  {call} {} {n}: {}",
+                crate::sink::printable(errno),
+                who.join(", ")
+            );
+        }
+        let _ = writeln!(s, "\nEvents lost in the kernel: {}", self.lost);
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOG: &str = r#"{"type":"ready","version":1,"hooks":[]}
+{"type":"close_wait_leak","ts":"2026-11-23T10:00:01Z","pid":10,"comm":"swoole","sock":1,"close_wait_ms":1000.0,"report":1}
+{"type":"close_wait_leak","ts":"2026-11-23T10:00:02Z","pid":10,"comm":"swoole","sock":2,"close_wait_ms":1000.0,"report":1}
+{"type":"close_wait_leak","ts":"2026-11-23T10:00:04Z","pid":10,"comm":"swoole","sock":1,"close_wait_ms":3000.0,"report":2}
+not json at all
+{"type":"close_wait_resolved","ts":"2026-11-23T10:00:05Z","pid":10,"comm":"swoole","sock":1,"close_wait_ms":4500.5,"how":"process_exit"}
+{"type":"time_wait_top","ts":"2026-11-23T10:00:03Z","top":[{"saddr":"10.0.0.2","daddr":"10.0.0.1","dport":80,"time_wait":50,"ratio":0.25}]}
+{"type":"time_wait_pressure","ts":"2026-11-23T10:00:06Z","level":"warn","daddr":"10.0.0.1","dport":80,"time_wait":120,"ratio":0.6}
+{"type":"connect_error","ts":"2026-11-23T10:00:07Z","pid":20,"comm":"php-fpm","errno":"EADDRNOTAVAIL","suppressed":4}
+{"type":"close_wait_leak","ts":"2026-11-23T10:00:08Z","pid":10}
+{"type":"lost","count":3,"total":3}
+{"type":"some_future_record","x":1}
+"#;
+
+    #[test]
+    fn sums_up_a_run() {
+        let r = Report::read(LOG.as_bytes()).unwrap();
+        let lines: Vec<u64> = r.malformed.iter().map(|m| m.0).collect();
+        assert_eq!(lines, vec![5, 10], "{:?}", r.malformed);
+        let p = &r.processes[&10];
+        assert_eq!((p.leaks, p.open), (2, 1));
+        assert_eq!(p.oldest_ms, 4500.5);
+        assert_eq!(p.ended["process_exit"], 1);
+        let d = &r.destinations["10.0.0.1:80"];
+        assert_eq!((d.peak, d.peak_ratio), (120, Some(0.6)));
+        assert_eq!(r.errors[&("connect".into(), "EADDRNOTAVAIL".into())], 5);
+        assert_eq!(r.lost, 3);
+        assert_eq!(r.other, 2, "ready and the unknown type");
+        assert_eq!(r.span_s(), 6.0);
+        // Open leaks over time: 1, 2, then 1 after the resolution.
+        let series: Vec<u64> = r.leak_series[&(10, "swoole".into())]
+            .iter()
+            .map(|p| p.1)
+            .collect();
+        assert_eq!(series, vec![1, 2, 1]);
+        assert_eq!(r.tw_series["10.0.0.1:80"].len(), 2);
+        let text = r.to_text("run.jsonl");
+        for needle in [
+            "swoole",
+            "10.0.0.1:80",
+            "EADDRNOTAVAIL 5",
+            "php-fpm(20) 5",
+            "2 malformed",
+        ] {
+            assert!(text.contains(needle), "{needle} missing:\n{text}");
+        }
+    }
+
+    #[test]
+    fn hostile_input_is_skipped_not_fatal() {
+        let mut input = Vec::new();
+        input.extend_from_slice(b"\xff\xfe binary\n");
+        input.extend_from_slice(&vec![b'x'; MAX_LINE + 10]);
+        input.extend_from_slice(b"\n{\"type\":\"lost\",\"count\":1}\n");
+        input.extend_from_slice(
+            b"{\"type\":\"close_wait_leak\",\"ts\":\"yesterday\",\"sock\":1,\"close_wait_ms\":1}\n",
+        );
+        input.extend_from_slice(b"{\"type\":\"lost\",\"count\":-1}\n[1,2]\n\"str\"\nnull\n");
+        let r = Report::read(input.as_slice()).unwrap();
+        let lines: Vec<u64> = r.malformed.iter().map(|m| m.0).collect();
+        assert_eq!(lines, vec![1, 2, 4, 5, 6, 7, 8], "{:?}", r.malformed);
+        assert!(r.malformed[1].1.contains("longer than"));
+        assert_eq!(r.lost, 1);
+        // A comm that tries to forge lines or colour the terminal is shown inert.
+        let log = "{\"type\":\"close_wait_leak\",\"ts\":\"2026-11-23T10:00:01Z\",\"pid\":1,\
+                   \"comm\":\"a\\nb\\u001b[31m\",\"sock\":9,\"close_wait_ms\":1}\n";
+        let text = Report::read(log.as_bytes()).unwrap().to_text("x");
+        assert!(!text.contains('\u{1b}'), "{text:?}");
+        assert!(!text.contains("a\nb"), "{text:?}");
+    }
+
+    #[test]
+    fn an_empty_file_reports_nothing() {
+        let r = Report::read(&b""[..]).unwrap();
+        assert_eq!((r.records, r.malformed.len()), (0, 0));
+        assert!(r.to_text("empty").contains("none"));
+    }
+}
