@@ -114,6 +114,36 @@ pub enum Command {
         #[arg(long, value_name = "OUT.HTML")]
         html: Option<PathBuf>,
     },
+    /// Write the man page and shell completions into DIR (packaging; used
+    /// by `cargo xtask assets`).
+    #[command(hide = true)]
+    GenerateAssets {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+/// The packaging files generated from this definition: (path under the
+/// assets directory, contents).
+pub fn assets() -> std::io::Result<Vec<(&'static str, Vec<u8>)>> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let mut out = Vec::new();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Cli::command())
+        .section("8")
+        .render(&mut page)?;
+    out.push(("man/closetrace.8", page));
+    for (shell, file) in [
+        (Shell::Bash, "completions/closetrace.bash"),
+        (Shell::Zsh, "completions/_closetrace"),
+        (Shell::Fish, "completions/closetrace.fish"),
+    ] {
+        let mut buf = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "closetrace", &mut buf);
+        out.push((file, buf));
+    }
+    Ok(out)
 }
 
 impl Cli {
@@ -169,6 +199,32 @@ mod tests {
         assert!(parse_duration("soon").unwrap_err().contains("examples"));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    /// deploy/ ships the man page and completions; regenerate them with
+    /// `cargo xtask assets` when the options change.
+    #[test]
+    fn packaged_assets_are_current() {
+        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        for (name, bytes) in assets().unwrap() {
+            let on_disk = std::fs::read(deploy.join(name)).unwrap_or_default();
+            assert!(
+                on_disk == bytes,
+                "deploy/{name} is stale: run `cargo xtask assets`"
+            );
+        }
+    }
+
+    #[test]
+    fn report_is_a_subcommand_and_excludes_tracing_options() {
+        let c =
+            Cli::try_parse_from(["closetrace", "report", "x.jsonl", "--html", "o.html"]).unwrap();
+        assert!(matches!(c.command, Some(Command::Report { .. })));
+        assert!(Cli::try_parse_from(["closetrace", "--states", "report", "x"]).is_err());
+        assert!(Cli::try_parse_from(["closetrace", "report"]).is_err());
+        let c = Cli::try_parse_from(["closetrace", "--metrics", "127.0.0.1:9477"]).unwrap();
+        assert_eq!(c.metrics, Some("127.0.0.1:9477".parse().unwrap()));
+        assert!(Cli::try_parse_from(["closetrace", "--metrics", "9477"]).is_err());
     }
 
     #[test]

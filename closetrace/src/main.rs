@@ -54,6 +54,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Some(cli::Command::Report { file, html }) => run_report(file, html.as_deref()),
+        Some(cli::Command::GenerateAssets { dir }) => write_assets(dir),
         None => run(cli),
     };
     match result {
@@ -67,6 +68,18 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn write_assets(dir: &std::path::Path) -> anyhow::Result<()> {
+    for (name, bytes) in cli::assets().context("generating the man page")? {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(())
 }
 
 /// `closetrace report`: no kernel, no privileges.

@@ -41,6 +41,9 @@ enum Task {
     /// The article's three failures in a namespace, with closetrace beside
     /// them (under 30 s); fails unless each is flagged with its process.
     Demo,
+    /// Regenerate deploy/man and deploy/completions from closetrace's clap
+    /// definition (a test fails when they are stale).
+    Assets,
     /// Churn benchmark: no tracer, closetrace (default and --states JSON),
     /// and libbpf-tools tcpstates, side by side. Writes bench/results.json.
     Bench {
@@ -265,6 +268,12 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::LintOffsets => lint_offsets()?,
+        Task::Assets => {
+            run(cargo().args(["build", "-p", "closetrace", "--bin", "closetrace"]))?;
+            run(Command::new(root().join("target/debug/closetrace"))
+                .arg("generate-assets")
+                .arg(root().join("deploy")))?;
+        }
         Task::Demo => {
             bootstrap()?;
             build_release(&["closetrace", "closetrace-peer"])?;

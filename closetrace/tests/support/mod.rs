@@ -215,6 +215,13 @@ impl Tracer {
         Self::start_cmd(ns.exec(CLOSETRACE), args)
     }
 
+    /// closetrace run through a wrapper (`setpriv`, ...): `cmd` is the
+    /// wrapper with its arguments, closetrace's path is appended.
+    pub fn start_wrapped(mut cmd: Command, args: &[&str]) -> Tracer {
+        cmd.arg(CLOSETRACE);
+        Self::start_cmd(cmd, args)
+    }
+
     fn start_cmd(mut cmd: Command, args: &[&str]) -> Tracer {
         let mut child = cmd
             .args(["--format", "json"])

@@ -1,0 +1,57 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_closetrace_global_optspecs
+    string join \n pid= pid-tree= cgroup= netns= format= states color= metrics= o/output= duration= close-wait-threshold= tw-warn= close-hook= ring-buffer-size= h/help V/version
+end
+
+function __fish_closetrace_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_closetrace_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_closetrace_using_subcommand
+    set -l cmd (__fish_closetrace_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c closetrace -n "__fish_closetrace_needs_command" -l pid -d 'Only report sockets owned by this process (repeatable). A thread id is taken as its process' -r
+complete -c closetrace -n "__fish_closetrace_needs_command" -l pid-tree -d 'Follow this process and all its descendants, including those forked after start (a Swoole master and its workers, nginx and its workers). Repeatable; combines with --pid' -r
+complete -c closetrace -n "__fish_closetrace_needs_command" -l cgroup -d 'Only sockets of this cgroup (v2) and the cgroups below it, e.g. system.slice/nginx.service or a path under the cgroup2 mount. Applied in the kernel' -r
+complete -c closetrace -n "__fish_closetrace_needs_command" -l netns -d 'Only sockets of this network namespace: a namespace file (/run/netns/NAME, /proc/PID/ns/net) or its inode number. Applied in the kernel' -r
+complete -c closetrace -n "__fish_closetrace_needs_command" -l format -d 'Output format' -r -f -a "text\t''
+json\t''"
+complete -c closetrace -n "__fish_closetrace_needs_command" -l color -d 'Colour in the text view: auto (on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set (and not empty)'
+always\t''
+never\t''"
+complete -c closetrace -n "__fish_closetrace_needs_command" -l metrics -d 'Serve Prometheus metrics on this address (e.g. 127.0.0.1:9477) at /metrics. Off by default; a non-loopback address exposes process names and destinations to whoever can reach it' -r
+complete -c closetrace -n "__fish_closetrace_needs_command" -s o -l output -d 'Write events here instead of stdout' -r -F
+complete -c closetrace -n "__fish_closetrace_needs_command" -l duration -d 'Stop after this long (e.g. 500ms, 30s, 5m). Default: until Ctrl-C' -r
+complete -c closetrace -n "__fish_closetrace_needs_command" -l close-wait-threshold -d 'A socket in CLOSE_WAIT this long, not closed by its holder, is reported as a leak (e.g. 500ms, 2s, 5m)' -r
+complete -c closetrace -n "__fish_closetrace_needs_command" -l tw-warn -d 'Report TIME_WAIT pressure when a destination\'s TIME_WAIT sockets reach this share of the ephemeral ports (0 < ratio <= 1)' -r
+complete -c closetrace -n "__fish_closetrace_needs_command" -l close-hook -d 'How to hook tcp_close: auto (fentry, else kprobe, else inferred from transitions), or force one method' -r -f -a "auto\t'fentry, else kprobe, else inference from transitions'
+fentry\t''
+kprobe\t''
+transitions\t''"
+complete -c closetrace -n "__fish_closetrace_needs_command" -l ring-buffer-size -d 'Ring buffer size in bytes: a power of two, at least one page. Default: 4 MiB, or 16 MiB with --states (about 400 ms of the busiest churn here, enough to ride out the reader being scheduled out)' -r
+complete -c closetrace -n "__fish_closetrace_needs_command" -l states -d 'Stream every state change and every close too. Without it closetrace hunts: it reports leaks and their end, TIME_WAIT pressure, connect and bind failures, listen overflows and losses, and the kernel sends only the transitions those need (all transitions are still counted)'
+complete -c closetrace -n "__fish_closetrace_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c closetrace -n "__fish_closetrace_needs_command" -s V -l version -d 'Print version'
+complete -c closetrace -n "__fish_closetrace_needs_command" -f -a "report" -d 'Sum up JSON lines that closetrace wrote: leaks per process, the busiest TIME_WAIT destinations, errors, losses and the time range. Needs no privileges'
+complete -c closetrace -n "__fish_closetrace_needs_command" -f -a "generate-assets" -d 'Write the man page and shell completions into DIR (packaging; used by `cargo xtask assets`)'
+complete -c closetrace -n "__fish_closetrace_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c closetrace -n "__fish_closetrace_using_subcommand report" -l html -d 'Also write an HTML page with charts (CLOSE_WAIT leaks per process, TIME_WAIT per destination, over time), readable offline' -r -F
+complete -c closetrace -n "__fish_closetrace_using_subcommand report" -s h -l help -d 'Print help'
+complete -c closetrace -n "__fish_closetrace_using_subcommand generate-assets" -s h -l help -d 'Print help'
+complete -c closetrace -n "__fish_closetrace_using_subcommand help; and not __fish_seen_subcommand_from report generate-assets help" -f -a "report" -d 'Sum up JSON lines that closetrace wrote: leaks per process, the busiest TIME_WAIT destinations, errors, losses and the time range. Needs no privileges'
+complete -c closetrace -n "__fish_closetrace_using_subcommand help; and not __fish_seen_subcommand_from report generate-assets help" -f -a "generate-assets" -d 'Write the man page and shell completions into DIR (packaging; used by `cargo xtask assets`)'
+complete -c closetrace -n "__fish_closetrace_using_subcommand help; and not __fish_seen_subcommand_from report generate-assets help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
