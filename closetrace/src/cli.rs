@@ -58,10 +58,10 @@ pub struct Cli {
     #[arg(long, value_enum, default_value = "auto")]
     pub color: crate::sink::Color,
 
-    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9477) at
-    /// /metrics. Off by default; a non-loopback address exposes process
-    /// names and destinations to whoever can reach it.
-    #[arg(long, value_name = "ADDR")]
+    /// Serve Prometheus metrics at /metrics on this port of 127.0.0.1, or
+    /// on ADDR:PORT. Off by default; an address other than loopback
+    /// exposes process names and destinations to whoever can reach it.
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = parse_metrics_addr)]
     pub metrics: Option<std::net::SocketAddr>,
 
     /// Write events here instead of stdout.
@@ -162,6 +162,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `--metrics`: a bare port means loopback.
+pub fn parse_metrics_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok((std::net::Ipv4Addr::LOCALHOST, port).into());
+    }
+    s.parse().map_err(|_| {
+        format!("{s:?}: expected PORT (on 127.0.0.1) or ADDR:PORT, e.g. 9477 or [::1]:9477")
+    })
+}
+
 pub fn parse_ratio(s: &str) -> Result<f64, String> {
     let r: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
     if !(r > 0.0 && r <= 1.0) {
@@ -224,7 +235,17 @@ mod tests {
         assert!(Cli::try_parse_from(["closetrace", "report"]).is_err());
         let c = Cli::try_parse_from(["closetrace", "--metrics", "127.0.0.1:9477"]).unwrap();
         assert_eq!(c.metrics, Some("127.0.0.1:9477".parse().unwrap()));
-        assert!(Cli::try_parse_from(["closetrace", "--metrics", "9477"]).is_err());
+        // A bare port stays on loopback.
+        let c = Cli::try_parse_from(["closetrace", "--metrics", "9477"]).unwrap();
+        assert_eq!(c.metrics, Some("127.0.0.1:9477".parse().unwrap()));
+        let c = Cli::try_parse_from(["closetrace", "--metrics", "[::1]:9477"]).unwrap();
+        assert_eq!(c.metrics, Some("[::1]:9477".parse().unwrap()));
+        for bad in ["x", "70000", "host:9477", ""] {
+            assert!(
+                Cli::try_parse_from(["closetrace", "--metrics", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

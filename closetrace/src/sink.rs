@@ -321,8 +321,16 @@ pub fn endpoint(ip: IpAddr, port: u16) -> String {
 /// characters (newlines, ANSI escapes) into a terminal.
 pub fn printable(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
+        .map(|c| if is_hostile(c) { '?' } else { c })
         .collect()
+}
+
+/// Characters a process name or address could use to forge or disguise a
+/// line: controls (newlines, escape sequences) and the invisible
+/// formatting ones that reorder or hide text (bidi overrides, zero-width).
+fn is_hostile(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
 }
 
 #[cfg(test)]
@@ -396,5 +404,12 @@ mod tests {
         let line = text_line(&ev(None), &WallClock::from_offset(0));
         assert!(line.contains("? (ctx cli?[31m)"), "{line}");
         assert!(!line.contains('\x1b'));
+    }
+
+    #[test]
+    fn names_cannot_forge_lines_or_reorder_text() {
+        let hostile = "a\nb\rc\x1b[2Jd\u{202e}e\u{200b}f\u{7f}g\u{fffd}";
+        assert_eq!(printable(hostile), "a?b?c?[2Jd?e?f?g\u{fffd}");
+        assert_eq!(printable("php-fpm: pool www"), "php-fpm: pool www");
     }
 }

@@ -227,8 +227,10 @@ fn cgroup_filter_selects_a_subtree_in_the_kernel() {
         THRESHOLD,
     ]);
     assert_eq!(tracer.ready["cgroup"], arg.as_str());
-    // Made after start: the filter follows the subtree.
-    let sub = Cgroup::new(&group.dir, "late");
+    // Made after start: the filter follows the subtree. Named the way
+    // docker's systemd driver names a container's scope.
+    let container_id = format!("{:064x}", 0xc105e7aceu64 + u64::from(std::process::id()));
+    let sub = Cgroup::new(&group.dir, &format!("docker-{container_id}.scope"));
     let mut late = sub.leaky_server();
     let in_port = leak_on(&mut inside);
     let late_port = leak_on(&mut late);
@@ -239,6 +241,12 @@ fn cgroup_filter_selects_a_subtree_in_the_kernel() {
             .unwrap_or_else(|| panic!("no leak reported inside the cgroup on {port}"));
         assert_eq!(leak["cgroup"], id, "{leak}");
         assert!(leak["netns"].as_u64().unwrap() > 0, "{leak}");
+        if id == sub.id() {
+            assert_eq!(leak["container"]["runtime"], "docker", "{leak}");
+            assert_eq!(leak["container"]["id"], container_id.as_str(), "{leak}");
+        } else {
+            assert!(leak.get("container").is_none(), "{leak}");
+        }
     }
     std::thread::sleep(Duration::from_secs(2));
     let done = tracer.stop();

@@ -33,7 +33,7 @@ json\t''"
 complete -c closetrace -n "__fish_closetrace_needs_command" -l color -d 'Colour in the text view: auto (on a terminal, unless NO_COLOR is set), always, never' -r -f -a "auto\t'On a terminal, unless NO_COLOR is set (and not empty)'
 always\t''
 never\t''"
-complete -c closetrace -n "__fish_closetrace_needs_command" -l metrics -d 'Serve Prometheus metrics on this address (e.g. 127.0.0.1:9477) at /metrics. Off by default; a non-loopback address exposes process names and destinations to whoever can reach it' -r
+complete -c closetrace -n "__fish_closetrace_needs_command" -l metrics -d 'Serve Prometheus metrics at /metrics on this port of 127.0.0.1, or on ADDR:PORT. Off by default; an address other than loopback exposes process names and destinations to whoever can reach it' -r
 complete -c closetrace -n "__fish_closetrace_needs_command" -s o -l output -d 'Write events here instead of stdout' -r -F
 complete -c closetrace -n "__fish_closetrace_needs_command" -l duration -d 'Stop after this long (e.g. 500ms, 30s, 5m). Default: until Ctrl-C' -r
 complete -c closetrace -n "__fish_closetrace_needs_command" -l close-wait-threshold -d 'A socket in CLOSE_WAIT this long, not closed by its holder, is reported as a leak (e.g. 500ms, 2s, 5m)' -r

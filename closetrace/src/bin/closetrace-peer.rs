@@ -19,15 +19,17 @@ use clap::{Parser, Subcommand};
 #[command(name = "closetrace-peer", about = "TCP actor for closetrace tests")]
 struct Cli {
     /// Process name to take (prctl PR_SET_NAME, at most 15 bytes): what
-    /// closetrace will show for this process.
-    #[arg(long, global = true)]
-    comm: Option<String>,
+    /// closetrace will show for this process. Any bytes but NUL, so tests
+    /// can take hostile names (newlines, escapes, invalid UTF-8).
+    #[arg(long, global = true, value_parser = clap::value_parser!(std::ffi::OsString))]
+    comm: Option<std::ffi::OsString>,
     #[command(subcommand)]
     role: Role,
 }
 
-fn set_comm(name: &str) -> anyhow::Result<()> {
-    let c = std::ffi::CString::new(name).context("--comm must not contain NUL")?;
+fn set_comm(name: &std::ffi::OsStr) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(name.as_bytes()).context("--comm must not contain NUL")?;
     // SAFETY: PR_SET_NAME reads a NUL-terminated string (truncated to 15 bytes).
     if unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) } != 0 {
         return Err(io::Error::last_os_error()).context("prctl(PR_SET_NAME)");

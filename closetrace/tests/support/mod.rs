@@ -102,6 +102,8 @@ pub struct Tracer {
 
 pub struct Finished {
     pub status: ExitStatus,
+    /// Every stdout line as written.
+    pub raw: Vec<String>,
     pub records: Vec<Value>,
     pub stderr: String,
 }
@@ -281,6 +283,7 @@ impl Tracer {
             .collect();
         Finished {
             status,
+            raw: self.lines.seen.clone(),
             records,
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
         }
