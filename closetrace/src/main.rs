@@ -19,6 +19,7 @@ mod owners;
 mod pipeline;
 mod ports;
 mod pressure;
+mod privileges;
 mod records;
 mod report;
 mod sink;
@@ -314,6 +315,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         libc::malloc_trim(0);
     }
 
+    // Everything is loaded and attached: keep only what naming leak
+    // holders needs.
+    let privileges = match privileges::drop_after_attach() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("closetrace: warning: {e}; running with the capabilities it started with");
+            None
+        }
+    };
     let color = cli.color.enabled(cli.output.is_none());
     let mut sink = Sink::new(cli.format, out, clock, color);
     sink.ready(&Ready {
@@ -326,6 +336,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         close_wait_threshold_ms: threshold.as_millis().min(u64::MAX as u128) as u64,
         mode: if cli.states { "states" } else { "findings" },
         pid_tree: &sel.roots,
+        privileges: privileges.as_ref(),
         netns: (sel.netns != 0).then_some(sel.netns),
         cgroup: sel.cgroup.as_ref().map(|(dir, _)| {
             let root = cgroups::cgroup2_root().unwrap_or_default();

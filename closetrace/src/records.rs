@@ -43,6 +43,8 @@ pub struct Ready<'a> {
     pub netns: Option<u32>,
     /// `--cgroup`, as a path under the cgroup2 mount; null for all.
     pub cgroup: Option<String>,
+    /// Capabilities kept after attaching; null if dropping them failed.
+    pub privileges: Option<&'a crate::privileges::Privileges>,
 }
 
 #[derive(Debug, Serialize)]

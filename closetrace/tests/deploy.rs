@@ -35,6 +35,7 @@ fn unit_caps() -> Vec<String> {
 /// Capability numbers (linux/capability.h) of the ones the unit may name.
 fn cap_bit(name: &str) -> u32 {
     match name {
+        "CAP_DAC_READ_SEARCH" => 2,
         "CAP_SYS_PTRACE" => 19,
         "CAP_SYS_ADMIN" => 21,
         "CAP_SYS_RESOURCE" => 24,
@@ -96,7 +97,8 @@ fn systemd_unit_verifies() {
 }
 
 /// closetrace under the unit's bounding set (as root's uid, which is what
-/// the unit runs as): it loads, attaches and names a leak's holder.
+/// the unit runs as): it loads, attaches and names the holder of a leak
+/// in a process of another user.
 #[test]
 fn the_units_capabilities_are_enough() {
     let Some(_k) = kernel_test("the_units_capabilities_are_enough") else {
@@ -132,7 +134,14 @@ fn the_units_capabilities_are_enough() {
             .any(|h| h["hook"] == "sock:inet_sock_set_state" && h["status"] == "ok")
     );
 
-    let mut server = Peer::spawn(&["server", "--never-close"]);
+    // The server runs as nobody: naming it takes reading another user's fds.
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", support::PEER])
+        .args(["server", "--never-close"])
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn the server as nobody");
+    let lines = support::Lines::new(child.stdout.take().expect("stdout"));
+    let mut server = Peer { child, lines };
     let port = server.value("LISTENING");
     let mut c = Peer::spawn(&[
         "client",
