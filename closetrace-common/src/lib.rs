@@ -397,6 +397,15 @@ pub const fn findings_need(old: u32, new: u32) -> bool {
 pub const STATE_SLOTS: u32 = 16;
 pub const TRANSITION_SLOTS: u32 = STATE_SLOTS * STATE_SLOTS;
 
+/// Capacities of the kernel's hash maps, shared so the summary can say how
+/// full each was.
+pub const SOCKS_CAPACITY: u32 = 65536;
+pub const LISTENERS_CAPACITY: u32 = 4096;
+pub const WATCH_CAPACITY: u32 = 65536;
+pub const IN_SHUTDOWN_CAPACITY: u32 = 4096;
+pub const PIDS_CAPACITY: u32 = 16384;
+pub const CGROUPS_CAPACITY: u32 = 16384;
+
 /// Index of the failed-reserve counter in the per-CPU `LOST` array.
 pub const LOST_RINGBUF: u32 = 0;
 /// connect/bind failures whose arguments were not at hand at exit (the call

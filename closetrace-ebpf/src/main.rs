@@ -23,11 +23,12 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext},
 };
 use closetrace_common::{
-    AF_INET, AF_INET6, COMM_LEN, CloseRecord, Config, EADDRINUSE, EADDRNOTAVAIL, IPPROTO_TCP,
-    LOST_CALL_ARGS, LOST_RINGBUF, LOST_SLOTS, ListenKey, ListenerInfo, OFFSET_ABSENT, PF_EXITING,
-    PendingCall, RECORD_CLOSE, RECORD_SOCK_ERROR, RECORD_STATE, STATE_SLOTS, SockErrorRecord,
-    SockInfo, SockOffsets, StateRecord, TRANSITION_SLOTS, TaskId, close_src, findings_need, flags,
-    owner_src, syscall, tcp_state::*,
+    AF_INET, AF_INET6, CGROUPS_CAPACITY, COMM_LEN, CloseRecord, Config, EADDRINUSE, EADDRNOTAVAIL,
+    IN_SHUTDOWN_CAPACITY, IPPROTO_TCP, LISTENERS_CAPACITY, LOST_CALL_ARGS, LOST_RINGBUF,
+    LOST_SLOTS, ListenKey, ListenerInfo, OFFSET_ABSENT, PF_EXITING, PIDS_CAPACITY, PendingCall,
+    RECORD_CLOSE, RECORD_SOCK_ERROR, RECORD_STATE, SOCKS_CAPACITY, STATE_SLOTS, SockErrorRecord,
+    SockInfo, SockOffsets, StateRecord, TRANSITION_SLOTS, TaskId, WATCH_CAPACITY, close_src,
+    findings_need, flags, owner_src, syscall, tcp_state::*,
 };
 
 /// Offsets and filter switches, written by userspace before load.
@@ -50,28 +51,29 @@ static TRANSITIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TRANSITION_
 /// Owner and current state per socket cookie. LRU so that sockets whose end
 /// we miss (lost events, sockets closed before start-up) cannot fill it.
 #[map]
-static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536, 0);
+static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(SOCKS_CAPACITY, 0);
 
 /// Owner of each listening port, inherited by the sockets it accepts.
 #[map]
-static LISTENERS: LruHashMap<ListenKey, ListenerInfo> = LruHashMap::with_max_entries(4096, 0);
+static LISTENERS: LruHashMap<ListenKey, ListenerInfo> =
+    LruHashMap::with_max_entries(LISTENERS_CAPACITY, 0);
 
 /// CLOSE_WAIT sockets (by cookie) of closetrace's own namespace that
 /// userspace tracks as possible leaks: how they leave CLOSE_WAIT is sent.
 /// The rest leave unreported in the default mode: a prompt close is the
 /// common case and needs no record.
 #[map]
-static WATCH: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+static WATCH: LruHashMap<u64, u8> = LruHashMap::with_max_entries(WATCH_CAPACITY, 0);
 
 /// `--pid` filter: tgids whose sockets are reported. With `--pid-tree`
 /// the programs below add forked children and remove exited processes.
 #[map]
-static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(PIDS_CAPACITY, 0);
 
 /// `--cgroup` filter: cgroup ids (the given cgroup and its descendants,
 /// kept up to date by userspace).
 #[map]
-static CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(16384, 0);
+static CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(CGROUPS_CAPACITY, 0);
 
 /// The connect/bind in flight on each CPU. The failures reported here
 /// (EADDRNOTAVAIL, EADDRINUSE) return before the call can sleep, so entry
@@ -83,7 +85,7 @@ static CALLS: PerCpuArray<PendingCall> = PerCpuArray::with_max_entries(1, 0);
 /// Threads currently inside shutdown(2): their CLOSE_WAIT -> LAST_ACK is a
 /// half-close, not a close. LRU in case an exit event is ever missed.
 #[map]
-static IN_SHUTDOWN: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
+static IN_SHUTDOWN: LruHashMap<u32, u8> = LruHashMap::with_max_entries(IN_SHUTDOWN_CAPACITY, 0);
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {

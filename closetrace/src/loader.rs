@@ -365,6 +365,60 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
     })
 }
 
+/// How full a hash map is: its entries counted by walking its keys.
+pub fn occupancy<T: std::borrow::Borrow<MapData>, K: aya::Pod, V: aya::Pod>(
+    map: &BpfHashMap<T, K, V>,
+    capacity: u32,
+) -> crate::summary::MapUse {
+    crate::summary::MapUse {
+        entries: map.keys().filter(Result::is_ok).count() as u32,
+        capacity,
+    }
+}
+
+/// Occupancy of the kernel maps still held by `ebpf` (the ones taken out
+/// are counted by their holders), for the summary.
+pub fn map_occupancy(ebpf: &Ebpf) -> Vec<(&'static str, crate::summary::MapUse)> {
+    use closetrace_common as c;
+    let mut out = Vec::new();
+    let mut add = |name: &'static str,
+                   use_: Result<crate::summary::MapUse, aya::maps::MapError>| {
+        if let Ok(u) = use_ {
+            out.push((name, u));
+        }
+    };
+    let get = |name: &str| {
+        ebpf.map(name)
+            .ok_or(aya::maps::MapError::InvalidName { name: name.into() })
+    };
+    add(
+        "SOCKS",
+        get("SOCKS").and_then(|m| {
+            BpfHashMap::<_, u64, SockInfo>::try_from(m).map(|h| occupancy(&h, c::SOCKS_CAPACITY))
+        }),
+    );
+    add(
+        "WATCH",
+        get("WATCH").and_then(|m| {
+            BpfHashMap::<_, u64, u8>::try_from(m).map(|h| occupancy(&h, c::WATCH_CAPACITY))
+        }),
+    );
+    add(
+        "LISTENERS",
+        get("LISTENERS").and_then(|m| {
+            BpfHashMap::<_, ListenKey, ListenerInfo>::try_from(m)
+                .map(|h| occupancy(&h, c::LISTENERS_CAPACITY))
+        }),
+    );
+    add(
+        "IN_SHUTDOWN",
+        get("IN_SHUTDOWN").and_then(|m| {
+            BpfHashMap::<_, u32, u8>::try_from(m).map(|h| occupancy(&h, c::IN_SHUTDOWN_CAPACITY))
+        }),
+    );
+    out
+}
+
 fn take_hash<K: aya::Pod, V: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &'static str,
@@ -631,6 +685,19 @@ impl crate::monitor::CloseWaitKernel for CloseWaitMaps {
         if let Err(e) = self.watch.insert(cookie, 1, 0) {
             log::warn!("watching a CLOSE_WAIT socket: {e}");
         }
+    }
+
+    fn occupancy(&self) -> Vec<(&'static str, crate::summary::MapUse)> {
+        vec![
+            (
+                "SOCKS",
+                occupancy(&self.socks, closetrace_common::SOCKS_CAPACITY),
+            ),
+            (
+                "WATCH",
+                occupancy(&self.watch, closetrace_common::WATCH_CAPACITY),
+            ),
+        ]
     }
 
     fn unwatch(&mut self, cookie: u64) {

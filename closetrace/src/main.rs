@@ -3,29 +3,6 @@
 //! Exit codes: 0 on a clean stop (Ctrl-C, SIGTERM, `--duration`), 2 for bad
 //! arguments (including a `--pid` that does not exist), 1 for anything else
 //! (privileges, kernel support, output failures).
-mod cgroups;
-mod cli;
-mod clock;
-mod closes;
-mod decode;
-mod filters;
-mod leaks;
-mod loader;
-mod metrics;
-mod model;
-mod monitor;
-mod offsets;
-mod owners;
-mod pipeline;
-mod ports;
-mod pressure;
-mod privileges;
-mod records;
-mod report;
-mod sink;
-mod snapshot;
-mod summary;
-mod timewait;
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
@@ -37,13 +14,16 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::cli::Cli;
-use crate::clock::WallClock;
-use crate::loader::{CloseHook, LoadOptions};
-use crate::monitor::{Monitor, Settings};
-use crate::records::{Ready, SCHEMA_VERSION};
-use crate::sink::Sink;
-use crate::snapshot::KernelView;
+use closetrace::cli::{self, Cli};
+use closetrace::clock::WallClock;
+use closetrace::loader::{CloseHook, LoadOptions};
+use closetrace::monitor::{Monitor, Settings};
+use closetrace::records::{Ready, SCHEMA_VERSION};
+use closetrace::sink::Sink;
+use closetrace::snapshot::KernelView;
+use closetrace::{
+    cgroups, clock, filters, loader, metrics, pipeline, privileges, records, report, sink, snapshot,
+};
 
 /// Bad input from the command line: exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -426,6 +406,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         signals.and(result)
     });
     // Detach before reporting, so the summary is final.
+    monitor
+        .summary
+        .kernel_maps
+        .extend(loader::map_occupancy(&ebpf));
     drop(ebpf);
     monitor
         .summary

@@ -28,6 +28,10 @@ pub trait CloseWaitKernel {
     fn entered(&self, cookie: u64) -> Option<(u64, Option<Task>)>;
     fn watch(&mut self, cookie: u64);
     fn unwatch(&mut self, cookie: u64);
+    /// How full the maps behind this are, for the summary.
+    fn occupancy(&self) -> Vec<(&'static str, crate::summary::MapUse)> {
+        Vec::new()
+    }
 }
 
 /// What the monitor is asked to do, from the command line and the loader.
@@ -369,6 +373,9 @@ impl Monitor {
 
     /// Leaks still open at exit, for the summary.
     pub fn finish(&mut self) {
+        if let Some(k) = &self.scan {
+            self.summary.kernel_maps.extend(k.occupancy());
+        }
         self.summary.sockets_open = self.table.len();
         self.summary.owner_table_evicted = self.table.evicted();
         self.summary.close_wait_untracked = self.leaks.dropped();

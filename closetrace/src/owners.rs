@@ -58,7 +58,6 @@ impl OwnerTable {
         self.socks.len()
     }
 
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.socks.is_empty()
     }

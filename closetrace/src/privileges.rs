@@ -135,7 +135,15 @@ pub fn drop_after_attach() -> Result<Privileges, PrivilegeError> {
     let (keep, note) = keep_set(held, release.trim(), disabled);
     // Ambient capabilities would survive into anything exec'd.
     // SAFETY: prctl with constant arguments.
-    unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
     let mut hdr = Header {
         version: VERSION_3,
         pid: 0,
@@ -179,7 +187,10 @@ mod tests {
         assert_eq!(keep, (1 << CAP_DAC_READ_SEARCH) | (1 << CAP_SYS_PTRACE));
         assert_eq!(note, None);
         // Never adds what was not held.
-        assert_eq!(keep_set(1 << CAP_SYS_PTRACE, "6.1.0-56-cloud-amd64", true).0, 1 << 19);
+        assert_eq!(
+            keep_set(1 << CAP_SYS_PTRACE, "6.1.0-56-cloud-amd64", true).0,
+            1 << 19
+        );
     }
 
     #[test]

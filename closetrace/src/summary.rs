@@ -27,6 +27,8 @@ pub struct Summary {
     /// connect/bind failures seen without their address (see
     /// `LOST_CALL_ARGS`), so not reported.
     pub errors_unattributed: u64,
+    /// Kernel map occupancy at exit, by map name.
+    pub kernel_maps: BTreeMap<&'static str, MapUse>,
     transitions: BTreeMap<(TcpState, TcpState), u64>,
     leaks: BTreeMap<u32, LeakStats>,
 }
@@ -67,6 +69,13 @@ pub struct LeakStats {
     pub oldest_ms: f64,
 }
 
+/// How full a kernel map was.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct MapUse {
+    pub entries: u32,
+    pub capacity: u32,
+}
+
 #[derive(Debug, Serialize)]
 pub struct SummaryRecord {
     #[serde(rename = "type")]
@@ -88,6 +97,8 @@ pub struct SummaryRecord {
     pub leaks: Vec<LeakStats>,
     /// "OLD->NEW" -> count
     pub transitions: BTreeMap<String, u64>,
+    /// Kernel map -> entries and capacity at exit.
+    pub kernel_maps: BTreeMap<&'static str, MapUse>,
 }
 
 impl Summary {
@@ -182,6 +193,7 @@ impl Summary {
                 .iter()
                 .map(|((o, n), c)| (format!("{}->{}", o.name(), n.name()), *c))
                 .collect(),
+            kernel_maps: self.kernel_maps.clone(),
         }
     }
 

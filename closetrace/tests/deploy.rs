@@ -135,13 +135,7 @@ fn the_units_capabilities_are_enough() {
     );
 
     // The server runs as nobody: naming it takes reading another user's fds.
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", support::PEER])
-        .args(["server", "--never-close"])
-        .stdout(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn the server as nobody");
-    let lines = support::Lines::new(child.stdout.take().expect("stdout"));
-    let mut server = Peer { child, lines };
+    let mut server = Peer::spawn_as_nobody(&["server", "--never-close"]);
     let port = server.value("LISTENING");
     let mut c = Peer::spawn(&[
         "client",

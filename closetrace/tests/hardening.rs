@@ -404,13 +404,7 @@ fn capabilities_are_dropped_after_attach() {
     assert_eq!(field("CapAmb:"), 0);
     assert_eq!(field("NoNewPrivs:"), 1);
 
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", support::PEER])
-        .args(["server", "--never-close"])
-        .stdout(Stdio::piped());
-    let mut child = cmd.spawn().expect("server as nobody");
-    let lines = Lines::new(child.stdout.take().expect("stdout"));
-    let mut server = Peer { child, lines };
+    let mut server = Peer::spawn_as_nobody(&["server", "--never-close"]);
     let port = server.value("LISTENING");
     let mut c = Peer::spawn(&[
         "client",

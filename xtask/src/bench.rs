@@ -26,7 +26,7 @@ use crate::measure::{
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Tracer {
+pub(crate) enum Tracer {
     Untraced,
     /// closetrace with no flags: the leak-hunting default.
     Default,
@@ -75,30 +75,30 @@ pub struct Options {
     pub out: Option<PathBuf>,
 }
 
-struct Bins {
-    closetrace: PathBuf,
-    churn: PathBuf,
-    tcpstates: Option<PathBuf>,
+pub(crate) struct Bins {
+    pub closetrace: PathBuf,
+    pub churn: PathBuf,
+    pub tcpstates: Option<PathBuf>,
 }
 
 /// A tracer while it runs, and where its output goes.
-struct Running {
-    child: Child,
+pub(crate) struct Running {
+    pub child: Child,
     out: PathBuf,
     err: PathBuf,
 }
 
 #[derive(Debug, Clone, Default)]
-struct Trial {
+pub(crate) struct Trial {
     conn_per_s: f64,
     connections: u64,
-    events: Option<u64>,
-    lost: Option<u64>,
+    pub events: Option<u64>,
+    pub lost: Option<u64>,
     /// Tracer CPU while the churn ran (user + sys).
     cpu_s: Option<f64>,
-    max_rss_kib: Option<u64>,
+    pub max_rss_kib: Option<u64>,
     bpf: Option<BpfStats>,
-    summary: Option<Value>,
+    pub summary: Option<Value>,
 }
 
 pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
@@ -300,7 +300,7 @@ fn run_trial(
     Ok(trial)
 }
 
-fn run_churn(cmd: &mut Command) -> anyhow::Result<Value> {
+pub(crate) fn run_churn(cmd: &mut Command) -> anyhow::Result<Value> {
     let out = cmd.output().context("running closetrace-churn")?;
     if !out.status.success() {
         bail!(
@@ -312,7 +312,7 @@ fn run_churn(cmd: &mut Command) -> anyhow::Result<Value> {
     serde_json::from_str(line.trim()).with_context(|| format!("churn output: {line}"))
 }
 
-fn start_tracer(
+pub(crate) fn start_tracer(
     ns: &Netns,
     bins: &Bins,
     scratch: &Path,
@@ -389,7 +389,7 @@ fn start_tracer(
     }
 }
 
-fn finish_tracer(tracer: Tracer, r: Running, trial: &mut Trial) -> anyhow::Result<()> {
+pub(crate) fn finish_tracer(tracer: Tracer, r: Running, trial: &mut Trial) -> anyhow::Result<()> {
     trial.max_rss_kib = peak_rss_kib(r.child.id());
     let exit_code = interrupt_and_reap(r.child, Duration::from_secs(60))?;
     let err = fs::read_to_string(&r.err).unwrap_or_default();

@@ -8,8 +8,10 @@ use anyhow::{Context, bail};
 mod bench;
 mod bench_report;
 mod demo;
+mod fuzz;
 mod measure;
 mod offsets_rule;
+mod soak;
 mod vm;
 use clap::{Parser, Subcommand};
 
@@ -44,6 +46,24 @@ enum Task {
     /// Regenerate deploy/man and deploy/completions from closetrace's clap
     /// definition (a test fails when they are stale).
     Assets,
+    /// Churn with leaks and TIME_WAIT for N minutes beside closetrace;
+    /// fails on any loss, a leak unreported, growing RSS or kernel maps
+    /// that do not empty (CI: 3 minutes).
+    Soak {
+        #[arg(long, default_value_t = 3)]
+        minutes: u64,
+    },
+    /// Fuzz the ring-buffer decoder, the report reader and argument
+    /// parsing (cargo fuzz, nightly), each for a bounded time, after
+    /// replaying fuzz/regressions.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (decode, report, args).
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Churn benchmark: no tracer, closetrace (default and --states JSON),
     /// and libbpf-tools tcpstates, side by side. Writes bench/results.json.
     Bench {
@@ -268,6 +288,15 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::LintOffsets => lint_offsets()?,
+        Task::Fuzz { seconds, target } => {
+            bootstrap()?;
+            fuzz::run(&root(), seconds, target.as_deref())?;
+        }
+        Task::Soak { minutes } => {
+            bootstrap()?;
+            build_release(&["closetrace", "closetrace-churn"])?;
+            soak::run(&root(), minutes)?;
+        }
         Task::Assets => {
             run(cargo().args(["build", "-p", "closetrace", "--bin", "closetrace"]))?;
             run(Command::new(root().join("target/debug/closetrace"))

@@ -318,6 +318,14 @@ impl Peer {
         Self::spawn_cmd(Command::new(PEER), args)
     }
 
+    /// A peer run as user nobody: naming it takes reading another user's
+    /// fd table.
+    pub fn spawn_as_nobody(args: &[&str]) -> Peer {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", PEER]);
+        Self::spawn_cmd(cmd, args)
+    }
+
     pub fn spawn_in(ns: &Netns, args: &[&str]) -> Peer {
         Self::spawn_cmd(ns.exec(PEER), args)
     }
