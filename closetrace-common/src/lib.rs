@@ -335,8 +335,10 @@ pub struct Config {
     /// Non-zero: only sockets (and callers) whose cgroup id is in the
     /// `CGROUPS` map are seen at all, `--cgroup`.
     pub filter_cgroups: u32,
-    /// Non-zero: a fork by a process in `PIDS` adds the child, and a
-    /// process leaving removes itself, `--pid-tree`.
+    /// Non-zero: a fork by a process in `PIDS` adds the child,
+    /// `--pid-tree`. (With any pid filter a process in `PIDS` that exits
+    /// is removed, so that a later process reusing its pid is not taken
+    /// for it.)
     pub follow_forks: u32,
     pub _pad: u32,
 }

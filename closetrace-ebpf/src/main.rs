@@ -146,8 +146,8 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     try_fork(&ctx).map_or_else(|e| e, |()| 0)
 }
 
-/// `--pid-tree`: a followed process that exits is dropped, so a later
-/// process reusing its pid is not followed by accident.
+/// `--pid`, `--pid-tree`: a followed process that exits is dropped, so a
+/// later process reusing its pid is not followed by accident.
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     try_exit().map_or_else(|e| e, |()| 0)
@@ -807,7 +807,7 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i32> {
 }
 
 fn try_exit() -> Result<(), i32> {
-    if config().follow_forks == 0 {
+    if config().filter_pids == 0 {
         return Ok(());
     }
     let pid_tgid = bpf_get_current_pid_tgid();

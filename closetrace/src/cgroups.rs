@@ -122,18 +122,19 @@ fn is_container_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Cached id -> path lookups, rescanning the tree at most once a second
-/// when an id is new, since cgroups come and go with containers.
-struct Names {
+/// Cached id -> container lookups, rescanning the tree at most once a
+/// second when an id is new, since cgroups come and go with containers.
+/// Records ask for every socket they name, so a known id costs one lookup.
+struct Known {
     root: Option<PathBuf>,
-    paths: HashMap<u64, Option<String>>,
+    containers: HashMap<u64, Option<Container>>,
     scanned: Option<Instant>,
 }
 
-impl Names {
-    fn path(&mut self, id: u64) -> Option<String> {
-        if let Some(p) = self.paths.get(&id) {
-            return p.clone();
+impl Known {
+    fn container(&mut self, id: u64) -> Option<Container> {
+        if let Some(c) = self.containers.get(&id) {
+            return c.clone();
         }
         let root = self.root.clone()?;
         if self
@@ -145,36 +146,32 @@ impl Names {
         self.scanned = Some(Instant::now());
         walk(&root, &mut |p, ino| {
             let rel = p.strip_prefix(&root).unwrap_or(p);
-            self.paths.insert(ino, Some(format!("/{}", rel.display())));
+            self.containers
+                .entry(ino)
+                .or_insert_with(|| container_of(&format!("/{}", rel.display())));
         });
         // Ids that are still unknown stay unknown until the next rescan.
-        self.paths.get(&id).cloned().flatten()
+        self.containers.get(&id).cloned().flatten()
     }
-}
-
-fn names() -> &'static Mutex<Names> {
-    static NAMES: OnceLock<Mutex<Names>> = OnceLock::new();
-    NAMES.get_or_init(|| {
-        Mutex::new(Names {
-            root: cgroup2_root().ok(),
-            paths: HashMap::new(),
-            scanned: None,
-        })
-    })
-}
-
-/// The path of cgroup `id`, relative to the cgroup2 root ("/..."), if it
-/// still exists.
-pub fn path_of(id: u64) -> Option<String> {
-    if id == 0 {
-        return None;
-    }
-    names().lock().ok()?.path(id)
 }
 
 /// The container cgroup `id` belongs to, if any.
 pub fn container(id: u64) -> Option<Container> {
-    path_of(id).and_then(|p| container_of(&p))
+    static KNOWN: OnceLock<Mutex<Known>> = OnceLock::new();
+    if id == 0 {
+        return None;
+    }
+    KNOWN
+        .get_or_init(|| {
+            Mutex::new(Known {
+                root: cgroup2_root().ok(),
+                containers: HashMap::new(),
+                scanned: None,
+            })
+        })
+        .lock()
+        .ok()?
+        .container(id)
 }
 
 #[cfg(test)]

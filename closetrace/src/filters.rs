@@ -109,10 +109,9 @@ fn descendants(roots: &[u32], parents: &HashMap<u32, u32>) -> Vec<u32> {
 
 /// Keeps the kernel's selection maps current while tracing.
 pub struct Upkeep {
-    /// `--pid-tree`: the kernel's PIDS map, which its fork hook extends.
+    /// `--pid`, `--pid-tree`: the kernel's PIDS map, which its fork hook
+    /// extends and its exit hook prunes: what is displayed follows it.
     pub pids: Option<BpfHashMap<MapData, u32, u8>>,
-    /// `--pid` processes, always displayed whatever the tree holds.
-    pub fixed: Vec<u32>,
     /// `--cgroup`: the chosen directory and the kernel's CGROUPS map.
     pub cgroup: Option<(PathBuf, BpfHashMap<MapData, u64, u8>)>,
     last: Option<Instant>,
@@ -121,19 +120,17 @@ pub struct Upkeep {
 impl Upkeep {
     pub fn new(
         pids: Option<BpfHashMap<MapData, u32, u8>>,
-        fixed: Vec<u32>,
         cgroup: Option<(PathBuf, BpfHashMap<MapData, u64, u8>)>,
     ) -> Self {
         Upkeep {
             pids,
-            fixed,
             cgroup,
             last: None,
         }
     }
 
     /// Refresh, at most once a second. Returns the processes to display
-    /// when following a tree (`None`: the selection is fixed).
+    /// when following pids (`None`: no pid selection).
     pub fn refresh(&mut self) -> Option<Vec<u32>> {
         if self
             .last
@@ -153,9 +150,7 @@ impl Upkeep {
         }
         let map = self.pids.as_ref()?;
         let mut now: Vec<u32> = map.keys().filter_map(Result::ok).collect();
-        now.extend(&self.fixed);
         now.sort_unstable();
-        now.dedup();
         Some(now)
     }
 }

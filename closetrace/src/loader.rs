@@ -108,7 +108,8 @@ pub struct Kernel {
     pub events: RingBuf<MapData>,
     pub lost: PerCpuArray<MapData, u64>,
     pub transitions: PerCpuArray<MapData, u64>,
-    /// `--pid-tree`: the followed processes, which the kernel extends.
+    /// `--pid`, `--pid-tree`: the followed processes, which the kernel
+    /// extends with children (`--pid-tree`) and prunes as they exit.
     pub pids: Option<BpfHashMap<MapData, u32, u8>>,
     /// `--cgroup`: the cgroup ids seen, which userspace keeps up to date.
     pub cgroups: Option<BpfHashMap<MapData, u64, u8>>,
@@ -314,18 +315,34 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
     let (close_hook, report) = attach_close_hook(&mut ebpf, &btf, opts.close_hook);
     hooks.push(report);
     if opts.follow_forks {
-        // Without these --pid-tree would silently follow only the processes
+        // Without it --pid-tree would silently follow only the processes
         // there at start: refuse instead.
-        for (prog, hook) in [
-            ("sched_process_fork", "sched:sched_process_fork"),
-            ("sched_process_exit", "sched:sched_process_exit"),
-        ] {
-            attach_btf_tp(&mut ebpf, &btf, prog, hook).map_err(|reason| LoadError::Attach {
+        let hook = "sched:sched_process_fork";
+        attach_btf_tp(&mut ebpf, &btf, "sched_process_fork", hook).map_err(|reason| {
+            LoadError::Attach {
+                hook: hook.into(),
+                reason,
+            }
+        })?;
+        hooks.push(ok_hook(hook, "tp_btf"));
+    }
+    let follows_pids = !opts.pids.is_empty();
+    if follows_pids {
+        let hook = "sched:sched_process_exit";
+        let attached = attach_btf_tp(&mut ebpf, &btf, "sched_process_exit", hook);
+        if opts.follow_forks {
+            attached.clone().map_err(|reason| LoadError::Attach {
                 hook: hook.into(),
                 reason,
             })?;
-            hooks.push(ok_hook(hook, "tp_btf"));
         }
+        hooks.push(optional_hook(
+            hook,
+            "tp_btf",
+            attached,
+            "a followed process that exits stays followed, and so would a new process reusing \
+             its pid",
+        ));
     }
 
     let events = RingBuf::try_from(
@@ -343,7 +360,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
             .ok_or(LoadError::Map("TRANSITIONS", "missing".into()))?,
     )
     .map_err(map_err("TRANSITIONS"))?;
-    let pids = if opts.follow_forks {
+    let pids = if follows_pids {
         Some(take_hash(&mut ebpf, "PIDS")?)
     } else {
         None

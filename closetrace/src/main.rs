@@ -133,7 +133,6 @@ fn open_output(cli: &Cli) -> anyhow::Result<Box<dyn Write + Send>> {
 struct Selection {
     /// `--pid` processes and, with `--pid-tree`, the trees as they are now.
     pids: Vec<u32>,
-    fixed: Vec<u32>,
     roots: Vec<u32>,
     netns: u32,
     cgroup: Option<(std::path::PathBuf, Vec<u64>)>,
@@ -143,7 +142,7 @@ fn select(cli: &Cli) -> Result<Selection, UsageError> {
     let fixed = resolve_pids(&cli.pids, "--pid")?;
     let roots = resolve_pids(&cli.pid_trees, "--pid-tree")?;
     let tree = filters::process_tree(&roots).map_err(|e| UsageError(e.to_string()))?;
-    let mut pids = fixed.clone();
+    let mut pids = fixed;
     pids.extend(tree);
     pids.sort_unstable();
     pids.dedup();
@@ -161,7 +160,6 @@ fn select(cli: &Cli) -> Result<Selection, UsageError> {
     };
     Ok(Selection {
         pids,
-        fixed,
         roots,
         netns,
         cgroup,
@@ -278,7 +276,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if kernel.pids.is_some() || kernel.cgroups.is_some() {
         let mut upkeep = filters::Upkeep::new(
             kernel.pids.take(),
-            sel.fixed.clone(),
             sel.cgroup
                 .as_ref()
                 .map(|(dir, _)| dir.clone())

@@ -248,6 +248,12 @@ impl Monitor {
     /// is resolved rather than reported (no ghosts).
     pub fn on_tick(&mut self, now_ns: u64, sink: &mut Sink) -> io::Result<()> {
         if let Some(pids) = self.follow.as_mut().and_then(|f| f()) {
+            if pids.is_empty() && !self.pids.is_empty() {
+                eprintln!(
+                    "closetrace: every process followed has exited; leaks they left are still \
+                     reported as they end, and a new process reusing a pid is not followed"
+                );
+            }
             self.pids = pids.into_iter().collect();
         }
         self.ports.on_tick(now_ns, sink, &self.clock)?;

@@ -431,3 +431,75 @@ fn capabilities_are_dropped_after_attach() {
     let done = tracer.stop();
     assert!(done.status.success(), "{}", done.stderr);
 }
+
+/// Fork until a child gets `pid` (the kernel hands out ns_last_pid + 1):
+/// the reuse a busy host produces on its own, made deterministic.
+fn spawn_with_pid(pid: u32, args: &[&str]) -> Option<Peer> {
+    for _ in 0..50 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).ok()?;
+        let peer = Peer::spawn(args);
+        if peer.pid() == pid {
+            return Some(peer);
+        }
+    }
+    None
+}
+
+/// `--pid P`: once P exits, a new process that is given P is a stranger.
+/// Its leak is not reported, while P's own leak was, and ended with it.
+#[test]
+fn a_reused_pid_is_not_followed() {
+    let Some(_k) = kernel_test("a_reused_pid_is_not_followed") else {
+        return;
+    };
+    let (first, port) = leak_on_server(&[OsStr::new("server"), OsStr::new("--never-close")]);
+    let pid = first.pid();
+    let mut tracer = Tracer::start(&["--pid", &pid.to_string(), "--close-wait-threshold", "1s"]);
+    assert!(
+        tracer.ready["hooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["hook"] == "sched:sched_process_exit" && h["status"] == "ok")
+    );
+    // The followed process's leak is shown, and ends with it.
+    tracer
+        .wait_record(Duration::from_secs(15), |r| {
+            r["type"] == "close_wait_leak" && r["sport"] == port && r["pid"] == pid
+        })
+        .expect("the followed process's leak");
+    drop(first);
+    tracer
+        .wait_record(Duration::from_secs(15), |r| {
+            r["type"] == "close_wait_resolved" && r["sport"] == port
+        })
+        .expect("its end");
+    // Let the display follow the kernel's set (refreshed once a second).
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut stranger = spawn_with_pid(pid, &["server", "--never-close"])
+        .expect("could not get the pid reused (ns_last_pid)");
+    let reused_port = stranger.value("LISTENING");
+    let mut c = Peer::spawn(&[
+        "client",
+        "--connect",
+        &format!("127.0.0.1:{reused_port}"),
+        "--hold-ms",
+        "20",
+    ]);
+    c.wait_done();
+    // Three thresholds: long past when the followed process's leak showed.
+    std::thread::sleep(Duration::from_secs(3));
+    let done = tracer.stop();
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(
+        done.of_type("close_wait_leak")
+            .all(|r| r["sport"] != reused_port),
+        "the stranger reusing pid {pid} was taken for the followed process"
+    );
+    assert!(
+        done.stderr.contains("every process followed has exited"),
+        "{}",
+        done.stderr
+    );
+    drop(stranger);
+}
