@@ -136,15 +136,7 @@ fn the_units_capabilities_are_enough() {
 
     // The server runs as nobody: naming it takes reading another user's fds.
     let mut server = Peer::spawn_as_nobody(&["server", "--never-close"]);
-    let port = server.value("LISTENING");
-    let mut c = Peer::spawn(&[
-        "client",
-        "--connect",
-        &format!("127.0.0.1:{port}"),
-        "--hold-ms",
-        "20",
-    ]);
-    c.wait_done();
+    let port = support::leak_on(&mut server);
     let leak = tracer
         .wait_record(Duration::from_secs(15), |r| {
             r["type"] == "close_wait_leak" && r["sport"] == port

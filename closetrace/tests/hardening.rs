@@ -19,20 +19,8 @@ use support::{CLOSETRACE, Lines, Peer, Tracer, kernel_test};
 const HOSTILE: &[u8] = b"ev\nil\x1b[31m\"q\xff";
 
 fn leak_on_server(args: &[&OsStr]) -> (Peer, u16) {
-    let mut cmd = Command::new(support::PEER);
-    cmd.args(args).stdout(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn peer");
-    let lines = Lines::new(child.stdout.take().expect("stdout"));
-    let mut server = Peer { child, lines };
-    let port = server.value("LISTENING");
-    let mut c = Peer::spawn(&[
-        "client",
-        "--connect",
-        &format!("127.0.0.1:{port}"),
-        "--hold-ms",
-        "20",
-    ]);
-    c.wait_done();
+    let mut server = Peer::spawn(args);
+    let port = support::leak_on(&mut server);
     (server, port)
 }
 
@@ -268,38 +256,6 @@ fn sigkill_leaves_nothing_behind_and_two_instances_coexist() {
     }
 }
 
-/// A reader that goes away: closetrace stops with exit 1, says why, and
-/// still prints its summary on stderr.
-#[test]
-fn closed_stdout_ends_cleanly_with_the_summary() {
-    let Some(_k) = kernel_test("closed_stdout_ends_cleanly_with_the_summary") else {
-        return;
-    };
-    let mut child = Command::new(CLOSETRACE)
-        .args(["--states", "--format", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("closetrace");
-    let mut lines = Lines::new(child.stdout.take().expect("stdout"));
-    lines
-        .wait_for(Duration::from_secs(60), |l| l.contains("\"ready\""))
-        .expect("ready");
-    drop(lines); // the reading end closes when its thread's next write fails
-    let status = churn_until_exit(&mut child, 200);
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert_eq!(status.code(), Some(1), "{err}");
-    assert!(err.contains("output closed"), "{err}");
-    assert!(err.contains("events in"), "no summary on stderr: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-}
-
 /// Connections until `child` exits (or a minute passes).
 fn churn_until_exit(child: &mut std::process::Child, per_round: u32) -> std::process::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -405,15 +361,7 @@ fn capabilities_are_dropped_after_attach() {
     assert_eq!(field("NoNewPrivs:"), 1);
 
     let mut server = Peer::spawn_as_nobody(&["server", "--never-close"]);
-    let port = server.value("LISTENING");
-    let mut c = Peer::spawn(&[
-        "client",
-        "--connect",
-        &format!("127.0.0.1:{port}"),
-        "--hold-ms",
-        "20",
-    ]);
-    c.wait_done();
+    let port = support::leak_on(&mut server);
     let leak = tracer
         .wait_record(Duration::from_secs(15), |r| {
             r["type"] == "close_wait_leak" && r["sport"] == port
@@ -478,15 +426,7 @@ fn a_reused_pid_is_not_followed() {
     std::thread::sleep(Duration::from_millis(1500));
     let mut stranger = spawn_with_pid(pid, &["server", "--never-close"])
         .expect("could not get the pid reused (ns_last_pid)");
-    let reused_port = stranger.value("LISTENING");
-    let mut c = Peer::spawn(&[
-        "client",
-        "--connect",
-        &format!("127.0.0.1:{reused_port}"),
-        "--hold-ms",
-        "20",
-    ]);
-    c.wait_done();
+    let reused_port = support::leak_on(&mut stranger);
     // Three thresholds: long past when the followed process's leak showed.
     std::thread::sleep(Duration::from_secs(3));
     let done = tracer.stop();

@@ -151,14 +151,7 @@ fn prometheus_scrapes_the_leak_gauge() {
     let mut server = Peer::spawn(&["server", "--never-close", "--connections", "2"]);
     let port = server.value("LISTENING");
     for _ in 0..2 {
-        let mut c = Peer::spawn(&[
-            "client",
-            "--connect",
-            &format!("127.0.0.1:{port}"),
-            "--hold-ms",
-            "20",
-        ]);
-        c.wait_done();
+        support::connect_once(port);
     }
     for _ in 0..2 {
         tracer

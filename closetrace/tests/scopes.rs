@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Lines, Netns, PEER, Peer, Tracer, kernel_test};
+use support::{Lines, Netns, PEER, Peer, Tracer, connect_once, kernel_test, leak_on};
 
 const THRESHOLD: &str = "1s";
 
@@ -30,25 +30,6 @@ fn shell(script: &str) -> Peer {
         .expect("spawn sh");
     let lines = Lines::new(child.stdout.take().expect("stdout"));
     Peer { child, lines }
-}
-
-/// A server that never closes, connected to once: a CLOSE_WAIT leak on its
-/// port. Returns the port.
-fn leak_on(server: &mut Peer) -> u16 {
-    let port = server.value("LISTENING");
-    connect_once(port);
-    port
-}
-
-fn connect_once(port: u16) {
-    let mut c = Peer::spawn(&[
-        "client",
-        "--connect",
-        &format!("127.0.0.1:{port}"),
-        "--hold-ms",
-        "20",
-    ]);
-    c.wait_done();
 }
 
 /// Kills a shell's whole process group when the test ends, however it ends.
@@ -299,14 +280,7 @@ fn netns_filter_selects_one_namespace() {
     server.wait_done();
     let mut host = Peer::spawn(&["server"]);
     let host_port = host.value("LISTENING");
-    let mut hc = Peer::spawn(&[
-        "client",
-        "--connect",
-        &format!("127.0.0.1:{host_port}"),
-        "--hold-ms",
-        "20",
-    ]);
-    hc.wait_done();
+    connect_once(host_port);
     host.wait_done();
     let done = tracer.stop();
     let states: Vec<&Value> = done.of_type("state").collect();

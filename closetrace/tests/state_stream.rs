@@ -345,6 +345,7 @@ fn closed_stdout_pipe_ends_cleanly() {
         "{err}"
     );
     assert!(err.contains(" events in "), "summary still printed: {err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 /// `--output FILE` gets the whole stream and SIGTERM stops cleanly, like Ctrl-C.

@@ -301,6 +301,26 @@ impl Drop for Tracer {
     }
 }
 
+/// One client connection to 127.0.0.1:`port`: connect, send a byte, hold
+/// it 20 ms, close first. Against a never-closing server, a CLOSE_WAIT leak.
+pub fn connect_once(port: u16) {
+    let mut c = Peer::spawn(&[
+        "client",
+        "--connect",
+        &format!("127.0.0.1:{port}"),
+        "--hold-ms",
+        "20",
+    ]);
+    c.wait_done();
+}
+
+/// Connect once to the server's listening port; returns the port.
+pub fn leak_on(server: &mut Peer) -> u16 {
+    let port = server.value("LISTENING");
+    connect_once(port);
+    port
+}
+
 /// SIGKILL a process the test made (forked children of peers included).
 pub fn kill(pid: u32) {
     // SAFETY: signalling a process of this test.
@@ -314,7 +334,8 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn spawn(args: &[&str]) -> Peer {
+    /// Any argument bytes: tests name processes with invalid UTF-8.
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Peer {
         Self::spawn_cmd(Command::new(PEER), args)
     }
 
@@ -330,7 +351,7 @@ impl Peer {
         Self::spawn_cmd(ns.exec(PEER), args)
     }
 
-    fn spawn_cmd(mut cmd: Command, args: &[&str]) -> Peer {
+    fn spawn_cmd<S: AsRef<std::ffi::OsStr>>(mut cmd: Command, args: &[S]) -> Peer {
         let mut child = cmd
             .args(args)
             .stdout(Stdio::piped())
