@@ -48,27 +48,24 @@ enum Rec {
         ts: String,
         top: Vec<TopDest>,
     },
-    ConnectError {
-        ts: String,
-        pid: u32,
-        comm: String,
-        errno: String,
-        #[serde(default)]
-        suppressed: u64,
-    },
-    BindError {
-        ts: String,
-        pid: u32,
-        comm: String,
-        errno: String,
-        #[serde(default)]
-        suppressed: u64,
-    },
+    ConnectError(CallError),
+    BindError(CallError),
     Lost {
         count: u64,
     },
     #[serde(other)]
     Other,
+}
+
+/// What `connect_error` and `bind_error` share.
+#[derive(Deserialize)]
+struct CallError {
+    ts: String,
+    pid: u32,
+    comm: String,
+    errno: String,
+    #[serde(default)]
+    suppressed: u64,
 }
 
 #[derive(Deserialize)]
@@ -205,10 +202,7 @@ impl Report {
                     p.leaks += 1;
                     p.open += 1;
                     let open = p.open;
-                    self.leak_series
-                        .entry((pid, comm))
-                        .or_default()
-                        .push((t, open));
+                    self.open_leaks_at(t, pid, comm, open);
                 }
             }
             Rec::CloseWaitResolved {
@@ -225,10 +219,7 @@ impl Report {
                     p.oldest_ms = p.oldest_ms.max(close_wait_ms);
                     *p.ended.entry(how).or_default() += 1;
                     let open = p.open;
-                    self.leak_series
-                        .entry((pid, comm))
-                        .or_default()
-                        .push((t, open));
+                    self.open_leaks_at(t, pid, comm, open);
                 }
             }
             Rec::TimeWaitPressure {
@@ -247,26 +238,8 @@ impl Report {
                     self.destination(t, dest_name(&d.daddr, d.dport), d.time_wait, d.ratio);
                 }
             }
-            Rec::ConnectError {
-                ts,
-                pid,
-                comm,
-                errno,
-                suppressed,
-            } => {
-                self.when(&ts)?;
-                self.error("connect", pid, comm, errno, 1 + suppressed);
-            }
-            Rec::BindError {
-                ts,
-                pid,
-                comm,
-                errno,
-                suppressed,
-            } => {
-                self.when(&ts)?;
-                self.error("bind", pid, comm, errno, 1 + suppressed);
-            }
+            Rec::ConnectError(e) => self.error("connect", e)?,
+            Rec::BindError(e) => self.error("bind", e)?,
             Rec::Lost { count } => self.lost += count,
             Rec::Other => self.other += 1,
         }
@@ -282,15 +255,27 @@ impl Report {
         self.tw_series.entry(name).or_default().push((t, n));
     }
 
-    fn error(&mut self, call: &str, pid: u32, comm: String, errno: String, n: u64) {
+    /// A failure and the identical ones suppressed after it.
+    fn error(&mut self, call: &str, e: CallError) -> Result<(), String> {
+        self.when(&e.ts)?;
+        let n = 1 + e.suppressed;
         *self
             .errors
-            .entry((call.to_string(), errno.clone()))
+            .entry((call.to_string(), e.errno.clone()))
             .or_default() += n;
         *self
             .errors_by_process
-            .entry((pid, comm, errno))
+            .entry((e.pid, e.comm, e.errno))
             .or_default() += n;
+        Ok(())
+    }
+
+    /// A point of the open-leaks chart: `open` leaks of this process now.
+    fn open_leaks_at(&mut self, t: SystemTime, pid: u32, comm: String, open: u64) {
+        self.leak_series
+            .entry((pid, comm))
+            .or_default()
+            .push((t, open));
     }
 
     /// Series points arrive in file order; charts want time order.
