@@ -204,41 +204,38 @@ fn is_tcp(sk: *const u8, off: &SockOffsets) -> bool {
 
 #[inline(always)]
 fn netns_of(sk: *const u8, off: &SockOffsets) -> u32 {
-    match read::<*const u8>(sk, off.net) {
-        Ok(net) if !net.is_null() => read::<u32>(net, off.net_inum).unwrap_or(0),
-        _ => 0,
-    }
+    net_inum(pointer(read(sk, off.net)), off)
+}
+
+/// A pointer field; `None` when the kernel lacks the field or it is null.
+#[inline(always)]
+fn pointer(field: Result<*const u8, i32>) -> Option<*const u8> {
+    field.ok().filter(|p| !p.is_null())
+}
+
+/// The inode of a `struct net`; 0 when unknown.
+#[inline(always)]
+fn net_inum(net: Option<*const u8>, off: &SockOffsets) -> u32 {
+    net.and_then(|n| read::<u32>(n, off.net_inum).ok())
+        .unwrap_or(0)
 }
 
 /// The cgroup (v2) id a socket belongs to; 0 when unknown.
 #[inline(always)]
 fn sock_cgroup(sk: *const u8, off: &SockOffsets) -> u64 {
-    let Ok(cgrp) = read::<*const u8>(sk, off.sk_cgroup) else {
-        return 0;
-    };
-    if cgrp.is_null() {
-        return 0;
-    }
-    match read::<*const u8>(cgrp, off.cgroup_kn) {
-        Ok(kn) if !kn.is_null() => read::<u64>(kn, off.kn_id).unwrap_or(0),
-        _ => 0,
-    }
+    pointer(read(sk, off.sk_cgroup))
+        .and_then(|cgrp| pointer(read(cgrp, off.cgroup_kn)))
+        .and_then(|kn| read::<u64>(kn, off.kn_id).ok())
+        .unwrap_or(0)
 }
 
 /// The current task's network namespace (inode); 0 when unknown.
 #[inline(always)]
 fn current_netns(off: &SockOffsets) -> u32 {
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    let Ok(nsproxy) = read::<*const u8>(task, off.task_nsproxy) else {
-        return 0;
-    };
-    if nsproxy.is_null() {
-        return 0;
-    }
-    match read::<*const u8>(nsproxy, off.nsproxy_net) {
-        Ok(net) if !net.is_null() => read::<u32>(net, off.net_inum).unwrap_or(0),
-        _ => 0,
-    }
+    let net = pointer(read(task, off.task_nsproxy))
+        .and_then(|nsproxy| pointer(read(nsproxy, off.nsproxy_net)));
+    net_inum(net, off)
 }
 
 /// `--netns` and `--cgroup`: a socket's namespace and cgroup never change,
