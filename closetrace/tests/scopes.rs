@@ -266,17 +266,7 @@ fn netns_filter_selects_one_namespace() {
     // One connection inside the namespace, one on the host.
     let mut server = Peer::spawn_in(&ns, &["server"]);
     let port = server.value("LISTENING");
-    let mut c = Peer::spawn_in(
-        &ns,
-        &[
-            "client",
-            "--connect",
-            &format!("127.0.0.1:{port}"),
-            "--hold-ms",
-            "20",
-        ],
-    );
-    c.wait_done();
+    support::connect_once_in(&ns, port);
     server.wait_done();
     let mut host = Peer::spawn(&["server"]);
     let host_port = host.value("LISTENING");

@@ -304,14 +304,22 @@ impl Drop for Tracer {
 /// One client connection to 127.0.0.1:`port`: connect, send a byte, hold
 /// it 20 ms, close first. Against a never-closing server, a CLOSE_WAIT leak.
 pub fn connect_once(port: u16) {
-    let mut c = Peer::spawn(&[
-        "client",
-        "--connect",
-        &format!("127.0.0.1:{port}"),
-        "--hold-ms",
-        "20",
-    ]);
-    c.wait_done();
+    Peer::spawn(&once_args(port)).wait_done();
+}
+
+/// The same from inside `ns`.
+pub fn connect_once_in(ns: &Netns, port: u16) {
+    Peer::spawn_in(ns, &once_args(port)).wait_done();
+}
+
+fn once_args(port: u16) -> [String; 5] {
+    [
+        "client".into(),
+        "--connect".into(),
+        format!("127.0.0.1:{port}"),
+        "--hold-ms".into(),
+        "20".into(),
+    ]
 }
 
 /// Connect once to the server's listening port; returns the port.
@@ -347,7 +355,7 @@ impl Peer {
         Self::spawn_cmd(cmd, args)
     }
 
-    pub fn spawn_in(ns: &Netns, args: &[&str]) -> Peer {
+    pub fn spawn_in<S: AsRef<std::ffi::OsStr>>(ns: &Netns, args: &[S]) -> Peer {
         Self::spawn_cmd(ns.exec(PEER), args)
     }
 
