@@ -84,21 +84,28 @@ pub mod tcp_state {
     pub const BOUND_INACTIVE: u32 = 13;
 }
 
-/// A task as seen by the kernel: process id, thread id and name.
+/// A task as seen by the kernel: process id, thread id, name, and when the
+/// process started. Pids are reused; (tgid, start_ns) is not, so that pair
+/// is what identifies a process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TaskId {
     pub tgid: u32,
     pub tid: u32,
     pub comm: [u8; COMM_LEN],
+    /// The process's (thread group leader's) `start_boottime`: nanoseconds
+    /// since boot, suspend included, the clock behind /proc/PID/stat's
+    /// starttime. 0 when unknown.
+    pub start_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<TaskId>() == 24);
+const _: () = assert!(core::mem::size_of::<TaskId>() == 32);
 
 impl TaskId {
     pub const EMPTY: TaskId = TaskId {
         tgid: 0,
         tid: 0,
         comm: [0; COMM_LEN],
+        start_ns: 0,
     };
 }
 
@@ -140,7 +147,7 @@ pub struct StateRecord {
     /// accepted sockets inherit from their listener. 0: unknown.
     pub cgroup: u64,
 }
-pub const STATE_RECORD_SIZE: usize = 144;
+pub const STATE_RECORD_SIZE: usize = 160;
 const _: () = assert!(core::mem::size_of::<StateRecord>() == STATE_RECORD_SIZE);
 
 /// A TCP socket's last close, seen at `tcp_close` (fentry or kprobe).
@@ -170,7 +177,7 @@ pub struct CloseRecord {
     /// The socket's cgroup, as in `StateRecord::cgroup`.
     pub cgroup: u64,
 }
-pub const CLOSE_RECORD_SIZE: usize = 112;
+pub const CLOSE_RECORD_SIZE: usize = 120;
 const _: () = assert!(core::mem::size_of::<CloseRecord>() == CLOSE_RECORD_SIZE);
 
 /// A connect(2) or bind(2) that failed with EADDRNOTAVAIL or EADDRINUSE.
@@ -198,7 +205,7 @@ pub struct SockErrorRecord {
     /// The caller's cgroup (v2) id.
     pub cgroup: u64,
 }
-pub const SOCK_ERROR_RECORD_SIZE: usize = 80;
+pub const SOCK_ERROR_RECORD_SIZE: usize = 88;
 const _: () = assert!(core::mem::size_of::<SockErrorRecord>() == SOCK_ERROR_RECORD_SIZE);
 
 /// A connect/bind in flight on one CPU, from syscall entry to exit. The
@@ -229,7 +236,7 @@ pub struct SockInfo {
     pub flags: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockInfo>() == 48);
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 56);
 
 /// Key of the `LISTENERS` map: a listening port inside a network namespace.
 #[repr(C)]
@@ -250,7 +257,7 @@ pub struct ListenerInfo {
     pub owner: TaskId,
     pub cookie: u64,
 }
-const _: () = assert!(core::mem::size_of::<ListenerInfo>() == 32);
+const _: () = assert!(core::mem::size_of::<ListenerInfo>() == 40);
 
 /// Sentinel for a field the running kernel does not have.
 pub const OFFSET_ABSENT: u32 = u32::MAX;
@@ -306,7 +313,12 @@ pub struct SockOffsets {
     pub task_nsproxy: u32,
     /// `nsproxy.net_ns` (struct net *)
     pub nsproxy_net: u32,
-    pub _pad: [u32; 3],
+    /// `task_struct.group_leader` (struct task_struct *)
+    pub task_group_leader: u32,
+    /// `task_struct.start_boottime` (u64; `real_start_time` before 5.5), or
+    /// OFFSET_ABSENT: processes then carry start 0, known by pid alone
+    pub task_start: u32,
+    pub _pad: [u32; 1],
 }
 const _: () = assert!(core::mem::size_of::<SockOffsets>() == 96);
 
@@ -340,7 +352,9 @@ pub struct Config {
     /// is removed, so that a later process reusing its pid is not taken
     /// for it.)
     pub follow_forks: u32,
-    pub _pad: u32,
+    /// Nanoseconds per /proc clock tick: owners seeded from /proc carry a
+    /// start time rounded to it, so start times compare at this grain.
+    pub tick_ns: u32,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 128);
 
@@ -369,7 +383,9 @@ impl Config {
             task_tgid: OFFSET_ABSENT,
             task_nsproxy: OFFSET_ABSENT,
             nsproxy_net: OFFSET_ABSENT,
-            _pad: [0; 3],
+            task_group_leader: OFFSET_ABSENT,
+            task_start: OFFSET_ABSENT,
+            _pad: [0; 1],
         },
         filter_pids: 0,
         stream_all: 0,
@@ -378,7 +394,7 @@ impl Config {
         filter_netns: 0,
         filter_cgroups: 0,
         follow_forks: 0,
-        _pad: 0,
+        tick_ns: 0,
     };
 }
 

@@ -166,10 +166,12 @@ pub fn tcp_close_kprobe(ctx: ProbeContext) -> u32 {
 }
 
 #[inline(always)]
-fn config() -> Config {
-    // Volatile: the value is patched into .rodata at load time, so the
-    // compiler must not fold the compile-time placeholder.
-    unsafe { core::ptr::read_volatile(&raw const CONFIG) }
+fn config() -> &'static Config {
+    // The value is patched into .rodata at load time, so the compiler must
+    // not fold the compile-time placeholder: its address passes through a
+    // volatile read. A reference, not a copy: the stack is 512 bytes.
+    let addr = &raw const CONFIG;
+    unsafe { &*core::ptr::read_volatile(&addr) }
 }
 
 #[inline(always)]
@@ -181,13 +183,34 @@ fn read<T>(base: *const u8, off: u32) -> Result<T, i32> {
 }
 
 #[inline(always)]
-fn current_task() -> TaskId {
+fn current_task(off: &SockOffsets) -> TaskId {
     let pid_tgid = bpf_get_current_pid_tgid();
     TaskId {
         tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        start_ns: current_start(off),
     }
+}
+
+/// Two start times of one process: compared at /proc's tick, the grain of
+/// owners seeded from /proc.
+#[inline(always)]
+fn same_start(a: u64, b: u64) -> bool {
+    match config().tick_ns as u64 {
+        0 => a == b,
+        tick => a / tick == b / tick,
+    }
+}
+
+/// When the current process (its thread group leader) started; 0 when
+/// unknown. With the pid it names one process: pids are reused.
+#[inline(always)]
+fn current_start(off: &SockOffsets) -> u64 {
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    pointer(read(task, off.task_group_leader))
+        .and_then(|leader| read::<u64>(leader, off.task_start).ok())
+        .unwrap_or(0)
 }
 
 /// PF_EXITING on the current task: its files are closed by do_exit().
@@ -319,7 +342,7 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let filtered = cfg.filter_netns != 0 || cfg.filter_cgroups != 0;
-    if filtered && outside(&cfg, netns_of(sk, off), sock_cgroup(sk, off)) {
+    if filtered && outside(cfg, netns_of(sk, off), sock_cgroup(sk, off)) {
         return Ok(());
     }
     // Hot path: ~7 transitions per connection. In the default mode most of
@@ -341,7 +364,7 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let task = if by_owner {
-        current_task()
+        current_task(off)
     } else {
         TaskId::EMPTY
     };
@@ -469,12 +492,12 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         if !findings_need(old, new) {
             return Ok(());
         }
-        if close_wait && scanned(&cfg, netns) && (new == CLOSE_WAIT || !watched(sock_id)) {
+        if close_wait && scanned(cfg, netns) && (new == CLOSE_WAIT || !watched(sock_id)) {
             return Ok(());
         }
     }
     let ep = endpoints(sk, off)?;
-    let ctx_task = if by_owner { task } else { current_task() };
+    let ctx_task = if by_owner { task } else { current_task(off) };
     let old_since_ns = if is_known && known.state == old {
         known.since_ns
     } else {
@@ -497,27 +520,30 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         count(LOST_RINGBUF);
         return Ok(());
     };
-    entry.write(StateRecord {
-        kind: RECORD_STATE,
-        old_state: old,
-        new_state: new,
-        owner_src: src,
-        ts_ns: now,
-        old_since_ns,
-        sock_id,
-        netns,
-        family: ep.family,
-        sport: ep.sport,
-        dport: ep.dport,
-        flags: fl,
-        _pad: [0; 4],
-        saddr: ep.saddr,
-        daddr: ep.daddr,
-        ctx: ctx_task,
-        owner,
-        cgroup: sock_cgroup(sk, off),
-    });
-    entry.submit(wakeup(&cfg, size_of::<StateRecord>()));
+    // Field by field into the ring buffer: a whole StateRecord built first
+    // would not fit on the 512-byte BPF stack beside this function's locals.
+    let r = entry.as_mut_ptr();
+    unsafe {
+        (*r).kind = RECORD_STATE;
+        (*r).old_state = old;
+        (*r).new_state = new;
+        (*r).owner_src = src;
+        (*r).ts_ns = now;
+        (*r).old_since_ns = old_since_ns;
+        (*r).sock_id = sock_id;
+        (*r).netns = netns;
+        (*r).family = ep.family;
+        (*r).sport = ep.sport;
+        (*r).dport = ep.dport;
+        (*r).flags = fl;
+        (*r)._pad = [0; 4];
+        (*r).saddr = ep.saddr;
+        (*r).daddr = ep.daddr;
+        (*r).ctx = ctx_task;
+        (*r).owner = owner;
+        (*r).cgroup = sock_cgroup(sk, off);
+    }
+    entry.submit(wakeup(cfg, size_of::<StateRecord>()));
     Ok(())
 }
 
@@ -566,8 +592,8 @@ fn try_io(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if ret < 0 {
         return Ok(());
     }
-    let off = config().offsets;
-    if !is_tcp(sk, &off) {
+    let off = &config().offsets;
+    if !is_tcp(sk, off) {
         return Ok(());
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -578,14 +604,20 @@ fn try_io(ctx: &BtfTracePointContext) -> Result<(), i32> {
     match SOCKS.get_ptr_mut(sock_id) {
         // The common case: the owner is already right and seen first-hand.
         // Keep it a read.
-        Some(p) if unsafe { (*p).owner.tgid == tgid && (*p).owner_src != owner_src::LISTENER } => {}
+        // A pid alone is not enough: a new process may reuse a dead owner's.
+        Some(p)
+            if unsafe {
+                (*p).owner.tgid == tgid
+                    && (*p).owner_src != owner_src::LISTENER
+                    && same_start((*p).owner.start_ns, current_start(off))
+            } => {}
         Some(p) => unsafe {
-            (*p).owner = current_task();
+            (*p).owner = current_task(off);
             (*p).owner_src = owner_src::IO;
         },
         None => {
             let info = SockInfo {
-                owner: current_task(),
+                owner: current_task(off),
                 owner_src: owner_src::IO,
                 state: 0,
                 since_ns: 0,
@@ -677,14 +709,14 @@ fn finish_call(ctx: &TracePointContext, which: u32) -> Result<(), i32> {
     if family != AF_INET && family != AF_INET6 {
         return Ok(());
     }
-    let task = current_task();
     let cfg = config();
+    let task = current_task(&cfg.offsets);
     if cfg.filter_pids != 0 && unsafe { PIDS.get(task.tgid) }.is_none() {
         return Ok(());
     }
     let netns = current_netns(&cfg.offsets);
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    if outside(&cfg, netns, cgroup) {
+    if outside(cfg, netns, cgroup) {
         return Ok(());
     }
     let mut addr = [0u8; 16];
@@ -711,7 +743,7 @@ fn finish_call(ctx: &TracePointContext, which: u32) -> Result<(), i32> {
         _pad: 0,
         cgroup,
     });
-    entry.submit(wakeup(&cfg, size_of::<SockErrorRecord>()));
+    entry.submit(wakeup(cfg, size_of::<SockErrorRecord>()));
     Ok(())
 }
 
@@ -739,14 +771,14 @@ fn emit_close(sk: *const u8, sock_id: u64, src: u32) -> Result<(), i32> {
     let state = read::<u8>(sk, off.state)? as u32;
     let netns = netns_of(sk, off);
     let cgroup = sock_cgroup(sk, off);
-    if outside(&cfg, netns, cgroup) {
+    if outside(cfg, netns, cgroup) {
         return Ok(());
     }
     // The default mode wants only closes that end a leak, as in try_state.
-    if cfg.stream_all == 0 && (state != CLOSE_WAIT || (scanned(&cfg, netns) && !watched(sock_id))) {
+    if cfg.stream_all == 0 && (state != CLOSE_WAIT || (scanned(cfg, netns) && !watched(sock_id))) {
         return Ok(());
     }
-    let task = current_task();
+    let task = current_task(off);
     // Closes in CLOSE_WAIT end leaks: those pass any filter.
     if state != CLOSE_WAIT && cfg.filter_pids != 0 && unsafe { PIDS.get(task.tgid) }.is_none() {
         return Ok(());
@@ -780,7 +812,7 @@ fn emit_close(sk: *const u8, sock_id: u64, src: u32) -> Result<(), i32> {
         task,
         cgroup,
     });
-    entry.submit(wakeup(&cfg, size_of::<CloseRecord>()));
+    entry.submit(wakeup(cfg, size_of::<CloseRecord>()));
     Ok(())
 }
 

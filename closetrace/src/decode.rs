@@ -205,6 +205,7 @@ pub fn task(t: &TaskId) -> Task {
         pid: t.tgid,
         tid: t.tid,
         comm: comm_string(&t.comm),
+        start: (t.start_ns != 0).then(|| crate::procs::ticks(t.start_ns)),
     }
 }
 
@@ -245,11 +246,14 @@ mod tests {
                 tgid: 200,
                 tid: 201,
                 comm: comm("client"),
+                start_ns: 0,
             },
             owner: TaskId {
                 tgid: 100,
                 tid: 100,
                 comm: comm("server"),
+                // 12.345 s after boot: tick 1234 at USER_HZ 100.
+                start_ns: 12_345_678_901,
             },
             cgroup: 77,
         }
@@ -377,6 +381,8 @@ mod tests {
         assert_eq!(s.ctx.comm, "client");
         let owner = s.owner.unwrap();
         assert_eq!((owner.pid, owner.comm.as_str()), (100, "server"));
+        assert_eq!(owner.start, Some(12_345_678_901 / crate::procs::tick_ns()));
+        assert_eq!(s.ctx.start, None, "0 is unknown");
         assert_eq!(s.owner_source, OwnerSource::Listener);
     }
 

@@ -58,21 +58,11 @@ fn parents() -> HashMap<u32, u32> {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        if let Some(ppid) = fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| stat_ppid(&s))
-        {
-            out.insert(pid, ppid);
+        if let Some(st) = crate::procs::stat(pid) {
+            out.insert(pid, st.ppid);
         }
     }
     out
-}
-
-/// The ppid field of /proc/PID/stat. The name before it is in parentheses
-/// and may itself contain spaces and parentheses: parse after the last ')'.
-fn stat_ppid(stat: &str) -> Option<u32> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// `roots` and all their descendants, as processes (tgids) now.
@@ -158,14 +148,6 @@ impl Upkeep {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ppid_survives_hostile_names() {
-        assert_eq!(stat_ppid("42 (nginx) S 1 42 42 0 -1"), Some(1));
-        assert_eq!(stat_ppid("43 (a) b (c) R 7 43 43"), Some(7));
-        assert_eq!(stat_ppid("44 (x\ny) S 9 1"), Some(9));
-        assert_eq!(stat_ppid("garbage"), None);
-    }
 
     #[test]
     fn descendants_follow_every_generation_once() {

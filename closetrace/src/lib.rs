@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod ports;
 pub mod pressure;
 pub mod privileges;
+pub mod procs;
 pub mod records;
 pub mod report;
 pub mod sink;

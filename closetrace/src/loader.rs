@@ -204,7 +204,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
         filter_netns: opts.netns,
         filter_cgroups: u32::from(opts.cgroups.is_some()),
         follow_forks: u32::from(opts.follow_forks),
-        _pad: 0,
+        tick_ns: crate::procs::tick_ns() as u32,
     };
     if opts.cgroups.is_some() && offsets.sk_cgroup == closetrace_common::OFFSET_ABSENT {
         return Err(LoadError::NoSocketCgroups);
@@ -629,6 +629,8 @@ pub fn seed_existing(
             tgid: h.pid,
             tid: h.pid,
             comm: comm_bytes(&h.comm),
+            // Back to the kernel's unit; decoding rounds it to ticks again.
+            start_ns: h.start.map_or(0, |t| t * crate::procs::tick_ns()),
         };
         let info = SockInfo {
             owner,
@@ -656,6 +658,7 @@ pub fn seed_existing(
             pid: h.pid,
             tid: h.pid,
             comm: h.comm.clone(),
+            start: h.start,
         };
         table.seed(s.cookie, netns, s.sport, state, task);
         seeded += 1;

@@ -28,11 +28,23 @@ pub const MAX_DESTINATIONS: usize = 10;
 type Labels = Vec<(&'static str, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// One process's reported leaks that are still open.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessLeaks {
+    pub pid: u32,
+    /// Start time in clock ticks since boot: a reused pid is another process
+    /// and gets its own series.
+    pub start: Option<u64>,
+    pub comm: String,
+    pub open: u64,
+    pub oldest_s: f64,
+}
+
 /// What the state machines know now, for the gauges.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct View {
-    /// Reported, still open leaks per process: (pid, comm, count, oldest s).
-    pub leaks: Vec<(u32, String, u64, f64)>,
+    /// Reported, still open leaks per process, most first.
+    pub leaks: Vec<ProcessLeaks>,
     /// TIME_WAIT per destination: (daddr, dport, sockets, share of the
     /// ephemeral ports, if known).
     pub time_wait: Vec<(String, u16, u32, Option<f64>)>,
@@ -145,10 +157,18 @@ impl Metrics {
     pub fn update(&mut self, v: &View) {
         self.leaks.clear();
         self.leak_age.clear();
-        for (pid, comm, n, oldest) in v.leaks.iter().take(MAX_PROCESSES) {
-            let l = vec![("pid", pid.to_string()), ("comm", comm.clone())];
-            self.leaks.get_or_create(&l).set(*n as i64);
-            self.leak_age.get_or_create(&l).set(*oldest);
+        for p in v.leaks.iter().take(MAX_PROCESSES) {
+            let l = vec![
+                ("pid", p.pid.to_string()),
+                // Empty when unknown, which Prometheus reads as absent.
+                (
+                    "pid_start",
+                    p.start.map(|t| t.to_string()).unwrap_or_default(),
+                ),
+                ("comm", p.comm.clone()),
+            ];
+            self.leaks.get_or_create(&l).set(p.open as i64);
+            self.leak_age.get_or_create(&l).set(p.oldest_s);
         }
         self.time_wait.clear();
         self.tw_ratio.clear();
@@ -238,6 +258,16 @@ pub async fn serve_one(mut s: TcpStream, body: impl FnOnce() -> String) -> io::R
 mod tests {
     use super::*;
 
+    fn leaks(pid: u32, start: Option<u64>, comm: &str, open: u64, oldest_s: f64) -> ProcessLeaks {
+        ProcessLeaks {
+            pid,
+            start,
+            comm: comm.into(),
+            open,
+            oldest_s,
+        }
+    }
+
     fn hooks() -> Vec<HookReport> {
         vec![
             HookReport {
@@ -259,7 +289,7 @@ mod tests {
     fn exposition_has_every_family_and_bounded_labels() {
         let mut m = Metrics::new(&hooks());
         let many: Vec<_> = (0..200)
-            .map(|i| (1000 + i, format!("w{i}"), 1, 2.5))
+            .map(|i| leaks(1000 + i, Some(77), &format!("w{i}"), 1, 2.5))
             .collect();
         m.update(&View {
             leaks: many,
@@ -270,8 +300,8 @@ mod tests {
         let text = m.render();
         for needle in [
             "closetrace_state_transitions_total{old=\"ESTABLISHED\",new=\"CLOSE_WAIT\"} 5",
-            "closetrace_close_wait_leaks{pid=\"1000\",comm=\"w0\"} 1",
-            "closetrace_close_wait_leak_oldest_seconds{pid=\"1000\",comm=\"w0\"} 2.5",
+            "closetrace_close_wait_leaks{pid=\"1000\",pid_start=\"77\",comm=\"w0\"} 1",
+            "closetrace_close_wait_leak_oldest_seconds{pid=\"1000\",pid_start=\"77\",comm=\"w0\"} 2.5",
             "closetrace_time_wait_sockets{daddr=\"10.0.0.1\",dport=\"80\"} 120",
             "closetrace_time_wait_pressure_ratio{daddr=\"10.0.0.1\",dport=\"80\"} 0.25",
             "closetrace_socket_errors_total{syscall=\"connect\",errno=\"EADDRNOTAVAIL\"} 3",
@@ -294,7 +324,7 @@ mod tests {
         m.update_kernel(&[(1, 8, 5)], 2);
         m.update_kernel(&[(1, 8, 9)], 2);
         let leak = View {
-            leaks: vec![(7, "srv".into(), 2, 1.0)],
+            leaks: vec![leaks(7, None, "srv", 2, 1.0)],
             ..View::default()
         };
         m.update(&leak);

@@ -152,6 +152,22 @@ pub struct Task {
     pub pid: u32,
     pub tid: u32,
     pub comm: String,
+    /// When the process started, in /proc's clock ticks since boot (field
+    /// 22 of /proc/PID/stat); None when unknown. Pids are reused; (pid,
+    /// start) names one process for the whole boot.
+    pub start: Option<u64>,
+}
+
+impl Task {
+    /// The same process as (`pid`, `start`). An unknown start on either
+    /// side cannot tell two processes apart: then the pid decides.
+    pub fn is(&self, pid: u32, start: Option<u64>) -> bool {
+        self.pid == pid
+            && match (self.start, start) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
 }
 
 /// A socket's identity and endpoints. `id` is the kernel socket cookie:
@@ -292,6 +308,15 @@ pub mod fixtures {
             pid,
             tid: pid,
             comm: comm.into(),
+            start: None,
+        }
+    }
+
+    /// `task`, started at `start` ticks since boot.
+    pub fn started(pid: u32, comm: &str, start: u64) -> Task {
+        Task {
+            start: Some(start),
+            ..task(pid, comm)
         }
     }
 

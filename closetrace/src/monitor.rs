@@ -7,6 +7,7 @@ use std::io;
 use crate::clock::WallClock;
 use crate::closes::infer_close;
 use crate::leaks::{Due, LeakDetector, Resolved};
+use crate::metrics::ProcessLeaks;
 use crate::model::{Close, KernelEvent, Task, TcpState};
 use crate::owners::OwnerTable;
 use crate::pressure::PortPressure;
@@ -218,6 +219,7 @@ impl Monitor {
             kind: "close",
             ts: records::rfc3339(&self.clock, c.ts_ns),
             pid: c.closer.pid,
+            pid_start: c.closer.start,
             comm: &c.closer.comm,
             sock: SockFields::new(&c.sock),
             state: c.state.name(),
@@ -235,6 +237,7 @@ impl Monitor {
             kind: "close_wait_resolved",
             ts: records::rfc3339(&self.clock, r.tracked.since_ns + r.age_ns),
             pid: owner.map(|o| o.pid),
+            pid_start: owner.and_then(|o| o.start),
             comm: owner.map(|o| o.comm.as_str()),
             sock: SockFields::new(&r.tracked.sock),
             close_wait_ms: records::ns_to_ms(r.age_ns),
@@ -315,7 +318,7 @@ impl Monitor {
         }
         let first = self.shown.insert(id);
         let process_leaks = match &owner {
-            Some(o) => self.summary.leak_reported(o.pid, &o.comm, first, d.age_ns),
+            Some(o) => self.summary.leak_reported(o, first, d.age_ns),
             None => 0,
         };
         sink.leak(
@@ -323,6 +326,7 @@ impl Monitor {
                 kind: "close_wait_leak",
                 ts: records::rfc3339(&self.clock, now_ns),
                 pid: owner.as_ref().map(|o| o.pid),
+                pid_start: owner.as_ref().and_then(|o| o.start),
                 comm: owner.as_ref().map(|o| o.comm.as_str()),
                 sock: SockFields::new(&d.tracked.sock),
                 close_wait_ms: records::ns_to_ms(d.age_ns),
@@ -342,22 +346,31 @@ impl Monitor {
     /// What the metrics gauges show: reported leaks still open, by the
     /// process blamed; the busiest TIME_WAIT destinations; error totals.
     pub fn metrics_view(&self, now_ns: u64) -> crate::metrics::View {
-        let mut by_pid: HashMap<u32, (String, u64, u64)> = HashMap::new();
+        let mut by_process: HashMap<(u32, Option<u64>), ProcessLeaks> = HashMap::new();
         for t in self.leaks.tracked() {
             let (true, Some(o)) = (self.shown.contains(&t.sock.id), &t.owner) else {
                 continue;
             };
-            let e = by_pid
-                .entry(o.pid)
-                .or_insert_with(|| (o.comm.clone(), 0, 0));
-            e.1 += 1;
-            e.2 = e.2.max(now_ns.saturating_sub(t.since_ns));
+            let p = by_process
+                .entry((o.pid, o.start))
+                .or_insert_with(|| ProcessLeaks {
+                    pid: o.pid,
+                    start: o.start,
+                    comm: o.comm.clone(),
+                    open: 0,
+                    oldest_s: 0.0,
+                });
+            p.open += 1;
+            p.oldest_s = p
+                .oldest_s
+                .max(now_ns.saturating_sub(t.since_ns) as f64 / 1e9);
         }
-        let mut leaks: Vec<_> = by_pid
-            .into_iter()
-            .map(|(pid, (comm, n, age))| (pid, comm, n, age as f64 / 1e9))
-            .collect();
-        leaks.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+        let mut leaks: Vec<_> = by_process.into_values().collect();
+        leaks.sort_by(|a, b| {
+            (b.open.cmp(&a.open))
+                .then(a.pid.cmp(&b.pid))
+                .then(a.start.cmp(&b.start))
+        });
         let time_wait = self
             .ports
             .top(crate::metrics::MAX_DESTINATIONS)
@@ -385,13 +398,13 @@ impl Monitor {
         self.summary.sockets_open = self.table.len();
         self.summary.owner_table_evicted = self.table.evicted();
         self.summary.close_wait_untracked = self.leaks.dropped();
-        let open: HashMap<u32, usize> = self
+        let open: HashMap<(u32, Option<u64>), usize> = self
             .leaks
             .tracked()
             .filter(|t| self.shown.contains(&t.sock.id))
             .fold(HashMap::new(), |mut m, t| {
                 if let Some(o) = &t.owner {
-                    *m.entry(o.pid).or_default() += 1;
+                    *m.entry((o.pid, o.start)).or_default() += 1;
                 }
                 m
             });
@@ -405,9 +418,11 @@ impl Monitor {
 
 /// Whom to name for a socket: its owner if it still holds it, else the
 /// first process that does (fork, fd passing), else the owner as known.
+/// "It" is the process, not the pid: a holder that was given a dead
+/// owner's pid is another process.
 fn blame(owner: Option<Task>, holders: &[Holder]) -> Option<Task> {
     if let Some(o) = &owner
-        && holders.iter().any(|h| h.pid == o.pid)
+        && holders.iter().any(|h| o.is(h.pid, h.start))
     {
         return owner;
     }
@@ -416,6 +431,7 @@ fn blame(owner: Option<Task>, holders: &[Holder]) -> Option<Task> {
             pid: h.pid,
             tid: h.pid,
             comm: h.comm.clone(),
+            start: h.start,
         }),
         None => owner,
     }
@@ -424,11 +440,12 @@ fn blame(owner: Option<Task>, holders: &[Holder]) -> Option<Task> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::fixtures::task;
+    use crate::model::fixtures::{started, task};
 
     fn holder(pid: u32, comm: &str, fd: u32) -> Holder {
         Holder {
             pid,
+            start: None,
             comm: comm.into(),
             fd,
         }
@@ -443,5 +460,27 @@ mod tests {
         assert_eq!(blame(None, &hs).unwrap().pid, 20);
         assert_eq!(blame(Some(task(10, "parent")), &[]).unwrap().pid, 10);
         assert_eq!(blame(None, &[]), None);
+    }
+
+    #[test]
+    fn blame_tells_a_reused_pid_from_the_owner() {
+        let owner = started(10, "srv", 500);
+        let stranger = Holder {
+            start: Some(9000),
+            ..holder(10, "srv", 4)
+        };
+        // Same pid, later start: the holder is the newcomer, not the owner.
+        let named = blame(Some(owner.clone()), std::slice::from_ref(&stranger)).unwrap();
+        assert_eq!((named.pid, named.start), (10, Some(9000)));
+        let same = Holder {
+            start: Some(500),
+            ..stranger
+        };
+        assert_eq!(blame(Some(owner.clone()), &[same]), Some(owner.clone()));
+        // A start /proc would not give: the pid decides.
+        assert_eq!(
+            blame(Some(owner.clone()), &[holder(10, "srv", 4)]),
+            Some(owner)
+        );
     }
 }

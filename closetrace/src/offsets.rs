@@ -78,7 +78,13 @@ pub fn resolve(btf: &Btf) -> Result<SockOffsets, OffsetError> {
         task_tgid: field_offset(btf, "task_struct", "tgid", 4)?,
         task_nsproxy: field_offset(btf, "task_struct", "nsproxy", 8)?,
         nsproxy_net: optional(field_offset(btf, "nsproxy", "net_ns", 8))?,
-        _pad: [0; 3],
+        task_group_leader: field_offset(btf, "task_struct", "group_leader", 8)?,
+        // Renamed in 5.5; without either, processes are known by pid alone.
+        task_start: match optional(field_offset(btf, "task_struct", "start_boottime", 8))? {
+            OFFSET_ABSENT => optional(field_offset(btf, "task_struct", "real_start_time", 8))?,
+            off => off,
+        },
+        _pad: [0; 1],
     })
 }
 

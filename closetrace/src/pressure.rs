@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use closetrace_common::tcp_state;
 
 use crate::clock::WallClock;
-use crate::model::{Errno, SockError, SockRef, StateChange, Syscall, TcpState};
+use crate::model::{Errno, SockError, SockRef, StateChange, Syscall, Task, TcpState};
 use crate::ports::PortPolicy;
 use crate::records::{
     self, BindError, ConnectError, ListenOverflow, PortHolder, SockFields, TimeWaitPressure,
@@ -159,6 +159,7 @@ impl PortPressure {
                     kind: "connect_error",
                     ts,
                     pid: e.task.pid,
+                    pid_start: e.task.start,
                     comm: &e.task.comm,
                     errno: e.errno.name(),
                     family: e.family.name(),
@@ -184,6 +185,7 @@ impl PortPressure {
                     kind: "bind_error",
                     ts,
                     pid: e.task.pid,
+                    pid_start: e.task.start,
                     comm: &e.task.comm,
                     errno: e.errno.name(),
                     family: e.family.name(),
@@ -350,7 +352,7 @@ impl PortPressure {
         (available > 0).then(|| f64::from(n) / f64::from(available))
     }
 
-    pub fn by_process(&self) -> Vec<(u32, String, u32)> {
+    pub fn by_process(&self) -> Vec<(Task, u32)> {
         self.tw.by_process()
     }
 }

@@ -54,6 +54,10 @@ pub struct State<'a> {
     pub ts: Ts,
     /// Owner's pid and name; null when not known yet.
     pub pid: Option<u32>,
+    /// When that process started (clock ticks since boot, /proc/PID/stat's
+    /// starttime): with `pid`, it names the process, as pids are reused.
+    /// Null when unknown.
+    pub pid_start: Option<u64>,
     pub comm: Option<&'a str>,
     /// How the owner was learned.
     pub owner: &'static str,
@@ -78,6 +82,7 @@ impl<'a> State<'a> {
             kind: "state",
             ts: Ts(clock.wall(ev.ts_ns)),
             pid: ev.owner.as_ref().map(|o| o.pid),
+            pid_start: ev.owner.as_ref().and_then(|o| o.start),
             comm: ev.owner.as_ref().map(|o| o.comm.as_str()),
             owner: ev.owner_source.name(),
             ctx_pid: ev.ctx.pid,
@@ -153,6 +158,10 @@ pub struct Close<'a> {
     pub kind: &'static str,
     pub ts: String,
     pub pid: u32,
+    /// When that process started (clock ticks since boot, /proc/PID/stat's
+    /// starttime): with `pid`, it names the process, as pids are reused.
+    /// Null when unknown.
+    pub pid_start: Option<u64>,
     pub comm: &'a str,
     #[serde(flatten)]
     pub sock: SockFields,
@@ -172,6 +181,10 @@ pub struct CloseWaitLeak<'a> {
     /// The holder closetrace blames: the owner if it holds the socket, else
     /// the first holder.
     pub pid: Option<u32>,
+    /// When that process started (clock ticks since boot, /proc/PID/stat's
+    /// starttime): with `pid`, it names the process, as pids are reused.
+    /// Null when unknown.
+    pub pid_start: Option<u64>,
     pub comm: Option<&'a str>,
     #[serde(flatten)]
     pub sock: SockFields,
@@ -194,6 +207,10 @@ pub struct CloseWaitResolved<'a> {
     pub kind: &'static str,
     pub ts: String,
     pub pid: Option<u32>,
+    /// When that process started (clock ticks since boot, /proc/PID/stat's
+    /// starttime): with `pid`, it names the process, as pids are reused.
+    /// Null when unknown.
+    pub pid_start: Option<u64>,
     pub comm: Option<&'a str>,
     #[serde(flatten)]
     pub sock: SockFields,
@@ -252,6 +269,10 @@ pub struct ConnectError<'a> {
     pub kind: &'static str,
     pub ts: String,
     pub pid: u32,
+    /// When that process started (clock ticks since boot, /proc/PID/stat's
+    /// starttime): with `pid`, it names the process, as pids are reused.
+    /// Null when unknown.
+    pub pid_start: Option<u64>,
     pub comm: &'a str,
     pub errno: &'static str,
     pub family: &'static str,
@@ -281,6 +302,10 @@ pub struct BindError<'a> {
     pub kind: &'static str,
     pub ts: String,
     pub pid: u32,
+    /// When that process started (clock ticks since boot, /proc/PID/stat's
+    /// starttime): with `pid`, it names the process, as pids are reused.
+    /// Null when unknown.
+    pub pid_start: Option<u64>,
     pub comm: &'a str,
     pub errno: &'static str,
     pub family: &'static str,

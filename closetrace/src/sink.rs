@@ -381,6 +381,7 @@ mod tests {
             pid: 23308,
             tid: 23308,
             comm: "php".into(),
+            start: Some(1),
         };
         let line = text_line(&ev(Some(owner)), &clock);
         let header = text_header();

@@ -49,6 +49,10 @@ pub struct DiagSocket {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Holder {
     pub pid: u32,
+    /// When the process started, in /proc's clock ticks since boot; with
+    /// `pid`, it names the process (pids are reused). None: unreadable.
+    #[serde(rename = "pid_start")]
+    pub start: Option<u64>,
     pub comm: String,
     pub fd: u32,
 }
@@ -302,7 +306,7 @@ pub fn socket_holders() -> HashMap<u32, Vec<Holder>> {
         let Ok(fds) = fs::read_dir(p.path().join("fd")) else {
             continue;
         };
-        let mut comm = None;
+        let mut who = None;
         for fd in fds.flatten() {
             let Some(fd_num) = fd.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
@@ -313,9 +317,13 @@ pub fn socket_holders() -> HashMap<u32, Vec<Holder>> {
             else {
                 continue;
             };
-            let comm = comm.get_or_insert_with(|| process_comm(pid).unwrap_or_default());
+            let (comm, start) = who.get_or_insert_with(|| {
+                let start = crate::procs::stat(pid).map(|st| st.start);
+                (crate::procs::comm(pid).unwrap_or_default(), start)
+            });
             map.entry(inode).or_default().push(Holder {
                 pid,
+                start: *start,
                 comm: comm.clone(),
                 fd: fd_num,
             });
@@ -330,11 +338,6 @@ fn parse_socket_link(link: &str) -> Option<u32> {
         .strip_suffix(']')?
         .parse()
         .ok()
-}
-
-pub fn process_comm(pid: u32) -> Option<String> {
-    let c = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    Some(c.trim_end_matches('\n').to_string())
 }
 
 /// Inode of this process's network namespace (what the kernel reports as netns).

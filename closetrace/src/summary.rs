@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::model::TcpState;
+use crate::model::{Task, TcpState};
 
 #[derive(Debug, Default)]
 pub struct Summary {
@@ -20,7 +20,7 @@ pub struct Summary {
     /// CLOSE_WAIT sockets the leak detector dropped because it was full.
     pub close_wait_untracked: u64,
     pub time_wait_top: Vec<(crate::timewait::Dest, u32)>,
-    pub time_wait_by_process: Vec<(u32, String, u32)>,
+    pub time_wait_by_process: Vec<(Task, u32)>,
     /// (syscall, errno) -> failures, suppressed ones included.
     pub errors: BTreeMap<(&'static str, &'static str), u64>,
     pub listen_overflows: u64,
@@ -30,7 +30,8 @@ pub struct Summary {
     /// Kernel map occupancy at exit, by map name.
     pub kernel_maps: BTreeMap<&'static str, MapUse>,
     transitions: BTreeMap<(TcpState, TcpState), u64>,
-    leaks: BTreeMap<u32, LeakStats>,
+    /// By process: (pid, start), as a reused pid is another process.
+    leaks: BTreeMap<(u32, Option<u64>), LeakStats>,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,6 +53,7 @@ pub struct TimeWaitDest {
 #[derive(Debug, Serialize)]
 pub struct TimeWaitProcess {
     pub pid: u32,
+    pub pid_start: Option<u64>,
     pub comm: String,
     pub time_wait: u32,
 }
@@ -60,6 +62,9 @@ pub struct TimeWaitProcess {
 #[derive(Debug, Default, Clone, Serialize, PartialEq)]
 pub struct LeakStats {
     pub pid: u32,
+    /// When the process started (clock ticks since boot, as /proc/PID/stat);
+    /// null when unknown.
+    pub pid_start: Option<u64>,
     pub comm: String,
     /// Distinct sockets reported as leaked.
     pub leaks: u64,
@@ -117,13 +122,17 @@ impl Summary {
             .collect();
     }
 
-    /// A leak report for `pid`; returns its running count of leaked sockets.
-    pub fn leak_reported(&mut self, pid: u32, comm: &str, first: bool, age_ns: u64) -> u64 {
-        let s = self.leaks.entry(pid).or_insert_with(|| LeakStats {
-            pid,
-            comm: comm.to_string(),
-            ..Default::default()
-        });
+    /// A leak report blaming `who`; returns its running count of leaked sockets.
+    pub fn leak_reported(&mut self, who: &Task, first: bool, age_ns: u64) -> u64 {
+        let s = self
+            .leaks
+            .entry((who.pid, who.start))
+            .or_insert_with(|| LeakStats {
+                pid: who.pid,
+                pid_start: who.start,
+                comm: who.comm.clone(),
+                ..Default::default()
+            });
         if first {
             s.leaks += 1;
         }
@@ -131,16 +140,20 @@ impl Summary {
         s.leaks
     }
 
-    /// Leaks still open per process at exit.
-    pub fn set_open_leaks(&mut self, open: &HashMap<u32, usize>) {
-        for s in self.leaks.values_mut() {
-            s.open = open.get(&s.pid).copied().unwrap_or(0) as u64;
+    /// Leaks still open per process, (pid, start), at exit.
+    pub fn set_open_leaks(&mut self, open: &HashMap<(u32, Option<u64>), usize>) {
+        for (key, s) in self.leaks.iter_mut() {
+            s.open = open.get(key).copied().unwrap_or(0) as u64;
         }
     }
 
     fn leaks_by_count(&self) -> Vec<LeakStats> {
         let mut v: Vec<LeakStats> = self.leaks.values().cloned().collect();
-        v.sort_by(|a, b| b.leaks.cmp(&a.leaks).then(a.pid.cmp(&b.pid)));
+        v.sort_by(|a, b| {
+            (b.leaks.cmp(&a.leaks))
+                .then(a.pid.cmp(&b.pid))
+                .then(a.pid_start.cmp(&b.pid_start))
+        });
         v
     }
 
@@ -169,9 +182,10 @@ impl Summary {
                 by_process: self
                     .time_wait_by_process
                     .iter()
-                    .map(|(pid, comm, n)| TimeWaitProcess {
-                        pid: *pid,
-                        comm: comm.clone(),
+                    .map(|(t, n)| TimeWaitProcess {
+                        pid: t.pid,
+                        pid_start: t.start,
+                        comm: t.comm.clone(),
                         time_wait: *n,
                     })
                     .collect(),
@@ -216,8 +230,8 @@ impl Summary {
         }
         if !self.time_wait_by_process.is_empty() {
             s += "  TIME_WAIT by closing process:\n";
-            for (pid, comm, n) in &self.time_wait_by_process {
-                let _ = writeln!(s, "    {}({pid}): {n}", crate::sink::printable(comm));
+            for (t, n) in &self.time_wait_by_process {
+                let _ = writeln!(s, "    {}({}): {n}", crate::sink::printable(&t.comm), t.pid);
             }
         }
         for ((call, errno), n) in &self.errors {
@@ -236,9 +250,15 @@ impl Summary {
         if !self.leaks.is_empty() {
             s += "  CLOSE_WAIT leaks by process:\n";
             for l in self.leaks_by_count() {
+                // A pid that two processes had in turn: say which is which.
+                let reused = self.leaks.keys().filter(|k| k.0 == l.pid).count() > 1;
+                let start = match l.pid_start {
+                    Some(t) if reused => format!(", started at tick {t}"),
+                    _ => String::new(),
+                };
                 let _ = writeln!(
                     s,
-                    "    {}({}): {} leaked, {} still open, oldest {:.1} s",
+                    "    {}({}{start}): {} leaked, {} still open, oldest {:.1} s",
                     crate::sink::printable(&l.comm),
                     l.pid,
                     l.leaks,
@@ -260,6 +280,7 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::fixtures::started;
 
     #[test]
     fn counts_transitions() {
@@ -279,10 +300,11 @@ mod tests {
             2,
             "zero counts and unknown states are left out"
         );
-        assert_eq!(s.leak_reported(7, "php", true, 2_000_000_000), 1);
-        assert_eq!(s.leak_reported(7, "php", false, 4_000_000_000), 1);
-        assert_eq!(s.leak_reported(7, "php", true, 1_000_000_000), 2);
-        s.set_open_leaks(&HashMap::from([(7, 1)]));
+        let php = started(7, "php", 500);
+        assert_eq!(s.leak_reported(&php, true, 2_000_000_000), 1);
+        assert_eq!(s.leak_reported(&php, false, 4_000_000_000), 1);
+        assert_eq!(s.leak_reported(&php, true, 1_000_000_000), 2);
+        s.set_open_leaks(&HashMap::from([((7, Some(500)), 1)]));
         let r = s.to_record(1.0);
         assert_eq!(r.leaks.len(), 1);
         assert_eq!(
@@ -298,6 +320,34 @@ mod tests {
         let rows: Vec<&str> = text.lines().filter(|l| l.contains(" -> ")).collect();
         assert!(
             rows[0].contains("ESTABLISHED -> CLOSE_WAIT") && rows[0].ends_with(" 2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_reused_pid_is_another_process() {
+        let mut s = Summary::default();
+        let first = started(7, "srv", 500);
+        let second = started(7, "srv", 9000);
+        s.leak_reported(&first, true, 2_000_000_000);
+        s.leak_reported(&first, true, 3_000_000_000);
+        assert_eq!(
+            s.leak_reported(&second, true, 1_000_000_000),
+            1,
+            "the newcomer starts its own count"
+        );
+        s.set_open_leaks(&HashMap::from([((7, Some(9000)), 1)]));
+        let r = s.to_record(1.0);
+        let rows: Vec<_> = r
+            .leaks
+            .iter()
+            .map(|l| (l.pid, l.pid_start, l.leaks, l.open))
+            .collect();
+        assert_eq!(rows, [(7, Some(500), 2, 0), (7, Some(9000), 1, 1)]);
+        let text = s.to_text(1.0);
+        assert!(
+            text.contains("srv(7, started at tick 500): 2 leaked, 0 still open")
+                && text.contains("srv(7, started at tick 9000): 1 leaked, 1 still open"),
             "{text}"
         );
     }

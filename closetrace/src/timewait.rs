@@ -303,16 +303,22 @@ impl TimeWaitCounter {
         v
     }
 
-    /// TIME_WAIT sockets per closing process, among those closetrace saw enter.
-    pub fn by_process(&self) -> Vec<(u32, String, u32)> {
-        let mut m: BTreeMap<u32, (String, u32)> = BTreeMap::new();
+    /// TIME_WAIT sockets per closing process, among those closetrace saw
+    /// enter. Per process, not pid: TIME_WAIT outlives short-lived closers,
+    /// and on a busy host their pids come round again.
+    pub fn by_process(&self) -> Vec<(Task, u32)> {
+        let mut m: BTreeMap<(u32, Option<u64>), (Task, u32)> = BTreeMap::new();
         for (task, _, _) in self.tuples.values() {
-            m.entry(task.pid)
-                .or_insert_with(|| (task.comm.clone(), 0))
+            m.entry((task.pid, task.start))
+                .or_insert_with(|| (task.clone(), 0))
                 .1 += 1;
         }
-        let mut v: Vec<(u32, String, u32)> = m.into_iter().map(|(p, (c, n))| (p, c, n)).collect();
-        v.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+        let mut v: Vec<(Task, u32)> = m.into_values().collect();
+        v.sort_by(|a, b| {
+            (b.1.cmp(&a.1))
+                .then(a.0.pid.cmp(&b.0.pid))
+                .then(a.0.start.cmp(&b.0.start))
+        });
         v
     }
 }
@@ -320,7 +326,7 @@ impl TimeWaitCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::fixtures::{change, task};
+    use crate::model::fixtures::{change, started, task};
 
     const S: u64 = 1_000_000_000;
 
@@ -434,7 +440,7 @@ mod tests {
         assert_eq!(c.toward(1, dest(80).daddr, 80), 9);
         assert_eq!(c.top(5), vec![(dest(80), 9)]);
         // Attribution follows the kernel: 8 of the closer's sockets remain.
-        assert_eq!(c.by_process(), vec![(7, "cli".to_string(), 8)]);
+        assert_eq!(c.by_process(), vec![(task(7, "cli"), 8)]);
     }
 
     #[test]
@@ -448,7 +454,11 @@ mod tests {
             c.entered((d.clone(), 9501), Some(task(9, "srv")), i as u64);
             assert_eq!(c.evaluate(&d, i as u64, &p), None);
         }
-        assert_eq!(c.by_process(), vec![(9, "srv".to_string(), 150)]);
+        assert_eq!(c.by_process(), vec![(task(9, "srv"), 150)]);
+        // A later process given pid 9 is counted apart.
+        let again = started(9, "srv", 700);
+        c.entered((dest(1), 9501), Some(again.clone()), 200);
+        assert_eq!(c.by_process(), vec![(task(9, "srv"), 150), (again, 1)]);
     }
 
     #[test]

@@ -443,3 +443,87 @@ fn a_reused_pid_is_not_followed() {
     );
     drop(stranger);
 }
+
+/// Whole host: a process given a dead leaker's pid is another process. The
+/// kernel names each with its own start time, equal to /proc's; the
+/// newcomer inherits neither the leaker's leak nor its count.
+#[test]
+fn a_reused_pid_is_another_process() {
+    let Some(_k) = kernel_test("a_reused_pid_is_another_process") else {
+        return;
+    };
+    let mut tracer = Tracer::start(&["--states", "--close-wait-threshold", "1s"]);
+    let never_close = [OsStr::new("server"), OsStr::new("--never-close")];
+    let (first, port) = leak_on_server(&never_close);
+    let (pid, first_start) = (first.pid(), first.start());
+    let leak = tracer
+        .wait_record(Duration::from_secs(15), |r| {
+            r["type"] == "close_wait_leak" && r["sport"] == port
+        })
+        .expect("the first process's leak");
+    assert_eq!(
+        (&leak["pid"], &leak["pid_start"]),
+        (&pid.into(), &first_start.into()),
+        "{leak}"
+    );
+    assert_eq!(leak["holders"][0]["pid_start"], first_start, "{leak}");
+    drop(first);
+    let ended = tracer
+        .wait_record(Duration::from_secs(15), |r| {
+            r["type"] == "close_wait_resolved" && r["sport"] == port
+        })
+        .expect("its end");
+    assert_eq!(ended["pid_start"], first_start, "{ended}");
+
+    let mut stranger = spawn_with_pid(pid, &["server", "--never-close"])
+        .expect("could not get the pid reused (ns_last_pid)");
+    let second_start = stranger.start();
+    assert_ne!(second_start, first_start);
+    let reused_port = support::leak_on(&mut stranger);
+    let leak = tracer
+        .wait_record(Duration::from_secs(15), |r| {
+            r["type"] == "close_wait_leak" && r["sport"] == reused_port
+        })
+        .expect("the newcomer's own leak");
+    assert_eq!(
+        (&leak["pid"], &leak["pid_start"]),
+        (&pid.into(), &second_start.into()),
+        "{leak}"
+    );
+    let done = tracer.stop();
+    assert!(done.status.success(), "{}", done.stderr);
+    // Every state change names its owner by the process it belongs to.
+    for (sport, start) in [(port, first_start), (reused_port, second_start)] {
+        let owned: Vec<_> = done
+            .of_type("state")
+            .filter(|r| r["sport"] == sport && r["pid"] == pid)
+            .collect();
+        assert!(!owned.is_empty(), "no state records of port {sport}");
+        for r in owned {
+            assert_eq!(r["pid_start"], start, "{r}");
+        }
+    }
+    let mut rows: Vec<_> = done.summary()["leaks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["pid"] == pid)
+        .map(|l| {
+            (
+                l["pid_start"].as_u64(),
+                l["leaks"].as_u64(),
+                l["open"].as_u64(),
+            )
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            (Some(first_start), Some(1), Some(0)),
+            (Some(second_start), Some(1), Some(1))
+        ],
+        "the summary merged two processes that shared pid {pid}"
+    );
+    drop(stranger);
+}

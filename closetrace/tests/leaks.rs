@@ -76,6 +76,11 @@ fn leaky_server_is_reported_with_its_fd() {
         "not before the threshold"
     );
     assert_eq!(leak["pid"], server.pid());
+    assert_eq!(
+        leak["pid_start"],
+        server.start(),
+        "the kernel's start is /proc's"
+    );
     assert_eq!(leak["dport"], cport);
     assert_eq!(leak["recv_q"], 0, "the server read the EOF: {leak}");
     assert_eq!(leak["since"], "transition");
@@ -83,7 +88,8 @@ fn leaky_server_is_reported_with_its_fd() {
     assert!(leak["close_wait_ms"].as_f64().unwrap() >= 1900.0, "{leak}");
     assert_eq!(
         leak["holders"],
-        serde_json::json!([{"pid": server.pid(), "comm": "closetrace-peer", "fd": fd}])
+        serde_json::json!([{"pid": server.pid(), "pid_start": server.start(),
+            "comm": "closetrace-peer", "fd": fd}])
     );
     kill(server.pid());
     let resolved = tracer
@@ -246,7 +252,7 @@ fn fd_passing_names_the_receiver() {
     assert_eq!(leak["pid"], b.pid(), "{leak}");
     assert_eq!(
         leak["holders"],
-        serde_json::json!([{"pid": b.pid(), "comm": "closetrace-peer", "fd": fd}])
+        serde_json::json!([{"pid": b.pid(), "pid_start": b.start(), "comm": "closetrace-peer", "fd": fd}])
     );
     assert!(
         leak["recv_q"].as_u64().unwrap() > 0,

@@ -92,9 +92,9 @@ fn leak_series(r: &Report) -> Vec<Series> {
     let mut v: Vec<_> = r
         .leak_series
         .iter()
-        .map(|((pid, comm), pts)| {
+        .map(|((who, comm), pts)| {
             let peak = pts.iter().map(|p| p.1).max().unwrap_or(0);
-            (peak, format!("{comm} ({pid})"), pts)
+            (peak, format!("{comm} ({})", r.process_name(*who)), pts)
         })
         .collect();
     v.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -172,11 +172,12 @@ pub fn render(r: &Report, source: &str) -> String {
             "<table><tr><th>pid</th><th>process</th><th>leaks</th><th>open at end</th>\
              <th>oldest (s)</th><th>ended</th></tr>\n",
         );
-        for (pid, p) in r.leak_table() {
+        for (who, p) in r.leak_table() {
             let ended: Vec<String> = p.ended.iter().map(|(h, n)| format!("{h} {n}")).collect();
             let _ = writeln!(
                 out,
-                "<tr><td>{pid}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td></tr>",
+                r.process_name(who),
                 esc(&p.comm),
                 p.leaks,
                 p.open,

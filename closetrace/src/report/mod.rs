@@ -27,6 +27,8 @@ enum Rec {
     CloseWaitLeak {
         ts: String,
         pid: Option<u32>,
+        #[serde(default)]
+        pid_start: Option<u64>,
         comm: Option<String>,
         sock: u64,
         close_wait_ms: f64,
@@ -105,7 +107,7 @@ pub struct Report {
     pub malformed: Vec<(u64, String)>,
     pub first: Option<SystemTime>,
     pub last: Option<SystemTime>,
-    pub processes: BTreeMap<u32, ProcessLeaks>,
+    pub processes: BTreeMap<Process, ProcessLeaks>,
     pub destinations: BTreeMap<String, Destination>,
     /// (syscall, errno) -> failures, suppressed ones included.
     pub errors: BTreeMap<(String, String), u64>,
@@ -113,12 +115,16 @@ pub struct Report {
     pub errors_by_process: BTreeMap<(u32, String, String), u64>,
     pub lost: u64,
     /// Open leaks per process over time: (when, open now), at each change.
-    pub leak_series: BTreeMap<(u32, String), Vec<(SystemTime, u64)>>,
+    pub leak_series: BTreeMap<(Process, String), Vec<(SystemTime, u64)>>,
     /// TIME_WAIT sockets per destination over time.
     pub tw_series: BTreeMap<String, Vec<(SystemTime, u32)>>,
-    /// Leaks being tracked: socket -> (pid, comm).
-    leak_owner: HashMap<u64, (u32, String)>,
+    /// Leaks being tracked: socket -> (process, comm).
+    leak_owner: HashMap<u64, (Process, String)>,
 }
+
+/// A process as records name it: (pid, pid_start). A pid that two
+/// processes had in turn is two processes. Pid 0: not known.
+pub type Process = (u32, Option<u64>);
 
 fn dest_name(daddr: &str, dport: u16) -> String {
     if daddr.contains(':') {
@@ -189,20 +195,22 @@ impl Report {
             Rec::CloseWaitLeak {
                 ts,
                 pid,
+                pid_start,
                 comm,
                 sock,
                 close_wait_ms,
             } => {
                 let t = self.when(&ts)?;
-                let (pid, comm) = (pid.unwrap_or(0), comm.unwrap_or_else(|| "?".into()));
-                let p = self.processes.entry(pid).or_default();
+                let who = (pid.unwrap_or(0), pid_start);
+                let comm = comm.unwrap_or_else(|| "?".into());
+                let p = self.processes.entry(who).or_default();
                 p.comm.clone_from(&comm);
                 p.oldest_ms = p.oldest_ms.max(close_wait_ms);
-                if self.leak_owner.insert(sock, (pid, comm.clone())).is_none() {
+                if self.leak_owner.insert(sock, (who, comm.clone())).is_none() {
                     p.leaks += 1;
                     p.open += 1;
                     let open = p.open;
-                    self.open_leaks_at(t, pid, comm, open);
+                    self.open_leaks_at(t, who, comm, open);
                 }
             }
             Rec::CloseWaitResolved {
@@ -212,14 +220,14 @@ impl Report {
                 how,
             } => {
                 let t = self.when(&ts)?;
-                if let Some((pid, comm)) = self.leak_owner.remove(&sock)
-                    && let Some(p) = self.processes.get_mut(&pid)
+                if let Some((who, comm)) = self.leak_owner.remove(&sock)
+                    && let Some(p) = self.processes.get_mut(&who)
                 {
                     p.open = p.open.saturating_sub(1);
                     p.oldest_ms = p.oldest_ms.max(close_wait_ms);
                     *p.ended.entry(how).or_default() += 1;
                     let open = p.open;
-                    self.open_leaks_at(t, pid, comm, open);
+                    self.open_leaks_at(t, who, comm, open);
                 }
             }
             Rec::TimeWaitPressure {
@@ -271,9 +279,9 @@ impl Report {
     }
 
     /// A point of the open-leaks chart: `open` leaks of this process now.
-    fn open_leaks_at(&mut self, t: SystemTime, pid: u32, comm: String, open: u64) {
+    fn open_leaks_at(&mut self, t: SystemTime, who: Process, comm: String, open: u64) {
         self.leak_series
-            .entry((pid, comm))
+            .entry((who, comm))
             .or_default()
             .push((t, open));
     }
@@ -300,10 +308,24 @@ impl Report {
     }
 
     /// Processes by leaks reported, most first.
-    pub fn leak_table(&self) -> Vec<(u32, &ProcessLeaks)> {
+    pub fn leak_table(&self) -> Vec<(Process, &ProcessLeaks)> {
         let mut v: Vec<_> = self.processes.iter().map(|(p, l)| (*p, l)).collect();
         v.sort_by(|a, b| b.1.leaks.cmp(&a.1.leaks).then(a.0.cmp(&b.0)));
         v
+    }
+
+    /// How tables and charts name a process: its pid, "?" when unknown,
+    /// and pid@start when processes had that pid in turn.
+    pub fn process_name(&self, who: Process) -> String {
+        let (pid, start) = who;
+        if pid == 0 {
+            return "?".into();
+        }
+        let reused = self.processes.keys().filter(|k| k.0 == pid).count() > 1;
+        match start {
+            Some(t) if reused => format!("{pid}@{t}"),
+            _ => pid.to_string(),
+        }
     }
 
     /// Destinations by peak TIME_WAIT, most first.
@@ -343,16 +365,12 @@ impl Report {
                 "  {:<8} {:<16} {:>6} {:>6} {:>12}  ENDED",
                 "PID", "COMM", "LEAKS", "OPEN", "OLDEST"
             );
-            for (pid, p) in self.leak_table() {
+            for (who, p) in self.leak_table() {
                 let ended: Vec<String> = p.ended.iter().map(|(h, n)| format!("{h} {n}")).collect();
                 let _ = writeln!(
                     s,
                     "  {:<8} {:<16} {:>6} {:>6} {:>10.1} s  {}",
-                    if pid == 0 {
-                        "?".into()
-                    } else {
-                        pid.to_string()
-                    },
+                    self.process_name(who),
                     crate::sink::printable(&p.comm),
                     p.leaks,
                     p.open,
@@ -431,7 +449,7 @@ not json at all
         let r = Report::read(LOG.as_bytes()).unwrap();
         let lines: Vec<u64> = r.malformed.iter().map(|m| m.0).collect();
         assert_eq!(lines, vec![5, 10], "{:?}", r.malformed);
-        let p = &r.processes[&10];
+        let p = &r.processes[&(10, None)];
         assert_eq!((p.leaks, p.open), (2, 1));
         assert_eq!(p.oldest_ms, 4500.5);
         assert_eq!(p.ended["process_exit"], 1);
@@ -442,7 +460,7 @@ not json at all
         assert_eq!(r.other, 2, "ready and the unknown type");
         assert_eq!(r.span_s(), 6.0);
         // Open leaks over time: 1, 2, then 1 after the resolution.
-        let series: Vec<u64> = r.leak_series[&(10, "swoole".into())]
+        let series: Vec<u64> = r.leak_series[&((10, None), "swoole".into())]
             .iter()
             .map(|p| p.1)
             .collect();
@@ -481,6 +499,30 @@ not json at all
         let text = Report::read(log.as_bytes()).unwrap().to_text("x");
         assert!(!text.contains('\u{1b}'), "{text:?}");
         assert!(!text.contains("a\nb"), "{text:?}");
+    }
+
+    #[test]
+    fn a_reused_pid_is_two_processes() {
+        let leak = |sock, start| {
+            format!(
+                "{{\"type\":\"close_wait_leak\",\"ts\":\"2026-11-23T10:00:0{sock}Z\",\"pid\":7,\
+                 \"pid_start\":{start},\"comm\":\"srv\",\"sock\":{sock},\"close_wait_ms\":1000}}\n"
+            )
+        };
+        let log = leak(1, 500) + &leak(2, 500) + &leak(3, 9000);
+        let r = Report::read(log.as_bytes()).unwrap();
+        let rows: Vec<_> = r
+            .leak_table()
+            .iter()
+            .map(|(who, p)| (r.process_name(*who), p.leaks))
+            .collect();
+        assert_eq!(rows, [("7@500".to_string(), 2), ("7@9000".to_string(), 1)]);
+        assert_eq!(r.leak_series.len(), 2);
+        // Without a start (older logs), the pid alone names it.
+        let old = "{\"type\":\"close_wait_leak\",\"ts\":\"2026-11-23T10:00:01Z\",\"pid\":7,\
+                   \"comm\":\"srv\",\"sock\":1,\"close_wait_ms\":1}\n";
+        let r = Report::read(old.as_bytes()).unwrap();
+        assert_eq!(r.process_name((7, None)), "7");
     }
 
     #[test]

@@ -373,6 +373,13 @@ impl Peer {
         self.child.id()
     }
 
+    /// When it started, as /proc says (the `pid_start` closetrace reports).
+    pub fn start(&self) -> u64 {
+        closetrace::procs::stat(self.pid())
+            .expect("the peer's /proc/PID/stat")
+            .start
+    }
+
     /// The number after `word` on the first line starting with it.
     pub fn value(&mut self, word: &str) -> u16 {
         self.number(word) as u16

@@ -1,0 +1,81 @@
+//! What /proc says about one process: its name, its parent, and when it
+//! started. A pid is reused once its process is gone; the pair (pid, start)
+//! is not, so that pair is what names a process for the whole boot.
+use std::fs;
+use std::sync::OnceLock;
+
+/// The fields of /proc/PID/stat closetrace uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub ppid: u32,
+    /// Clock ticks since boot when the process started (field 22).
+    pub start: u64,
+}
+
+/// Parse /proc/PID/stat. The name (field 2) is in parentheses and may
+/// itself hold spaces, parentheses and newlines: fields are counted after
+/// the last ')'.
+pub fn parse_stat(stat: &str) -> Option<Stat> {
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    // rest: state (field 3), ppid (4), ..., starttime (22).
+    let ppid = rest.nth(1)?.parse().ok()?;
+    let start = rest.nth(17)?.parse().ok()?;
+    Some(Stat { ppid, start })
+}
+
+pub fn stat(pid: u32) -> Option<Stat> {
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+pub fn comm(pid: u32) -> Option<String> {
+    let c = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(c.trim_end_matches('\n').to_string())
+}
+
+/// Nanoseconds per clock tick (USER_HZ), the unit of /proc's start times.
+pub fn tick_ns() -> u64 {
+    static TICK_NS: OnceLock<u64> = OnceLock::new();
+    *TICK_NS.get_or_init(|| {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        // USER_HZ is 100 on every architecture closetrace builds for.
+        1_000_000_000 / if hz > 0 { hz as u64 } else { 100 }
+    })
+}
+
+/// A kernel start time (ns since boot) in /proc's ticks, rounded down as
+/// the kernel rounds it for /proc/PID/stat, so the two compare equal.
+pub fn ticks(start_ns: u64) -> u64 {
+    start_ns / tick_ns()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_name() {
+        let tail = "0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 4242 1000";
+        let st = |head: &str| parse_stat(&format!("{head} {tail}"));
+        let want = |ppid| Some(Stat { ppid, start: 4242 });
+        assert_eq!(st("42 (nginx) S 1"), want(1));
+        assert_eq!(st("43 (a) b (c) R 7"), want(7));
+        assert_eq!(st("44 (x\ny) S 9"), want(9));
+        assert_eq!(parse_stat("42 (nginx) S 1 42 42 0 -1"), None, "truncated");
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn this_process_started_before_now() {
+        let me = stat(std::process::id()).expect("own stat");
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid out-parameter; CLOCK_BOOTTIME exists on Linux.
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        let now = ticks(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+        assert!(me.start > 0 && me.start <= now, "{} vs {now}", me.start);
+        assert_eq!(me.ppid, std::os::unix::process::parent_id());
+    }
+}
