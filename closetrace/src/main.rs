@@ -22,7 +22,8 @@ use closetrace::records::{Ready, SCHEMA_VERSION};
 use closetrace::sink::Sink;
 use closetrace::snapshot::KernelView;
 use closetrace::{
-    cgroups, clock, filters, loader, metrics, pipeline, privileges, records, report, sink, snapshot,
+    cgroups, clock, filters, loader, metrics, pipeline, privileges, procs, records, report, sink,
+    snapshot,
 };
 
 /// Bad input from the command line: exit code 2.
@@ -61,6 +62,21 @@ fn write_assets(dir: &std::path::Path) -> anyhow::Result<()> {
         println!("{}", path.display());
     }
     Ok(())
+}
+
+/// The kernel's hooks name processes by their pids in the initial PID
+/// namespace; /proc must number them the same, or names, holders, start
+/// times and `--pid` would all be another process's.
+fn host_pids() -> anyhow::Result<()> {
+    match procs::proc_pid_ns() {
+        Some(ns) if ns != procs::INIT_PID_NS => anyhow::bail!(
+            "/proc shows the processes of a PID namespace (pid:[{ns}]), not the host's: the \
+             kernel names processes by their host pids, so names, fd holders and --pid would \
+             not match. Run closetrace in the host's PID namespace (docker run --pid=host, \
+             Kubernetes hostPID: true)"
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// `closetrace report`: no kernel, no privileges.
@@ -167,6 +183,7 @@ fn select(cli: &Cli) -> Result<Selection, UsageError> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    host_pids()?;
     let sel = select(&cli)?;
     let pids = sel.pids.clone();
     loader::preflight()?;

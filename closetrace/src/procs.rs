@@ -4,6 +4,32 @@
 use std::fs;
 use std::sync::OnceLock;
 
+/// Inode of the initial PID namespace (the kernel's PROC_PID_INIT_INO,
+/// fixed since Linux 3.8).
+pub const INIT_PID_NS: u64 = 0xEFFF_FFFC;
+
+/// The PID namespace whose numbers /proc shows; None when it cannot be
+/// told.
+pub fn proc_pid_ns() -> Option<u64> {
+    // /proc/self exists only if /proc's namespace holds this process, and
+    // the only one holding a process of the initial namespace is that one.
+    if pid_ns_of("self") == Some(INIT_PID_NS) {
+        return Some(INIT_PID_NS);
+    }
+    // Otherwise ask its pid 1 (which may refuse to be looked at).
+    pid_ns_of("1")
+}
+
+/// The PID namespace of /proc/`pid` ("pid:[N]" -> N).
+fn pid_ns_of(pid: &str) -> Option<u64> {
+    let link = fs::read_link(format!("/proc/{pid}/ns/pid")).ok()?;
+    link.to_str()?
+        .strip_prefix("pid:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
 /// The fields of /proc/PID/stat closetrace uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stat {

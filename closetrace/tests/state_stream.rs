@@ -273,6 +273,35 @@ fn kernel_without_btf_is_refused_clearly() {
     );
 }
 
+/// The kernel names processes by host pids. Inside a PID namespace the test
+/// makes, with a /proc of its own, every pid closetrace looked up would be
+/// another process's: refused, saying why. In the same namespace with the
+/// host's /proc it runs, since /proc then numbers processes as the kernel does.
+#[test]
+fn a_proc_of_another_pid_namespace_is_refused() {
+    let Some(_k) = kernel_test("a_proc_of_another_pid_namespace_is_refused") else {
+        return;
+    };
+    let (code, out, err) = run_closetrace(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", CLOSETRACE])
+            .args(["--format", "json", "--duration", "1s"]),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("PID namespace") && err.contains("hostPID") && out.is_empty(),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    let (code, out, err) = run_closetrace(
+        Command::new("unshare")
+            .args(["--pid", "--fork", CLOSETRACE])
+            .args(["--format", "json", "--duration", "1s"]),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("{\"type\":\"ready\""), "{out}");
+}
+
 #[test]
 fn unmounted_tracefs_is_mounted() {
     let Some(_k) = kernel_test("unmounted_tracefs_is_mounted") else {

@@ -29,6 +29,8 @@ const TESTS: &[(&str, &str)] = &[
     // Fork and exit hooks, and socket cgroups read through BTF offsets.
     ("scopes", "pid_tree_follows_children_forked_after_start"),
     ("scopes", "cgroup_filter_selects_a_subtree_in_the_kernel"),
+    // Process start times read through BTF offsets, equal to /proc's.
+    ("hardening", "a_reused_pid_is_another_process"),
 ];
 
 /// Run again with tcp_close forced onto its kprobe: the close records and
