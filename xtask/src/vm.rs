@@ -154,23 +154,22 @@ fn find(dir: &Path, prefix: &str) -> Option<PathBuf> {
 
 /// Test binaries built by cargo, by name (state_stream -> its executable).
 fn test_binaries(root: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let out = sh(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(root)
-            .args([
-                "test",
-                "-p",
-                "closetrace",
-                "--no-run",
-                "--message-format=json",
-                "--test",
-                "state_stream",
-                "--test",
-                "leaks",
-                "--test",
-                "scopes",
-            ]),
-    )?;
+    // Every test binary the lists name, and only those.
+    let mut names: Vec<&str> = TESTS.iter().chain(KPROBE_TESTS).map(|t| t.0).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root).args([
+        "test",
+        "-p",
+        "closetrace",
+        "--no-run",
+        "--message-format=json",
+    ]);
+    for name in names {
+        cmd.args(["--test", name]);
+    }
+    let out = sh(&mut cmd)?;
     Ok(out
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
