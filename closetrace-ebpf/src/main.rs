@@ -182,14 +182,25 @@ fn read<T>(base: *const u8, off: u32) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T) }
 }
 
+/// The current task as an owner or caller: with its process's start time.
 #[inline(always)]
 fn current_task(off: &SockOffsets) -> TaskId {
+    TaskId {
+        start_ns: current_start(off),
+        ..current_thread()
+    }
+}
+
+/// The current task as context only (whoever is on the CPU): no start
+/// time, which costs two reads and identifies nothing here.
+#[inline(always)]
+fn current_thread() -> TaskId {
     let pid_tgid = bpf_get_current_pid_tgid();
     TaskId {
         tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-        start_ns: current_start(off),
+        start_ns: 0,
     }
 }
 
@@ -497,7 +508,7 @@ fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         }
     }
     let ep = endpoints(sk, off)?;
-    let ctx_task = if by_owner { task } else { current_task(off) };
+    let ctx_task = if by_owner { task } else { current_thread() };
     let old_since_ns = if is_known && known.state == old {
         known.since_ns
     } else {
