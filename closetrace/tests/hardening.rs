@@ -444,6 +444,21 @@ fn a_reused_pid_is_not_followed() {
     drop(stranger);
 }
 
+/// Waits for the leak on `port` and checks it blames process (`pid`, `start`).
+fn leak_blames(tracer: &mut Tracer, port: u16, pid: u32, start: u64) -> Value {
+    let leak = tracer
+        .wait_record(Duration::from_secs(15), |r| {
+            r["type"] == "close_wait_leak" && r["sport"] == port
+        })
+        .unwrap_or_else(|| panic!("no leak reported on port {port}"));
+    assert_eq!(
+        (&leak["pid"], &leak["pid_start"]),
+        (&pid.into(), &start.into()),
+        "{leak}"
+    );
+    leak
+}
+
 /// Whole host: a process given a dead leaker's pid is another process. The
 /// kernel names each with its own start time, equal to /proc's; the
 /// newcomer inherits neither the leaker's leak nor its count.
@@ -456,16 +471,7 @@ fn a_reused_pid_is_another_process() {
     let never_close = [OsStr::new("server"), OsStr::new("--never-close")];
     let (first, port) = leak_on_server(&never_close);
     let (pid, first_start) = (first.pid(), first.start());
-    let leak = tracer
-        .wait_record(Duration::from_secs(15), |r| {
-            r["type"] == "close_wait_leak" && r["sport"] == port
-        })
-        .expect("the first process's leak");
-    assert_eq!(
-        (&leak["pid"], &leak["pid_start"]),
-        (&pid.into(), &first_start.into()),
-        "{leak}"
-    );
+    let leak = leak_blames(&mut tracer, port, pid, first_start);
     assert_eq!(leak["holders"][0]["pid_start"], first_start, "{leak}");
     drop(first);
     let ended = tracer
@@ -480,16 +486,7 @@ fn a_reused_pid_is_another_process() {
     let second_start = stranger.start();
     assert_ne!(second_start, first_start);
     let reused_port = support::leak_on(&mut stranger);
-    let leak = tracer
-        .wait_record(Duration::from_secs(15), |r| {
-            r["type"] == "close_wait_leak" && r["sport"] == reused_port
-        })
-        .expect("the newcomer's own leak");
-    assert_eq!(
-        (&leak["pid"], &leak["pid_start"]),
-        (&pid.into(), &second_start.into()),
-        "{leak}"
-    );
+    leak_blames(&mut tracer, reused_port, pid, second_start);
     let done = tracer.stop();
     assert!(done.status.success(), "{}", done.stderr);
     // Every state change names its owner by the process it belongs to.
