@@ -343,9 +343,9 @@ impl Monitor {
         )
     }
 
-    /// What the metrics gauges show: reported leaks still open, by the
-    /// process blamed; the busiest TIME_WAIT destinations; error totals.
-    pub fn metrics_view(&self, now_ns: u64) -> crate::metrics::View {
+    /// Reported leaks still open, per blamed process (pid and start), most
+    /// first: the metrics gauges and the summary's `open` both read this.
+    fn open_leaks(&self, now_ns: u64) -> Vec<ProcessLeaks> {
         let mut by_process: HashMap<(u32, Option<u64>), ProcessLeaks> = HashMap::new();
         for t in self.leaks.tracked() {
             let (true, Some(o)) = (self.shown.contains(&t.sock.id), &t.owner) else {
@@ -371,6 +371,13 @@ impl Monitor {
                 .then(a.pid.cmp(&b.pid))
                 .then(a.start.cmp(&b.start))
         });
+        leaks
+    }
+
+    /// What the metrics gauges show: reported leaks still open, by the
+    /// process blamed; the busiest TIME_WAIT destinations; error totals.
+    pub fn metrics_view(&self, now_ns: u64) -> crate::metrics::View {
+        let leaks = self.open_leaks(now_ns);
         let time_wait = self
             .ports
             .top(crate::metrics::MAX_DESTINATIONS)
@@ -399,15 +406,10 @@ impl Monitor {
         self.summary.owner_table_evicted = self.table.evicted();
         self.summary.close_wait_untracked = self.leaks.dropped();
         let open: HashMap<(u32, Option<u64>), usize> = self
-            .leaks
-            .tracked()
-            .filter(|t| self.shown.contains(&t.sock.id))
-            .fold(HashMap::new(), |mut m, t| {
-                if let Some(o) = &t.owner {
-                    *m.entry((o.pid, o.start)).or_default() += 1;
-                }
-                m
-            });
+            .open_leaks(crate::clock::monotonic_ns())
+            .into_iter()
+            .map(|p| ((p.pid, p.start), p.open as usize))
+            .collect();
         self.summary.set_open_leaks(&open);
         self.summary.time_wait_top = self.ports.top(10);
         self.summary.time_wait_by_process = self.ports.by_process();
