@@ -3,7 +3,7 @@
 #![no_main]
 
 use clap::Parser;
-use closetrace::cli::{self, Cli};
+use closetrace_core::app::cli::{self, Cli};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(ev) = closetrace::decode::decode(data) {
+    if let Ok(ev) = closetrace_core::kernel::decode::decode(data) {
         // A decoded event is usable downstream: formatting it must not panic.
         let _ = format!("{ev:?}");
     }

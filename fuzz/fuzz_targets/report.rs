@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(report) = closetrace::report::Report::read(data) else {
+    let Ok(report) = closetrace_core::output::report::Report::read(data) else {
         return;
     };
     let text = report.to_text("fuzz");
@@ -12,6 +12,6 @@ fuzz_target!(|data: &[u8]| {
         !text.contains('\u{1b}'),
         "an escape reached the text report"
     );
-    let html = closetrace::report::render_html(&report, "fuzz");
+    let html = closetrace_core::output::report::render_html(&report, "fuzz");
     assert!(!html.contains("<script"), "markup reached the HTML report");
 });

@@ -28,8 +28,9 @@ fn ensure_cargo_fuzz() -> anyhow::Result<()> {
     )
 }
 
-/// `cargo +nightly fuzz run TARGET DIRS -- ARGS` in fuzz/, with the eBPF
-/// object left out of the build (sanitizers cannot build for BPF).
+/// `cargo +nightly fuzz run TARGET DIRS -- ARGS` in fuzz/. The targets
+/// depend on closetrace-core alone, so no eBPF object is built (sanitizers
+/// cannot build for BPF).
 fn fuzz_run(root: &Path, target: &str, dirs: &[&Path], args: &[String]) -> anyhow::Result<()> {
     let mut c = Command::new("rustup");
     c.current_dir(root.join("fuzz"))
@@ -37,7 +38,6 @@ fn fuzz_run(root: &Path, target: &str, dirs: &[&Path], args: &[String]) -> anyho
         .args(dirs)
         .arg("--")
         .args(args)
-        .env("CLOSETRACE_NO_EBPF", "1")
         .env_remove("RUSTC")
         .env_remove("CARGO")
         .env_remove("CARGO_ENCODED_RUSTFLAGS");

@@ -375,7 +375,7 @@ impl Peer {
 
     /// When it started, as /proc says (the `pid_start` closetrace reports).
     pub fn start(&self) -> u64 {
-        closetrace::procs::stat(self.pid())
+        closetrace_core::host::procs::stat(self.pid())
             .expect("the peer's /proc/PID/stat")
             .start
     }

@@ -5,12 +5,13 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::clock::WallClock;
 use crate::model::StateChange;
-use crate::records::{
+use crate::model::clock::WallClock;
+use crate::model::hooks::Mode;
+use crate::output::records::{
     self, Close, CloseWaitLeak, CloseWaitResolved, HookReport, Lost, Ready, State,
 };
-use crate::summary::SummaryRecord;
+use crate::output::summary::SummaryRecord;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -173,7 +174,7 @@ impl Sink {
     }
 }
 
-pub fn ready_text(hooks: &[HookReport], pids: &[u32], mode: &str) -> String {
+pub fn ready_text(hooks: &[HookReport], pids: &[u32], mode: Mode) -> String {
     let mut s = String::new();
     for h in hooks {
         match &h.reason {
@@ -192,7 +193,7 @@ pub fn ready_text(hooks: &[HookReport], pids: &[u32], mode: &str) -> String {
         let p: Vec<String> = pids.iter().map(u32::to_string).collect();
         format!("pid {}", p.join(", "))
     };
-    let what = if mode == "states" {
+    let what = if mode == Mode::States {
         "tracing every TCP state change"
     } else {
         "hunting CLOSE_WAIT leaks, TIME_WAIT pressure and connect/bind failures \

@@ -4,24 +4,13 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::clock::WallClock;
+use crate::model::clock::WallClock;
+pub use crate::model::hooks::HookReport;
+use crate::model::hooks::Mode;
 use crate::model::{SockRef, StateChange};
 
 /// Bumped whenever a record changes incompatibly.
 pub const SCHEMA_VERSION: u32 = 1;
-
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct HookReport {
-    /// What is hooked, e.g. `sock:inet_sock_set_state`.
-    pub hook: String,
-    /// How: `tp_btf`, `tracepoint`, `fentry`, `kprobe`, or `none`.
-    pub attach: String,
-    /// `ok` or `unavailable`.
-    pub status: &'static str,
-    /// Why it is unavailable, and what that costs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
 
 #[derive(Debug, Serialize)]
 pub struct Ready<'a> {
@@ -35,8 +24,7 @@ pub struct Ready<'a> {
     /// Sockets found at start-up and given an owner from /proc.
     pub snapshot_sockets: usize,
     pub close_wait_threshold_ms: u64,
-    /// `findings` (the default) or `states` (`--states`).
-    pub mode: &'static str,
+    pub mode: Mode,
     /// `--pid-tree` roots; `pids` then lists them and their descendants.
     pub pid_tree: &'a [u32],
     /// `--netns`, as an inode; null for every namespace.
@@ -44,7 +32,7 @@ pub struct Ready<'a> {
     /// `--cgroup`, as a path under the cgroup2 mount; null for all.
     pub cgroup: Option<String>,
     /// Capabilities kept after attaching; null if dropping them failed.
-    pub privileges: Option<&'a crate::privileges::Privileges>,
+    pub privileges: Option<&'a crate::host::privileges::Privileges>,
 }
 
 #[derive(Debug, Serialize)]
@@ -111,7 +99,7 @@ pub struct Scope {
     /// when unknown.
     pub cgroup: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub container: Option<crate::cgroups::Container>,
+    pub container: Option<crate::host::cgroups::Container>,
 }
 
 impl Scope {
@@ -119,7 +107,7 @@ impl Scope {
         Scope {
             netns,
             cgroup,
-            container: crate::cgroups::container(cgroup),
+            container: crate::host::cgroups::container(cgroup),
         }
     }
 }
@@ -196,7 +184,7 @@ pub struct CloseWaitLeak<'a> {
     /// socket not closed. Null when the kernel could not be asked.
     pub recv_q: Option<u32>,
     /// Every process with the socket in its fd table.
-    pub holders: &'a [crate::snapshot::Holder],
+    pub holders: &'a [crate::host::sockets::Holder],
     /// 1 for the first report of this leak, then 2, 3 ... (backing off).
     pub report: u32,
 }

@@ -1,26 +1,33 @@
-//! Owned event model, decoded from kernel records at one boundary
-//! (`decode.rs`) and independent of their layout.
+//! The shared vocabulary: events decoded from kernel records at one
+//! boundary (`kernel::decode`) and independent of their layout, and the
+//! facts the host layer finds (holders, containers, privileges).
+pub mod clock;
+pub mod hooks;
+pub mod ports;
+
 use std::fmt;
 use std::net::IpAddr;
 
 use closetrace_common::{owner_src, tcp_state};
 
-/// A TCP state as the kernel numbers it.
+/// A TCP state as the kernel numbers it (`state as u32` is the kernel's
+/// number; `TryFrom<u32>` is the checked way back).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u32)]
 pub enum TcpState {
-    Established,
-    SynSent,
-    SynRecv,
-    FinWait1,
-    FinWait2,
-    TimeWait,
-    Close,
-    CloseWait,
-    LastAck,
-    Listen,
-    Closing,
-    NewSynRecv,
-    BoundInactive,
+    Established = tcp_state::ESTABLISHED,
+    SynSent = tcp_state::SYN_SENT,
+    SynRecv = tcp_state::SYN_RECV,
+    FinWait1 = tcp_state::FIN_WAIT1,
+    FinWait2 = tcp_state::FIN_WAIT2,
+    TimeWait = tcp_state::TIME_WAIT,
+    Close = tcp_state::CLOSE,
+    CloseWait = tcp_state::CLOSE_WAIT,
+    LastAck = tcp_state::LAST_ACK,
+    Listen = tcp_state::LISTEN,
+    Closing = tcp_state::CLOSING,
+    NewSynRecv = tcp_state::NEW_SYN_RECV,
+    BoundInactive = tcp_state::BOUND_INACTIVE,
 }
 
 impl TcpState {
@@ -297,6 +304,38 @@ pub enum KernelEvent {
 }
 
 /// Test builders shared by the state machines' unit tests.
+/// A process that has a socket in its fd table (as close_wait_leak's
+/// `holders` lists it).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Holder {
+    pub pid: u32,
+    /// When the process started, in /proc's clock ticks since boot; with
+    /// `pid`, it names the process (pids are reused). None: unreadable.
+    #[serde(rename = "pid_start")]
+    pub start: Option<u64>,
+    pub comm: String,
+    pub fd: u32,
+}
+
+impl Holder {
+    /// The holding process as a task (its main thread).
+    pub fn task(&self) -> Task {
+        Task {
+            pid: self.pid,
+            tid: self.pid,
+            comm: self.comm.clone(),
+            start: self.start,
+        }
+    }
+}
+
+/// How full a kernel map was.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct MapUse {
+    pub entries: u32,
+    pub capacity: u32,
+}
+
 #[cfg(test)]
 pub mod fixtures {
     use std::net::{IpAddr, Ipv4Addr};

@@ -8,8 +8,8 @@
 //! rarely, never flooding. Bounded: at capacity the oldest is dropped.
 use std::collections::HashMap;
 
-use crate::closes::{How, how_left_close_wait};
 use crate::model::{SockRef, StateChange, Task, TcpState};
+use crate::track::closes::{How, how_left_close_wait};
 
 /// How long a socket must be missing from the kernel's view before it is
 /// taken as gone unseen: several times the pipeline's ring-buffer drain

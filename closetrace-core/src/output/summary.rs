@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::model::{Task, TcpState};
+use crate::model::{MapUse, Task, TcpState};
 
 #[derive(Debug, Default)]
 pub struct Summary {
@@ -19,7 +19,7 @@ pub struct Summary {
     pub closes: u64,
     /// CLOSE_WAIT sockets the leak detector dropped because it was full.
     pub close_wait_untracked: u64,
-    pub time_wait_top: Vec<(crate::timewait::Dest, u32)>,
+    pub time_wait_top: Vec<(crate::track::timewait::Dest, u32)>,
     pub time_wait_by_process: Vec<(Task, u32)>,
     /// (syscall, errno) -> failures, suppressed ones included.
     pub errors: BTreeMap<(&'static str, &'static str), u64>,
@@ -72,13 +72,6 @@ pub struct LeakStats {
     pub open: u64,
     /// Longest CLOSE_WAIT age reported.
     pub oldest_ms: f64,
-}
-
-/// How full a kernel map was.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct MapUse {
-    pub entries: u32,
-    pub capacity: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -136,7 +129,7 @@ impl Summary {
         if first {
             s.leaks += 1;
         }
-        s.oldest_ms = s.oldest_ms.max(crate::records::ns_to_ms(age_ns));
+        s.oldest_ms = s.oldest_ms.max(crate::output::records::ns_to_ms(age_ns));
         s.leaks
     }
 
@@ -224,14 +217,19 @@ impl Summary {
                     s,
                     "    {} -> {} {n}",
                     d.saddr,
-                    crate::sink::endpoint(d.daddr, d.dport)
+                    crate::output::sink::endpoint(d.daddr, d.dport)
                 );
             }
         }
         if !self.time_wait_by_process.is_empty() {
             s += "  TIME_WAIT by closing process:\n";
             for (t, n) in &self.time_wait_by_process {
-                let _ = writeln!(s, "    {}({}): {n}", crate::sink::printable(&t.comm), t.pid);
+                let _ = writeln!(
+                    s,
+                    "    {}({}): {n}",
+                    crate::output::sink::printable(&t.comm),
+                    t.pid
+                );
             }
         }
         for ((call, errno), n) in &self.errors {
@@ -259,7 +257,7 @@ impl Summary {
                 let _ = writeln!(
                     s,
                     "    {}({}{start}): {} leaked, {} still open, oldest {:.1} s",
-                    crate::sink::printable(&l.comm),
+                    crate::output::sink::printable(&l.comm),
                     l.pid,
                     l.leaks,
                     l.open,

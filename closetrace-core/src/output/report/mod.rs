@@ -346,7 +346,11 @@ impl Report {
             t.map(|t| humantime::format_rfc3339_millis(t).to_string())
                 .unwrap_or_else(|| "-".into())
         };
-        let _ = writeln!(s, "closetrace report: {}", crate::sink::printable(source));
+        let _ = writeln!(
+            s,
+            "closetrace report: {}",
+            crate::output::sink::printable(source)
+        );
         let _ = writeln!(
             s,
             "  {} .. {} ({:.1} s), {} records, {} malformed lines skipped",
@@ -371,7 +375,7 @@ impl Report {
                     s,
                     "  {:<8} {:<16} {:>6} {:>6} {:>10.1} s  {}",
                     self.process_name(who),
-                    crate::sink::printable(&p.comm),
+                    crate::output::sink::printable(&p.comm),
                     p.leaks,
                     p.open,
                     p.oldest_ms / 1000.0,
@@ -397,7 +401,7 @@ impl Report {
                 let _ = writeln!(
                     s,
                     "  {:<28} {:>8} {:>10}",
-                    crate::sink::printable(name),
+                    crate::output::sink::printable(name),
                     d.peak,
                     ratio
                 );
@@ -412,12 +416,14 @@ impl Report {
                 .errors_by_process
                 .iter()
                 .filter(|((_, _, e), _)| e == errno)
-                .map(|((pid, comm, _), n)| format!("{}({pid}) {n}", crate::sink::printable(comm)))
+                .map(|((pid, comm, _), n)| {
+                    format!("{}({pid}) {n}", crate::output::sink::printable(comm))
+                })
                 .collect();
             let _ = writeln!(
                 s,
                 "  {call} {} {n}: {}",
-                crate::sink::printable(errno),
+                crate::output::sink::printable(errno),
                 who.join(", ")
             );
         }

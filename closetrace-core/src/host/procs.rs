@@ -53,6 +53,26 @@ pub fn stat(pid: u32) -> Option<Stat> {
     parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
+/// One field of /proc/`pid`/status (`pid` may be `self`), trimmed.
+pub fn status_field(pid: &str, key: &str) -> Option<String> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        l.strip_prefix(key)?
+            .strip_prefix(':')
+            .map(|v| v.trim().to_string())
+    })
+}
+
+/// The process a task id belongs to (a thread's id maps to its process).
+pub fn tgid(pid: u32) -> Result<u32, &'static str> {
+    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        return Err("no such process");
+    }
+    status_field(&pid.to_string(), "Tgid")
+        .and_then(|v| v.parse().ok())
+        .ok_or("cannot read its process id")
+}
+
 pub fn comm(pid: u32) -> Option<String> {
     let c = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     Some(c.trim_end_matches('\n').to_string())

@@ -11,8 +11,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
+use crate::model::ports::PortPolicy;
 use crate::model::{StateChange, Task, TcpState};
-use crate::ports::PortPolicy;
 
 /// Window for `rate_per_s`, kept in this many fixed buckets.
 const RATE_WINDOW_NS: u64 = 5_000_000_000;

@@ -4,7 +4,7 @@
 use closetrace_common::{
     CLOSE_RECORD_SIZE, COMM_LEN, CloseRecord, EADDRINUSE, EADDRNOTAVAIL, RECORD_CLOSE,
     RECORD_SOCK_ERROR, RECORD_STATE, SOCK_ERROR_RECORD_SIZE, STATE_RECORD_SIZE, SockErrorRecord,
-    StateRecord, TaskId, close_src, flags, syscall,
+    SockInfo, StateRecord, TaskId, close_src, flags, owner_src, syscall,
 };
 use thiserror::Error;
 
@@ -205,8 +205,49 @@ pub fn task(t: &TaskId) -> Task {
         pid: t.tgid,
         tid: t.tid,
         comm: comm_string(&t.comm),
-        start: (t.start_ns != 0).then(|| crate::procs::ticks(t.start_ns)),
+        start: (t.start_ns != 0).then(|| crate::host::procs::ticks(t.start_ns)),
     }
+}
+
+/// A process as the kernel's maps hold it: the inverse of `task`, with
+/// the start time back in the kernel's unit (decoding rounds it to ticks
+/// again, so the two compare equal).
+pub fn task_id(t: &Task) -> TaskId {
+    let mut comm = [0u8; COMM_LEN];
+    let n = t.comm.len().min(COMM_LEN - 1);
+    comm[..n].copy_from_slice(&t.comm.as_bytes()[..n]);
+    TaskId {
+        tgid: t.pid,
+        tid: t.tid,
+        comm,
+        start_ns: t.start.map_or(0, |s| s * crate::host::procs::tick_ns()),
+    }
+}
+
+/// An owner found in /proc for a socket that predates start-up, as the
+/// kernel's socket map holds it.
+pub fn seed_info(owner: &Task, state: TcpState) -> SockInfo {
+    SockInfo {
+        owner: task_id(owner),
+        owner_src: owner_src::SNAPSHOT,
+        state: state as u32,
+        since_ns: 0,
+        flags: 0,
+        _pad: 0,
+    }
+}
+
+/// When a socket entered CLOSE_WAIT (0: it is not there, or the kernel did
+/// not see it enter) and its owner, from the kernel's socket map.
+pub fn close_wait_entry(info: &SockInfo) -> (u64, Option<Task>) {
+    let since = if info.state == closetrace_common::tcp_state::CLOSE_WAIT {
+        info.since_ns
+    } else {
+        0
+    };
+    let owner =
+        (info.owner_src != owner_src::UNKNOWN && info.owner.tgid != 0).then(|| task(&info.owner));
+    (since, owner)
 }
 
 #[cfg(test)]
@@ -381,7 +422,10 @@ mod tests {
         assert_eq!(s.ctx.comm, "client");
         let owner = s.owner.unwrap();
         assert_eq!((owner.pid, owner.comm.as_str()), (100, "server"));
-        assert_eq!(owner.start, Some(12_345_678_901 / crate::procs::tick_ns()));
+        assert_eq!(
+            owner.start,
+            Some(12_345_678_901 / crate::host::procs::tick_ns())
+        );
         assert_eq!(s.ctx.start, None, "0 is unknown");
         assert_eq!(s.owner_source, OwnerSource::Listener);
     }

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::model::TcpState;
-use crate::records::HookReport;
+use crate::output::records::HookReport;
 
 pub const MAX_PROCESSES: usize = 50;
 pub const MAX_DESTINATIONS: usize = 10;
@@ -121,9 +121,9 @@ impl Metrics {
             attached
                 .get_or_create(&vec![
                     ("hook", h.hook.clone()),
-                    ("attach", h.attach.clone()),
+                    ("attach", h.attach.name().to_string()),
                 ])
-                .set(i64::from(h.status == "ok"));
+                .set(i64::from(h.attached()));
         }
         Metrics {
             registry,
@@ -257,6 +257,7 @@ pub async fn serve_one(mut s: TcpStream, body: impl FnOnce() -> String) -> io::R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::hooks::Attach;
 
     fn leaks(pid: u32, start: Option<u64>, comm: &str, open: u64, oldest_s: f64) -> ProcessLeaks {
         ProcessLeaks {
@@ -270,19 +271,23 @@ mod tests {
 
     fn hooks() -> Vec<HookReport> {
         vec![
-            HookReport {
-                hook: "sock:inet_sock_set_state".into(),
-                attach: "tp_btf".into(),
-                status: "ok",
-                reason: None,
-            },
-            HookReport {
-                hook: "tcp_close".into(),
-                attach: "transitions".into(),
-                status: "degraded",
-                reason: Some("no fentry".into()),
-            },
+            HookReport::ok("sock:inet_sock_set_state", Attach::TpBtf),
+            HookReport::degraded("tcp_close", Attach::Transitions, "no fentry".into()),
         ]
+    }
+
+    #[test]
+    fn a_kprobe_attached_hook_counts_as_attached() {
+        let hooks = [HookReport::degraded(
+            "tcp_close",
+            Attach::Kprobe,
+            "fentry refused".into(),
+        )];
+        let text = Metrics::new(&hooks).render();
+        assert!(
+            text.contains("closetrace_hook_attached{hook=\"tcp_close\",attach=\"kprobe\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]

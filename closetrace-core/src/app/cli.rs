@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::sink::Format;
+use crate::output::sink::Format;
 
 /// Trace TCP connection teardown live: every state change tied to the
 /// process that owns the socket.
@@ -56,7 +56,7 @@ pub struct Cli {
     /// Colour in the text view: auto (on a terminal, unless NO_COLOR is
     /// set), always, never.
     #[arg(long, value_enum, default_value = "auto")]
-    pub color: crate::sink::Color,
+    pub color: crate::output::sink::Color,
 
     /// Serve Prometheus metrics at /metrics on this port of 127.0.0.1, or
     /// on ADDR:PORT. Off by default; an address other than loopback
@@ -90,7 +90,7 @@ pub struct Cli {
         default_value = "auto",
         env = "CLOSETRACE_CLOSE_HOOK"
     )]
-    pub close_hook: crate::loader::CloseHookChoice,
+    pub close_hook: crate::kernel::CloseHookChoice,
 
     /// Ring buffer size in bytes: a power of two, at least one page.
     /// Default: 4 MiB, or 16 MiB with --states (about 400 ms of the

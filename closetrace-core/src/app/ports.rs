@@ -8,15 +8,15 @@ use std::net::IpAddr;
 
 use closetrace_common::tcp_state;
 
-use crate::clock::WallClock;
+use crate::host::sockets::{self, DiagSocket, KernelView};
+use crate::model::clock::WallClock;
+use crate::model::ports::PortPolicy;
 use crate::model::{Errno, SockError, SockRef, StateChange, Syscall, Task, TcpState};
-use crate::ports::PortPolicy;
-use crate::records::{
+use crate::output::records::{
     self, BindError, ConnectError, ListenOverflow, PortHolder, SockFields, TimeWaitPressure,
 };
-use crate::sink::{Sink, endpoint, printable};
-use crate::snapshot::{self, DiagSocket, KernelView};
-use crate::timewait::{Dest, Pressure, TimeWaitCounter, Tuple, entered_time_wait};
+use crate::output::sink::{Sink, endpoint, printable};
+use crate::track::timewait::{Dest, Pressure, TimeWaitCounter, Tuple, entered_time_wait};
 
 const RECONCILE_NS: u64 = 1_000_000_000;
 /// Identical errors are reported at most once per this interval.
@@ -233,7 +233,7 @@ impl PortPressure {
         let states = (1 << tcp_state::TIME_WAIT) | (1 << tcp_state::FIN_WAIT2);
         let mut r = self.tw.begin_reconcile();
         let (tw, netns) = (&mut self.tw, self.own_netns);
-        let dumped = snapshot::visit_tcp_sockets_both(states, false, &mut |s| {
+        let dumped = sockets::visit_tcp_sockets_both(states, false, &mut |s| {
             if s.is_timewait() {
                 r.saw(tw, &diag_tuple(netns, &s));
             }
@@ -287,7 +287,7 @@ impl PortPressure {
         clock: &WallClock,
     ) -> io::Result<()> {
         let listeners =
-            match snapshot::tcp_sockets_both(1 << closetrace_common::tcp_state::LISTEN, true) {
+            match sockets::tcp_sockets_both(1 << closetrace_common::tcp_state::LISTEN, true) {
                 Ok(l) => l,
                 Err(e) => {
                     log::warn!("listener check: {e}");
@@ -311,7 +311,7 @@ impl PortPressure {
         if overflowing.is_empty() {
             return Ok(());
         }
-        let holders = snapshot::socket_holders();
+        let holders = sockets::socket_holders();
         for (l, dropped) in overflowing {
             self.listen_overflows += 1;
             let h = holders
@@ -414,7 +414,7 @@ fn diag_tuple(netns: u32, s: &DiagSocket) -> Tuple {
 /// Who holds `port` locally: every non-TIME_WAIT socket on it with its
 /// processes, and how many TIME_WAIT sockets.
 fn port_holders(port: u16) -> (Vec<PortHolder>, u32) {
-    let Ok(view) = KernelView::take(crate::snapshot::states::ALL) else {
+    let Ok(view) = KernelView::take(crate::host::sockets::states::ALL) else {
         return (Vec::new(), 0);
     };
     let mut holders = Vec::new();

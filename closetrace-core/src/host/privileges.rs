@@ -15,6 +15,7 @@ use thiserror::Error;
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
 pub const CAP_SYS_PTRACE: u32 = 19;
 pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
 
 const NAMES: &[(u32, &str)] = &[
@@ -97,6 +98,17 @@ fn get() -> Result<[Data; 2], PrivilegeError> {
 
 fn mask(d: &[Data; 2], f: impl Fn(&Data) -> u32) -> u64 {
     u64::from(f(&d[0])) | (u64::from(f(&d[1])) << 32)
+}
+
+/// Whether this process may load and attach closetrace's programs:
+/// CAP_BPF with CAP_PERFMON, or CAP_SYS_ADMIN (which stands in for both).
+pub fn can_load_bpf() -> bool {
+    let Ok(now) = get() else {
+        return false;
+    };
+    let eff = mask(&now, |d| d.effective);
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
 }
 
 /// Map operations on existing fds are refused without CAP_BPF before 5.19

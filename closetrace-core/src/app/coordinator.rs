@@ -4,36 +4,21 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 
-use crate::clock::WallClock;
-use crate::closes::infer_close;
-use crate::leaks::{Due, LeakDetector, Resolved};
-use crate::metrics::ProcessLeaks;
+use crate::app::ports::PortPressure;
+use crate::host::sockets::{Holder, KernelView};
+use crate::kernel::CloseWaitKernel;
+use crate::model::clock::WallClock;
 use crate::model::{Close, KernelEvent, Task, TcpState};
-use crate::owners::OwnerTable;
-use crate::pressure::PortPressure;
-use crate::records::{self, CloseWaitLeak, CloseWaitResolved, SockFields};
-use crate::sink::Sink;
-use crate::snapshot::{Holder, KernelView};
-use crate::summary::Summary;
+use crate::output::metrics::ProcessLeaks;
+use crate::output::records::{self, CloseWaitLeak, CloseWaitResolved, SockFields};
+use crate::output::sink::Sink;
+use crate::output::summary::Summary;
+use crate::track::closes::infer_close;
+use crate::track::leaks::{Due, LeakDetector, Resolved};
+use crate::track::owners::OwnerTable;
 
 /// Sockets the userspace tables remember at most.
 const TABLE_CAPACITY: usize = 65536;
-
-/// The kernel's side of finding CLOSE_WAIT sockets by scanning (the
-/// default mode, in closetrace's own namespace): the kernel records when a
-/// socket entered CLOSE_WAIT and its owner but sends nothing, and reports
-/// how a socket leaves CLOSE_WAIT only once it is watched. Most sockets
-/// leave CLOSE_WAIT promptly; this way they cost no record at all.
-pub trait CloseWaitKernel {
-    /// When the socket entered CLOSE_WAIT (0: unknown) and its owner.
-    fn entered(&self, cookie: u64) -> Option<(u64, Option<Task>)>;
-    fn watch(&mut self, cookie: u64);
-    fn unwatch(&mut self, cookie: u64);
-    /// How full the maps behind this are, for the summary.
-    fn occupancy(&self) -> Vec<(&'static str, crate::summary::MapUse)> {
-        Vec::new()
-    }
-}
 
 /// What the monitor is asked to do, from the command line and the loader.
 pub struct Settings {
@@ -72,7 +57,7 @@ pub struct Monitor {
     /// `--pid-tree`: the processes followed now (the kernel adds children).
     follow: Option<Box<dyn FnMut() -> Option<Vec<u32>>>>,
     /// `--metrics`: gauges refreshed each tick.
-    pub metrics: Option<std::rc::Rc<std::cell::RefCell<crate::metrics::Metrics>>>,
+    pub metrics: Option<std::rc::Rc<std::cell::RefCell<crate::output::metrics::Metrics>>>,
 }
 
 impl Monitor {
@@ -116,8 +101,8 @@ impl Monitor {
         };
         let netns = self.own_netns;
         let mut found = Vec::new();
-        let dumped = crate::snapshot::visit_tcp_sockets_both(
-            crate::snapshot::states::CLOSE_WAIT_ONLY,
+        let dumped = crate::host::sockets::visit_tcp_sockets_both(
+            crate::host::sockets::states::CLOSE_WAIT_ONLY,
             false,
             &mut |s| found.push(s.sock_ref(netns)),
         );
@@ -169,7 +154,7 @@ impl Monitor {
         &mut self,
         view: &KernelView,
         now_ns: u64,
-        keep: &dyn Fn(&crate::snapshot::DiagSocket) -> bool,
+        keep: &dyn Fn(&crate::host::sockets::DiagSocket) -> bool,
     ) {
         for s in view.by_cookie.values() {
             if TcpState::try_from(s.state as u32) != Ok(TcpState::CloseWait) || !keep(s) {
@@ -270,7 +255,7 @@ impl Monitor {
         }
         // Only CLOSE_WAIT sockets matter here: a due leak no longer among
         // them is gone.
-        let view = match KernelView::take(crate::snapshot::states::CLOSE_WAIT_ONLY) {
+        let view = match KernelView::take(crate::host::sockets::states::CLOSE_WAIT_ONLY) {
             Ok(v) => Some(v),
             Err(e) => {
                 if !std::mem::replace(&mut self.diag_warned, true) {
@@ -376,11 +361,11 @@ impl Monitor {
 
     /// What the metrics gauges show: reported leaks still open, by the
     /// process blamed; the busiest TIME_WAIT destinations; error totals.
-    pub fn metrics_view(&self, now_ns: u64) -> crate::metrics::View {
+    pub fn metrics_view(&self, now_ns: u64) -> crate::output::metrics::View {
         let leaks = self.open_leaks(now_ns);
         let time_wait = self
             .ports
-            .top(crate::metrics::MAX_DESTINATIONS)
+            .top(crate::output::metrics::MAX_DESTINATIONS)
             .into_iter()
             .map(|(d, n)| (d.daddr.to_string(), d.dport, n, self.ports.ratio(n)))
             .collect();
@@ -390,7 +375,7 @@ impl Monitor {
             .iter()
             .map(|(&(call, errno), &n)| (call, errno, n))
             .collect();
-        crate::metrics::View {
+        crate::output::metrics::View {
             leaks,
             time_wait,
             errors,
@@ -406,7 +391,7 @@ impl Monitor {
         self.summary.owner_table_evicted = self.table.evicted();
         self.summary.close_wait_untracked = self.leaks.dropped();
         let open: HashMap<(u32, Option<u64>), usize> = self
-            .open_leaks(crate::clock::monotonic_ns())
+            .open_leaks(crate::model::clock::monotonic_ns())
             .into_iter()
             .map(|p| ((p.pid, p.start), p.open as usize))
             .collect();

@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use closetrace_common::{AF_INET, AF_INET6, IPPROTO_TCP};
 use thiserror::Error;
 
-use crate::model::{Family, SockRef};
+use crate::model::{Family, SockRef, TcpState};
 
 #[derive(Debug, Error)]
 pub enum SnapshotError {
@@ -26,7 +26,7 @@ pub enum SnapshotError {
 pub struct DiagSocket {
     pub cookie: u64,
     pub inode: u32,
-    pub state: u8,
+    pub state: TcpState,
     /// idiag_timer: 3 marks a timewait socket (whatever its substate).
     pub timer: u8,
     pub family: Family,
@@ -44,18 +44,7 @@ pub struct DiagSocket {
     pub cgroup: u64,
 }
 
-/// A process that has a socket in its fd table (as close_wait_leak's
-/// `holders` lists it).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Holder {
-    pub pid: u32,
-    /// When the process started, in /proc's clock ticks since boot; with
-    /// `pid`, it names the process (pids are reused). None: unreadable.
-    #[serde(rename = "pid_start")]
-    pub start: Option<u64>,
-    pub comm: String,
-    pub fd: u32,
-}
+pub use crate::model::Holder;
 
 const NLMSG_HDR: usize = 16;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -172,7 +161,8 @@ fn parse_diag_msg(m: &[u8]) -> Result<DiagSocket, SnapshotError> {
             .and_then(|a| a.get(..8))
             .map_or(0, |b| u64::from_ne_bytes(b.try_into().expect("8 bytes"))),
         family,
-        state: m[1],
+        state: TcpState::try_from(u32::from(m[1]))
+            .map_err(|_| SnapshotError::Malformed("unknown TCP state"))?,
         timer: m[2],
         sport: be16_at(4),
         dport: be16_at(6),
@@ -206,8 +196,7 @@ impl DiagSocket {
     /// A timewait socket: TIME_WAIT, or FIN_WAIT2 handed over early (an
     /// orphaned active close): either way it holds its port.
     pub fn is_timewait(&self) -> bool {
-        self.state as u32 == closetrace_common::tcp_state::TIME_WAIT
-            || self.timer == TIMER_TIME_WAIT
+        self.state == TcpState::TimeWait || self.timer == TIMER_TIME_WAIT
     }
 }
 
@@ -318,8 +307,8 @@ pub fn socket_holders() -> HashMap<u32, Vec<Holder>> {
                 continue;
             };
             let (comm, start) = who.get_or_insert_with(|| {
-                let start = crate::procs::stat(pid).map(|st| st.start);
-                (crate::procs::comm(pid).unwrap_or_default(), start)
+                let start = crate::host::procs::stat(pid).map(|st| st.start);
+                (crate::host::procs::comm(pid).unwrap_or_default(), start)
             });
             map.entry(inode).or_default().push(Holder {
                 pid,
@@ -394,7 +383,10 @@ mod tests {
         assert!(parse_into(&batch, &mut out).unwrap());
         assert_eq!(out.len(), 1);
         let s = &out[0];
-        assert_eq!((s.state, s.sport, s.inode, s.rqueue), (8, 9501, 4242, 5));
+        assert_eq!(
+            (s.state, s.sport, s.inode, s.rqueue),
+            (TcpState::CloseWait, 9501, 4242, 5)
+        );
         assert_eq!(s.cookie, (7 << 32) | 9);
         assert_eq!(s.saddr, IpAddr::V4(Ipv4Addr::LOCALHOST));
     }
@@ -449,7 +441,7 @@ mod tests {
         visit_tcp_sockets(AF_INET, u32::MAX, false, &mut |s| socks.push(s)).unwrap();
         let me = socks
             .iter()
-            .find(|s| s.sport == port && s.state == 10)
+            .find(|s| s.sport == port && s.state == TcpState::Listen)
             .expect("listener");
         assert_ne!(me.cookie, 0);
         let fd_inode = fs::metadata(format!("/proc/self/fd/{}", l.as_raw_fd()))

@@ -1,0 +1,8 @@
+//! What closetrace writes: the JSON-lines records (read back by `report`),
+//! the text view, the sink that writes both, the summary, the Prometheus
+//! metrics and the offline report.
+pub mod metrics;
+pub mod records;
+pub mod report;
+pub mod sink;
+pub mod summary;

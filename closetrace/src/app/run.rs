@@ -1,0 +1,308 @@
+//! Tracing, in named phases: check the host, resolve the selection, look
+//! at the sockets already there, load and attach, start the coordinator,
+//! announce `ready`, trace until stopped, then report the summary.
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use closetrace_core::app::cli::Cli;
+use closetrace_core::app::coordinator::{Monitor, Settings};
+use closetrace_core::host::sockets::{self, KernelView};
+use closetrace_core::host::{privileges, procs};
+use closetrace_core::model::clock::{self, WallClock};
+use closetrace_core::model::hooks::{Attach, HookReport, Mode};
+use closetrace_core::output::records::{Ready, SCHEMA_VERSION};
+use closetrace_core::output::sink::Sink;
+
+use super::select::{Selection, select};
+use super::trace;
+use crate::kernel::load::{self, CloseHook, Kernel, LoadOptions};
+use crate::kernel::{maps, ring, selection::Upkeep};
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    host_pids()?;
+    let sel = select(&cli)?;
+    load::preflight()?;
+    let metrics_listener = bind_metrics(&cli)?;
+    let out = open_output(&cli)?;
+    if let Some(note) = load::ensure_tracefs() {
+        log::info!("{note}");
+    }
+    let existing = Existing::look();
+    let scan = scans_close_wait(&cli, &sel, &existing);
+    let mut kernel = load::load(&LoadOptions {
+        pids: &sel.pids,
+        ring_bytes: cli.ring_bytes(),
+        close_hook: cli.close_hook,
+        stream_all: cli.states,
+        scan_netns: if scan { existing.netns } else { 0 },
+        netns: sel.netns,
+        cgroups: sel.cgroup.as_ref().map(|(_, ids)| ids.as_slice()),
+        follow_forks: !sel.roots.is_empty(),
+    })?;
+    let pids = follow_late_children(&mut kernel, &sel)?;
+    kernel.hooks.push(existing.diag.clone());
+    let clock = WallClock::sample();
+    let (mut monitor, seeded) =
+        start_coordinator(&cli, &sel, &mut kernel, &existing, scan, &pids, clock)?;
+    drop(existing);
+    release_startup_memory();
+    // Everything is loaded and attached: keep only what naming leak
+    // holders needs.
+    let privileges = privileges::drop_after_attach()
+        .inspect_err(|e| {
+            log::warn!("{e}; running with the capabilities it started with");
+        })
+        .ok();
+    let color = cli.color.enabled(cli.output.is_none());
+    let mut sink = Sink::new(cli.format, out, clock, color);
+    sink.ready(&Ready {
+        kind: "ready",
+        version: SCHEMA_VERSION,
+        closetrace: env!("CARGO_PKG_VERSION"),
+        hooks: &kernel.hooks,
+        pids: &pids,
+        snapshot_sockets: seeded,
+        close_wait_threshold_ms: cli.close_wait_threshold.as_millis().min(u64::MAX as u128) as u64,
+        mode: if cli.states {
+            Mode::States
+        } else {
+            Mode::Findings
+        },
+        pid_tree: &sel.roots,
+        privileges: privileges.as_ref(),
+        netns: (sel.netns != 0).then_some(sel.netns),
+        cgroup: sel.cgroup_name(),
+    })
+    .and_then(|()| sink.flush())
+    .context("writing output")?;
+    let started = Instant::now();
+    let result = trace(&cli, kernel, &mut monitor, &mut sink, metrics_listener);
+    let elapsed = started.elapsed().as_secs_f64();
+    let summary = &monitor.summary;
+    eprint!("{}", summary.to_text(elapsed));
+    match result.and_then(|()| sink.summary(&summary.to_record(elapsed))) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+            Err(anyhow!("output closed (broken pipe); stopped tracing"))
+        }
+        Err(e) => Err(anyhow!(e).context("writing output")),
+    }
+}
+
+/// The kernel's hooks name processes by their pids in the initial PID
+/// namespace; /proc must number them the same, or names, holders, start
+/// times and `--pid` would all be another process's.
+fn host_pids() -> anyhow::Result<()> {
+    match procs::proc_pid_ns() {
+        Some(ns) if ns != procs::INIT_PID_NS => anyhow::bail!(
+            "/proc shows the processes of a PID namespace (pid:[{ns}]), not the host's: the \
+             kernel names processes by their host pids, so names, fd holders and --pid would \
+             not match. Run closetrace in the host's PID namespace (docker run --pid=host, \
+             Kubernetes hostPID: true)"
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Bound before anything is loaded: a busy or foreign address fails now.
+fn bind_metrics(cli: &Cli) -> anyhow::Result<Option<TcpListener>> {
+    let Some(addr) = cli.metrics else {
+        return Ok(None);
+    };
+    let l = TcpListener::bind(addr)
+        .with_context(|| format!("--metrics {addr}: cannot listen there"))?;
+    l.set_nonblocking(true).context("--metrics socket")?;
+    Ok(Some(l))
+}
+
+fn open_output(cli: &Cli) -> anyhow::Result<Box<dyn Write + Send>> {
+    Ok(match &cli.output {
+        Some(path) => Box::new(BufWriter::new(
+            File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
+        )),
+        None => Box::new(BufWriter::new(io::stdout())),
+    })
+}
+
+/// The sockets already there at start-up, in closetrace's own namespace,
+/// and whether sock_diag could list them.
+struct Existing {
+    /// The namespace sock_diag and the port sysctls describe.
+    netns: u32,
+    view: KernelView,
+    diag: HookReport,
+}
+
+impl Existing {
+    /// sock_diag can be missing (tcp_diag is a module on distribution
+    /// kernels, and may be absent): trace anyway, and say what that costs.
+    fn look() -> Existing {
+        let netns = sockets::own_netns().unwrap_or(0);
+        match KernelView::take(sockets::states::HELD) {
+            Ok(view) => Existing {
+                netns,
+                view,
+                diag: HookReport::ok("sock_diag", Attach::Netlink),
+            },
+            Err(e) => Existing {
+                netns,
+                view: KernelView::empty(),
+                diag: HookReport::unavailable(
+                    "sock_diag",
+                    format!(
+                        "{e} (load the tcp_diag module); sockets older than closetrace get no \
+                         owner until they act, and leak holders, recv_q and TIME_WAIT \
+                         reconciliation are unavailable"
+                    ),
+                ),
+            },
+        }
+    }
+}
+
+/// Default mode with sock_diag: CLOSE_WAIT sockets here are found by
+/// scanning, so a prompt close costs no record (see `CloseWaitKernel`).
+/// With --netns elsewhere or --cgroup, CLOSE_WAIT sockets come from
+/// events, which the kernel filters; the scan could not.
+fn scans_close_wait(cli: &Cli, sel: &Selection, existing: &Existing) -> bool {
+    !cli.states
+        && existing.diag.attached()
+        && existing.netns != 0
+        && (sel.netns == 0 || sel.netns == existing.netns)
+        && sel.cgroup.is_none()
+}
+
+/// Children forked between the first walk of the tree and the fork hook
+/// attaching: follow them too. Returns every process followed.
+fn follow_late_children(kernel: &mut Kernel, sel: &Selection) -> anyhow::Result<Vec<u32>> {
+    let mut pids = sel.pids.clone();
+    if let Some(map) = kernel.pids.as_mut() {
+        let tree = closetrace_core::host::filters::process_tree(&sel.roots).unwrap_or_default();
+        for pid in tree {
+            if !pids.contains(&pid) {
+                map.insert(pid, 1, 0)
+                    .context("adding to the followed processes")?;
+                pids.push(pid);
+            }
+        }
+    }
+    Ok(pids)
+}
+
+/// The coordinator, seeded with what was there before start-up, and how
+/// many sockets were given an owner from /proc.
+fn start_coordinator(
+    cli: &Cli,
+    sel: &Selection,
+    kernel: &mut Kernel,
+    existing: &Existing,
+    scan: bool,
+    pids: &[u32],
+    clock: WallClock,
+) -> anyhow::Result<(Monitor, usize)> {
+    let netns = existing.netns;
+    let mut monitor = Monitor::new(
+        Settings {
+            threshold_ns: cli.close_wait_threshold.as_nanos().min(u64::MAX as u128) as u64,
+            tw_warn: cli.tw_warn,
+            pids: pids.to_vec(),
+            infer_closes: kernel.close_hook == CloseHook::Transitions,
+            stream_all: cli.states,
+            own_netns: netns,
+        },
+        clock,
+    );
+    let seeded = maps::seed_existing(&mut kernel.ebpf, monitor.table_mut(), &existing.view, netns)?;
+    if scan {
+        // The first tick's scan finds the CLOSE_WAIT sockets already here.
+        monitor.scan_close_wait_with(Box::new(maps::CloseWaitMaps::take(&mut kernel.ebpf)?));
+    } else {
+        let cgroup_ids: Option<std::collections::HashSet<u64>> = sel
+            .cgroup
+            .as_ref()
+            .map(|(_, ids)| ids.iter().copied().collect());
+        let keep = |s: &sockets::DiagSocket| {
+            (sel.netns == 0 || sel.netns == netns)
+                && cgroup_ids
+                    .as_ref()
+                    .is_none_or(|ids| ids.contains(&s.cgroup))
+        };
+        monitor.seed_leaks(&existing.view, clock::monotonic_ns(), &keep);
+    }
+    if kernel.pids.is_some() || kernel.cgroups.is_some() {
+        let dir = sel.cgroup.as_ref().map(|(dir, _)| dir.clone());
+        let mut upkeep = Upkeep::new(kernel.pids.take(), dir.zip(kernel.cgroups.take()));
+        monitor.follow_with(Box::new(move || upkeep.refresh()));
+    }
+    Ok((monitor, seeded))
+}
+
+/// Start-up parsed the kernel's BTF twice and listed every socket: hand
+/// that memory back rather than keep it resident for the whole run.
+fn release_startup_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Leaks are checked a few times per threshold, at most once per second.
+fn tick_for(threshold: Duration) -> Duration {
+    (threshold / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+
+/// Trace until a signal, `--duration` or an output failure; then detach,
+/// so the summary is final.
+fn trace(
+    cli: &Cli,
+    kernel: Kernel,
+    monitor: &mut Monitor,
+    sink: &mut Sink,
+    metrics_listener: Option<TcpListener>,
+) -> io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let Kernel {
+        ebpf,
+        events,
+        lost,
+        transitions,
+        hooks,
+        ..
+    } = kernel;
+    let counters = ring::Counters {
+        lost: &lost,
+        transitions: &transitions,
+    };
+    let metrics = metrics_listener.as_ref().map(|_| {
+        std::rc::Rc::new(std::cell::RefCell::new(
+            closetrace_core::output::metrics::Metrics::new(&hooks),
+        ))
+    });
+    monitor.metrics = metrics.clone();
+    let tick = tick_for(cli.close_wait_threshold);
+    let result = runtime.block_on(trace::trace(
+        events,
+        counters,
+        monitor,
+        sink,
+        tick,
+        cli.duration,
+        metrics_listener.zip(metrics),
+    ));
+    monitor
+        .summary
+        .kernel_maps
+        .extend(maps::occupancy_of_remaining(&ebpf));
+    drop(ebpf);
+    monitor
+        .summary
+        .set_transitions(counters.transition_counts());
+    monitor.summary.errors_unattributed = counters.lost_count(closetrace_common::LOST_CALL_ARGS);
+    result
+}

@@ -1,0 +1,106 @@
+//! The traced run's futures on one task: the ring-buffer reader, the loss
+//! poller, the coordinator, the metrics exporter and the stop trigger
+//! (signals, `--duration`, or the coordinator stopping on an output error).
+use std::cell::RefCell;
+use std::io;
+use std::net::TcpListener;
+use std::rc::Rc;
+use std::time::Duration;
+
+use aya::maps::{MapData, RingBuf};
+use closetrace_common::LOST_RINGBUF;
+use closetrace_core::app::coordinator::Monitor;
+use closetrace_core::app::pipeline::{self, CHANNEL_DEPTH};
+use closetrace_core::output::metrics::{self, Metrics};
+use closetrace_core::output::sink::Sink;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+
+use crate::kernel::ring::{self, Counters};
+
+pub type Exporter = (TcpListener, Rc<RefCell<Metrics>>);
+
+pub async fn trace(
+    events: RingBuf<MapData>,
+    counters: Counters<'_>,
+    monitor: &mut Monitor,
+    sink: &mut Sink,
+    tick: Duration,
+    duration: Option<Duration>,
+    exporter: Option<Exporter>,
+) -> io::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let reader = ring::read_ring(events, tx.clone(), stop_tx.subscribe());
+    let poller = ring::poll_lost(counters, tx, stop_tx.subscribe());
+    let consumer = async {
+        let out = pipeline::consume(rx, monitor, sink, tick).await;
+        // An output failure ends the run: stop the producers too.
+        let _ = stop_tx.send(true);
+        out
+    };
+    let serve = serve_metrics(exporter, counters, stop_tx.subscribe());
+    let trigger = stop_on_signal(duration, &stop_tx, stop_rx);
+    let (signals, reader_result, (), out, ()) =
+        tokio::join!(trigger, reader, poller, consumer, serve);
+    signals.and(out).and(reader_result)
+}
+
+/// Ctrl-C, SIGTERM or `--duration` stop the run; so does the consumer
+/// stopping on its own (output failed).
+async fn stop_on_signal(
+    duration: Option<Duration>,
+    stop_tx: &watch::Sender<bool>,
+    mut stop_rx: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let timeout = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+        _ = timeout => {}
+        _ = stop_rx.changed() => {}
+    }
+    let _ = stop_tx.send(true);
+    Ok(())
+}
+
+/// `--metrics`: one scrape at a time, each with fresh kernel counters.
+async fn serve_metrics(
+    exporter: Option<Exporter>,
+    counters: Counters<'_>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some((std_listener, metrics)) = exporter else {
+        return;
+    };
+    let listener = match tokio::net::TcpListener::from_std(std_listener) {
+        Ok(l) => l,
+        Err(e) => {
+            log::warn!("--metrics: {e}; not serving metrics");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                let Ok((stream, _)) = conn else { continue };
+                let body = || {
+                    let mut m = metrics.borrow_mut();
+                    m.update_kernel(&counters.transition_counts(), counters.lost_count(LOST_RINGBUF));
+                    m.render()
+                };
+                if let Err(e) = metrics::serve_one(stream, body).await {
+                    log::debug!("metrics scrape: {e}");
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}

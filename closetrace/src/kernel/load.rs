@@ -1,0 +1,228 @@
+//! Pre-flight checks, loading the object, and handing out the maps
+//! userspace reads. Every failure says what is missing and what to do;
+//! optional hooks that do not attach degrade with a reason that the
+//! `ready` record carries (see `attach`).
+use std::fs;
+use std::path::Path;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::{Btf, Ebpf, EbpfLoader};
+use closetrace_common::{Config, OFFSET_ABSENT};
+use closetrace_core::host::{privileges, procs};
+use closetrace_core::kernel::CloseHookChoice;
+use closetrace_core::model::hooks::HookReport;
+use thiserror::Error;
+
+use super::attach::{self, brief};
+use super::maps::{take_hash, take_map};
+use super::offsets::{self, OffsetError};
+
+pub const SYSFS_BTF: &str = "/sys/kernel/btf/vmlinux";
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error(
+        "missing privileges: closetrace needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load \
+         its eBPF programs; run it as root, e.g. `sudo closetrace`"
+    )]
+    Privileges,
+    #[error(
+        "this kernel exposes no BTF ({SYSFS_BTF} is missing): closetrace needs a kernel built \
+         with CONFIG_DEBUG_INFO_BTF=y (5.8 or later)"
+    )]
+    NoBtf,
+    #[error("{0}")]
+    Offsets(#[from] OffsetError),
+    #[error("loading the eBPF programs failed: {0}")]
+    Load(String),
+    #[error("attaching {hook} failed: {reason}")]
+    Attach { hook: String, reason: String },
+    #[error("kernel map {0}: {1}")]
+    Map(&'static str, String),
+    #[error("--cgroup: this kernel does not expose sockets' cgroups (no sock.sk_cgrp_data in BTF)")]
+    NoSocketCgroups,
+}
+
+/// What the kernel side needs from the command line.
+pub struct LoadOptions<'a> {
+    pub pids: &'a [u32],
+    pub ring_bytes: u32,
+    pub close_hook: CloseHookChoice,
+    /// `--states`: every transition and close, not only what findings need.
+    pub stream_all: bool,
+    /// In the default mode, the namespace whose CLOSE_WAIT sockets
+    /// userspace finds by sock_diag scans rather than events (see
+    /// `Config::own_netns`); 0 when it cannot scan.
+    pub scan_netns: u32,
+    /// `--netns`: the only namespace seen (inode); 0 for all.
+    pub netns: u32,
+    /// `--cgroup`: the cgroup ids seen (a subtree); `None` for all.
+    pub cgroups: Option<&'a [u64]>,
+    /// `--pid-tree`: children of followed processes are followed.
+    pub follow_forks: bool,
+}
+
+/// How application closes are observed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseHook {
+    Fentry,
+    Kprobe,
+    /// Neither loads: inferred from owner-context transitions.
+    Transitions,
+}
+
+/// The loaded programs and the maps userspace reads.
+pub struct Kernel {
+    /// Kept alive for as long as tracing runs: dropping it detaches everything.
+    pub ebpf: Ebpf,
+    pub hooks: Vec<HookReport>,
+    pub close_hook: CloseHook,
+    pub events: RingBuf<MapData>,
+    pub lost: PerCpuArray<MapData, u64>,
+    pub transitions: PerCpuArray<MapData, u64>,
+    /// `--pid`, `--pid-tree`: the followed processes, which the kernel
+    /// extends with children (`--pid-tree`) and prunes as they exit.
+    pub pids: Option<BpfHashMap<MapData, u32, u8>>,
+    /// `--cgroup`: the cgroup ids seen, which userspace keeps up to date.
+    pub cgroups: Option<BpfHashMap<MapData, u64, u8>>,
+}
+
+/// Checks that need no kernel calls: privileges and BTF.
+pub fn preflight() -> Result<(), LoadError> {
+    if !privileges::can_load_bpf() {
+        return Err(LoadError::Privileges);
+    }
+    if !Path::new(SYSFS_BTF).exists() {
+        return Err(LoadError::NoBtf);
+    }
+    Ok(())
+}
+
+/// tracefs holds the ids of classic tracepoints. Mount it when it is simply
+/// not mounted; report (not fail) when that is impossible, since the hooks
+/// closetrace requires are BTF tracepoints that do not need it.
+pub fn ensure_tracefs() -> Option<String> {
+    let mounted = fs::read_to_string("/proc/self/mounts")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(2) == Some("tracefs"))
+        })
+        .unwrap_or(false);
+    if mounted {
+        return None;
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: constant NUL-terminated strings; mount(2) validates the rest.
+    let rc = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    Some(if rc == 0 {
+        format!("tracefs was not mounted; mounted it at {TRACEFS}")
+    } else {
+        format!(
+            "tracefs is not mounted and mounting it at {TRACEFS} failed ({}); classic tracepoints unavailable",
+            std::io::Error::last_os_error()
+        )
+    })
+}
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/closetrace"));
+
+/// Load the object configured for `opts`, fill the selection maps, attach
+/// every hook, and take out the maps userspace reads.
+pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
+    let config = config(opts)?;
+    let btf =
+        Btf::from_sys_fs().map_err(|e| LoadError::Load(format!("reading kernel BTF: {e}")))?;
+    let mut ebpf = open(&btf, &config, opts.ring_bytes)?;
+    fill_selection(&mut ebpf, opts)?;
+    let (close_hook, hooks) = attach::attach_all(&mut ebpf, &btf, opts)?;
+    Ok(Kernel {
+        events: RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?)
+            .map_err(|e| LoadError::Map("EVENTS", e.to_string()))?,
+        lost: PerCpuArray::try_from(take_map(&mut ebpf, "LOST")?)
+            .map_err(|e| LoadError::Map("LOST", e.to_string()))?,
+        transitions: PerCpuArray::try_from(take_map(&mut ebpf, "TRANSITIONS")?)
+            .map_err(|e| LoadError::Map("TRANSITIONS", e.to_string()))?,
+        pids: if opts.pids.is_empty() {
+            None
+        } else {
+            Some(take_hash(&mut ebpf, "PIDS")?)
+        },
+        cgroups: match opts.cgroups {
+            Some(_) => Some(take_hash(&mut ebpf, "CGROUPS")?),
+            None => None,
+        },
+        ebpf,
+        hooks,
+        close_hook,
+    })
+}
+
+/// The programs' configuration, with the running kernel's struct offsets.
+fn config(opts: &LoadOptions<'_>) -> Result<Config, LoadError> {
+    // Two parses of the kernel's BTF (ours for offsets, aya's for loading)
+    // are the largest allocations closetrace ever makes: never hold both.
+    let offsets = {
+        let vmlinux = offsets::load_btf(Path::new(SYSFS_BTF))?;
+        offsets::resolve(&vmlinux)?
+    };
+    if opts.cgroups.is_some() && offsets.sk_cgroup == OFFSET_ABSENT {
+        return Err(LoadError::NoSocketCgroups);
+    }
+    Ok(Config {
+        offsets,
+        filter_pids: u32::from(!opts.pids.is_empty()),
+        stream_all: u32::from(opts.stream_all),
+        // Wake the reader once an eighth of the ring is full; below that it
+        // drains on its own timer. One wakeup per record costs more than the
+        // record under churn.
+        wakeup_bytes: opts.ring_bytes / 8,
+        own_netns: opts.scan_netns,
+        filter_netns: opts.netns,
+        filter_cgroups: u32::from(opts.cgroups.is_some()),
+        follow_forks: u32::from(opts.follow_forks),
+        tick_ns: procs::tick_ns() as u32,
+    })
+}
+
+/// The object, loaded into the kernel with `config` (no program attached).
+fn open(btf: &Btf, config: &Config, ring_bytes: u32) -> Result<Ebpf, LoadError> {
+    EbpfLoader::new()
+        .btf(Some(btf))
+        .override_global("CONFIG", config, true)
+        .map_max_entries("EVENTS", ring_bytes)
+        .load(OBJECT)
+        .map_err(|e| {
+            let text = brief(e);
+            if text.contains("Operation not permitted") {
+                LoadError::Privileges
+            } else {
+                LoadError::Load(text)
+            }
+        })
+}
+
+/// `--pid` and `--cgroup` in the kernel's selection maps.
+fn fill_selection(ebpf: &mut Ebpf, opts: &LoadOptions<'_>) -> Result<(), LoadError> {
+    let mut pids: BpfHashMap<_, u32, u8> = super::maps::hash_mut(ebpf, "PIDS")?;
+    for pid in opts.pids {
+        pids.insert(pid, 1, 0)
+            .map_err(|e| LoadError::Map("PIDS", e.to_string()))?;
+    }
+    if let Some(ids) = opts.cgroups {
+        let mut map: BpfHashMap<_, u64, u8> = super::maps::hash_mut(ebpf, "CGROUPS")?;
+        for id in ids {
+            map.insert(id, 1, 0)
+                .map_err(|e| LoadError::Map("CGROUPS", e.to_string()))?;
+        }
+    }
+    Ok(())
+}
