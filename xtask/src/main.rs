@@ -9,6 +9,7 @@ mod bench;
 mod bench_report;
 mod demo;
 mod fuzz;
+mod layers;
 mod measure;
 mod offsets_rule;
 mod soak;
@@ -40,6 +41,9 @@ enum Task {
     },
     /// Check that no kernel struct offset is hard-coded in the eBPF crate.
     LintOffsets,
+    /// Check that imports point one way between the layers (model, kernel,
+    /// host, track, output, app) and that no modules import each other.
+    LintLayers,
     /// The article's three failures in a namespace, with closetrace beside
     /// them (under 30 s); fails unless each is flagged with its process.
     Demo,
@@ -240,6 +244,22 @@ fn lint_offsets() -> anyhow::Result<()> {
     Ok(())
 }
 
+fn lint_layers() -> anyhow::Result<()> {
+    let sources = layers::read_sources(&root()).context("reading the sources")?;
+    let problems = layers::check(&sources);
+    if !problems.is_empty() {
+        bail!(
+            "imports against the layering (README, Code map):\n{}",
+            problems.join("\n")
+        );
+    }
+    println!(
+        "xtask: imports point one way across {} modules (closetrace-core, closetrace)",
+        sources.len()
+    );
+    Ok(())
+}
+
 /// Lint the eBPF crate for its real target: on the host it would link std.
 fn clippy_ebpf() -> anyhow::Result<()> {
     let mut c = Command::new("rustup");
@@ -288,6 +308,7 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::LintOffsets => lint_offsets()?,
+        Task::LintLayers => lint_layers()?,
         Task::Fuzz { seconds, target } => {
             bootstrap()?;
             fuzz::run(&root(), seconds, target.as_deref())?;
@@ -352,6 +373,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test { args } => {
             bootstrap_for_tests()?;
             lint_offsets()?;
+            lint_layers()?;
             run(cargo().args(["fmt", "--all", "--check"]))?;
             run(cargo()
                 .args([

@@ -56,7 +56,7 @@ pub struct Cli {
     /// Colour in the text view: auto (on a terminal, unless NO_COLOR is
     /// set), always, never.
     #[arg(long, value_enum, default_value = "auto")]
-    pub color: crate::output::sink::Color,
+    pub color: crate::output::text::Color,
 
     /// Serve Prometheus metrics at /metrics on this port of 127.0.0.1, or
     /// on ADDR:PORT. Off by default; an address other than loopback

@@ -108,7 +108,7 @@ impl Monitor {
         );
         if let Err(e) = dumped {
             if !std::mem::replace(&mut self.diag_warned, true) {
-                eprintln!("closetrace: warning: cannot list CLOSE_WAIT sockets: {e}");
+                log::warn!("cannot list CLOSE_WAIT sockets: {e}");
             }
             return Ok(());
         }
@@ -206,7 +206,7 @@ impl Monitor {
             pid: c.closer.pid,
             pid_start: c.closer.start,
             comm: &c.closer.comm,
-            sock: SockFields::new(&c.sock),
+            sock: SockFields::new(&c.sock, sink.containers()),
             state: c.state.name(),
             by: if c.exiting { "exit" } else { "close" },
             via: c.via.name(),
@@ -224,7 +224,7 @@ impl Monitor {
             pid: owner.map(|o| o.pid),
             pid_start: owner.and_then(|o| o.start),
             comm: owner.map(|o| o.comm.as_str()),
-            sock: SockFields::new(&r.tracked.sock),
+            sock: SockFields::new(&r.tracked.sock, sink.containers()),
             close_wait_ms: records::ns_to_ms(r.age_ns),
             how: r.how.name(),
             by_pid: r.by.as_ref().map(|t| t.pid),
@@ -237,8 +237,8 @@ impl Monitor {
     pub fn on_tick(&mut self, now_ns: u64, sink: &mut Sink) -> io::Result<()> {
         if let Some(pids) = self.follow.as_mut().and_then(|f| f()) {
             if pids.is_empty() && !self.pids.is_empty() {
-                eprintln!(
-                    "closetrace: every process followed has exited; leaks they left are still \
+                log::info!(
+                    "every process followed has exited; leaks they left are still \
                      reported as they end, and a new process reusing a pid is not followed"
                 );
             }
@@ -259,7 +259,7 @@ impl Monitor {
             Ok(v) => Some(v),
             Err(e) => {
                 if !std::mem::replace(&mut self.diag_warned, true) {
-                    eprintln!("closetrace: warning: cannot list sockets for leak holders: {e}");
+                    log::warn!("cannot list sockets for leak holders: {e}");
                 }
                 None
             }
@@ -313,7 +313,7 @@ impl Monitor {
                 pid: owner.as_ref().map(|o| o.pid),
                 pid_start: owner.as_ref().and_then(|o| o.start),
                 comm: owner.as_ref().map(|o| o.comm.as_str()),
-                sock: SockFields::new(&d.tracked.sock),
+                sock: SockFields::new(&d.tracked.sock, sink.containers()),
                 close_wait_ms: records::ns_to_ms(d.age_ns),
                 since: if d.tracked.from_startup {
                     "startup"

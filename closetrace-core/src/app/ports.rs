@@ -15,7 +15,8 @@ use crate::model::{Errno, SockError, SockRef, StateChange, Syscall, Task, TcpSta
 use crate::output::records::{
     self, BindError, ConnectError, ListenOverflow, PortHolder, SockFields, TimeWaitPressure,
 };
-use crate::output::sink::{Sink, endpoint, printable};
+use crate::output::sink::Sink;
+use crate::output::text::{endpoint, printable};
 use crate::track::timewait::{Dest, Pressure, TimeWaitCounter, Tuple, entered_time_wait};
 
 const RECONCILE_NS: u64 = 1_000_000_000;
@@ -88,9 +89,7 @@ impl PortPressure {
         let policy = match PortPolicy::read() {
             Ok(p) => Some(p),
             Err(e) => {
-                eprintln!(
-                    "closetrace: warning: ephemeral port range unknown ({e}); no TIME_WAIT pressure ratios"
-                );
+                log::warn!("ephemeral port range unknown ({e}); no TIME_WAIT pressure ratios");
                 None
             }
         };
@@ -167,7 +166,7 @@ impl PortPressure {
                     dport: e.port,
                     time_wait,
                     suppressed,
-                    scope: records::Scope::new(e.netns, e.cgroup),
+                    scope: records::Scope::new(e.netns, e.cgroup, sink.containers()),
                 };
                 sink.record(&rec, || {
                     format!(
@@ -195,7 +194,7 @@ impl PortPressure {
                     time_wait,
                     hint,
                     suppressed,
-                    scope: records::Scope::new(e.netns, e.cgroup),
+                    scope: records::Scope::new(e.netns, e.cgroup, sink.containers()),
                 };
                 sink.record(&rec, || {
                     let held: Vec<String> = rec
@@ -323,7 +322,7 @@ impl PortPressure {
                 ts: records::rfc3339(clock, now_ns),
                 pid: h.map(|h| h.pid),
                 comm: h.map(|h| h.comm.as_str()),
-                sock: SockFields::new(&sock),
+                sock: SockFields::new(&sock, sink.containers()),
                 backlog: l.wqueue,
                 queued: l.rqueue,
                 dropped,

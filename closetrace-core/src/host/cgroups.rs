@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use thiserror::Error;
+
+use crate::model::{Container, ContainerNames, Runtime};
 
 #[derive(Debug, Error)]
 pub enum CgroupError {
@@ -71,15 +72,6 @@ fn walk(dir: &Path, f: &mut dyn FnMut(&Path, u64)) {
     }
 }
 
-/// A container, recognised from its cgroup path.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Container {
-    /// `docker`, `containerd`, `cri-o` or `podman`.
-    pub runtime: &'static str,
-    /// The container id (64 hex digits).
-    pub id: String,
-}
-
 /// The container a cgroup path names, by the layouts runtimes use with the
 /// systemd and cgroupfs drivers:
 /// `docker-<id>.scope`, `/docker/<id>`, `cri-containerd-<id>.scope`,
@@ -91,17 +83,17 @@ pub fn container_of(path: &str) -> Option<Container> {
     for part in path.split('/').filter(|p| !p.is_empty()) {
         let name = part.strip_suffix(".scope").unwrap_or(part);
         let guess = [
-            ("docker-", "docker"),
-            ("cri-containerd-", "containerd"),
-            ("crio-", "cri-o"),
-            ("libpod-", "podman"),
+            ("docker-", Runtime::Docker),
+            ("cri-containerd-", Runtime::Containerd),
+            ("crio-", Runtime::CriO),
+            ("libpod-", Runtime::Podman),
         ]
         .iter()
         .find_map(|(prefix, rt)| name.strip_prefix(prefix).map(|id| (*rt, id)))
         .or_else(|| match parent {
-            "docker" => Some(("docker", name)),
+            "docker" => Some((Runtime::Docker, name)),
             _ if parent.starts_with("pod") || path.contains("kubepods") => {
-                Some(("containerd", name))
+                Some((Runtime::Containerd, name))
             }
             _ => None,
         });
@@ -155,6 +147,15 @@ impl Known {
     }
 }
 
+/// Container names from cgroupfs, cached (see `Known`).
+pub struct CgroupContainers;
+
+impl ContainerNames for CgroupContainers {
+    fn container(&self, cgroup: u64) -> Option<Container> {
+        container(cgroup)
+    }
+}
+
 /// The container cgroup `id` belongs to, if any.
 pub fn container(id: u64) -> Option<Container> {
     static KNOWN: OnceLock<Mutex<Known>> = OnceLock::new();
@@ -183,22 +184,25 @@ mod tests {
     #[test]
     fn runtimes_are_recognised_from_their_paths() {
         let cases = [
-            (format!("/system.slice/docker-{ID}.scope"), "docker"),
-            (format!("/docker/{ID}"), "docker"),
+            (format!("/system.slice/docker-{ID}.scope"), Runtime::Docker),
+            (format!("/docker/{ID}"), Runtime::Docker),
             (
                 format!(
                     "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-{ID}.scope"
                 ),
-                "containerd",
+                Runtime::Containerd,
             ),
-            (format!("/kubepods/besteffort/pod7d3a/{ID}"), "containerd"),
-            (format!("/kubepods.slice/crio-{ID}.scope"), "cri-o"),
-            (format!("/machine.slice/libpod-{ID}.scope"), "podman"),
+            (
+                format!("/kubepods/besteffort/pod7d3a/{ID}"),
+                Runtime::Containerd,
+            ),
+            (format!("/kubepods.slice/crio-{ID}.scope"), Runtime::CriO),
+            (format!("/machine.slice/libpod-{ID}.scope"), Runtime::Podman),
             (
                 format!(
                     "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope/container"
                 ),
-                "podman",
+                Runtime::Podman,
             ),
         ];
         for (path, runtime) in cases {

@@ -9,7 +9,6 @@
 //! from the effective, permitted, inheritable and ambient sets, so a bug
 //! in the daemon cannot load programs, read kernel memory or write files
 //! it could not write as any process.
-use serde::Serialize;
 use thiserror::Error;
 
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
@@ -49,15 +48,7 @@ pub enum PrivilegeError {
     Set(std::io::Error),
 }
 
-/// What `ready` says about privileges after attaching.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Privileges {
-    /// Capabilities still held (names of the well-known ones).
-    pub kept: Vec<String>,
-    /// Why CAP_BPF is kept, when it is.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
+pub use crate::model::Privileges;
 
 fn name(cap: u32) -> String {
     NAMES

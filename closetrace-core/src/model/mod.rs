@@ -329,6 +329,51 @@ impl Holder {
     }
 }
 
+/// What `ready` says about privileges after attaching.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Privileges {
+    /// Capabilities still held (names of the well-known ones).
+    pub kept: Vec<String>,
+    /// Why CAP_BPF is kept, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// A container runtime, as records name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Runtime {
+    #[serde(rename = "docker")]
+    Docker,
+    #[serde(rename = "containerd")]
+    Containerd,
+    #[serde(rename = "cri-o")]
+    CriO,
+    #[serde(rename = "podman")]
+    Podman,
+}
+
+/// A container, recognised from its cgroup path.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Container {
+    pub runtime: Runtime,
+    /// The container id (64 hex digits).
+    pub id: String,
+}
+
+/// Which container a cgroup belongs to. The host layer answers from
+/// cgroupfs; `NoContainers` knows none (tests, tools without cgroups).
+pub trait ContainerNames {
+    fn container(&self, cgroup: u64) -> Option<Container>;
+}
+
+pub struct NoContainers;
+
+impl ContainerNames for NoContainers {
+    fn container(&self, _cgroup: u64) -> Option<Container> {
+        None
+    }
+}
+
 /// How full a kernel map was.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct MapUse {

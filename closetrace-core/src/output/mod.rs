@@ -6,3 +6,4 @@ pub mod records;
 pub mod report;
 pub mod sink;
 pub mod summary;
+pub mod text;

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::model::clock::WallClock;
 pub use crate::model::hooks::HookReport;
 use crate::model::hooks::Mode;
-use crate::model::{SockRef, StateChange};
+use crate::model::{ContainerNames, SockRef, StateChange};
 
 /// Bumped whenever a record changes incompatibly.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -32,7 +32,7 @@ pub struct Ready<'a> {
     /// `--cgroup`, as a path under the cgroup2 mount; null for all.
     pub cgroup: Option<String>,
     /// Capabilities kept after attaching; null if dropping them failed.
-    pub privileges: Option<&'a crate::host::privileges::Privileges>,
+    pub privileges: Option<&'a crate::model::Privileges>,
 }
 
 #[derive(Debug, Serialize)]
@@ -65,7 +65,7 @@ pub struct State<'a> {
 }
 
 impl<'a> State<'a> {
-    pub fn new(ev: &'a StateChange, clock: &WallClock) -> Self {
+    pub fn new(ev: &'a StateChange, clock: &WallClock, names: &dyn ContainerNames) -> Self {
         State {
             kind: "state",
             ts: Ts(clock.wall(ev.ts_ns)),
@@ -84,7 +84,7 @@ impl<'a> State<'a> {
             old: ev.old.name(),
             new: ev.new.name(),
             old_ms: ev.old_ns.map(ns_to_ms),
-            scope: Scope::new(ev.sock.netns, ev.sock.cgroup),
+            scope: Scope::new(ev.sock.netns, ev.sock.cgroup, names),
         }
     }
 }
@@ -99,15 +99,15 @@ pub struct Scope {
     /// when unknown.
     pub cgroup: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub container: Option<crate::host::cgroups::Container>,
+    pub container: Option<crate::model::Container>,
 }
 
 impl Scope {
-    pub fn new(netns: u32, cgroup: u64) -> Self {
+    pub fn new(netns: u32, cgroup: u64, names: &dyn ContainerNames) -> Self {
         Scope {
             netns,
             cgroup,
-            container: crate::host::cgroups::container(cgroup),
+            container: names.container(cgroup),
         }
     }
 }
@@ -126,7 +126,7 @@ pub struct SockFields {
 }
 
 impl SockFields {
-    pub fn new(s: &SockRef) -> Self {
+    pub fn new(s: &SockRef, names: &dyn ContainerNames) -> Self {
         SockFields {
             family: s.family.name(),
             saddr: s.saddr,
@@ -134,7 +134,7 @@ impl SockFields {
             daddr: s.daddr,
             dport: s.dport,
             sock: s.id,
-            scope: Scope::new(s.netns, s.cgroup),
+            scope: Scope::new(s.netns, s.cgroup, names),
         }
     }
 }
@@ -184,7 +184,7 @@ pub struct CloseWaitLeak<'a> {
     /// socket not closed. Null when the kernel could not be asked.
     pub recv_q: Option<u32>,
     /// Every process with the socket in its fd table.
-    pub holders: &'a [crate::host::sockets::Holder],
+    pub holders: &'a [crate::model::Holder],
     /// 1 for the first report of this leak, then 2, 3 ... (backing off).
     pub report: u32,
 }
@@ -375,9 +375,10 @@ mod tests {
         ev.old_ns = Some(1_234_567);
         ev.ctx.comm = "cli\"ent\n".into();
         let clock = WallClock::from_offset(0);
-        let v: serde_json::Value =
-            serde_json::from_str(&serde_json::to_string(&State::new(&ev, &clock)).unwrap())
-                .unwrap();
+        let v: serde_json::Value = serde_json::from_str(
+            &serde_json::to_string(&State::new(&ev, &clock, &crate::model::NoContainers)).unwrap(),
+        )
+        .unwrap();
         assert_eq!(v["type"], "state");
         assert_eq!(v["ts"], "1970-01-01T00:00:02.000000Z");
         assert_eq!(v["pid"], serde_json::Value::Null);

@@ -217,7 +217,7 @@ impl Summary {
                     s,
                     "    {} -> {} {n}",
                     d.saddr,
-                    crate::output::sink::endpoint(d.daddr, d.dport)
+                    crate::output::text::endpoint(d.daddr, d.dport)
                 );
             }
         }
@@ -227,7 +227,7 @@ impl Summary {
                 let _ = writeln!(
                     s,
                     "    {}({}): {n}",
-                    crate::output::sink::printable(&t.comm),
+                    crate::output::text::printable(&t.comm),
                     t.pid
                 );
             }
@@ -257,7 +257,7 @@ impl Summary {
                 let _ = writeln!(
                     s,
                     "    {}({}{start}): {} leaked, {} still open, oldest {:.1} s",
-                    crate::output::sink::printable(&l.comm),
+                    crate::output::text::printable(&l.comm),
                     l.pid,
                     l.leaks,
                     l.open,

@@ -4,7 +4,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use anyhow::Context;
-use closetrace_core::output::{report, sink};
+use closetrace_core::output::{report, text};
 
 use super::UsageError;
 
@@ -23,8 +23,8 @@ pub fn run(file: &Path, html: Option<&Path>) -> anyhow::Result<()> {
     for (n, why) in report.malformed.iter().take(MALFORMED_SHOWN) {
         eprintln!(
             "closetrace: {}: line {n}: {} (skipped)",
-            sink::printable(&source),
-            sink::printable(why)
+            text::printable(&source),
+            text::printable(why)
         );
     }
     if report.malformed.len() > MALFORMED_SHOWN {

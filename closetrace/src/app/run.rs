@@ -10,7 +10,7 @@ use anyhow::{Context, anyhow};
 use closetrace_core::app::cli::Cli;
 use closetrace_core::app::coordinator::{Monitor, Settings};
 use closetrace_core::host::sockets::{self, KernelView};
-use closetrace_core::host::{privileges, procs};
+use closetrace_core::host::{cgroups, privileges, procs};
 use closetrace_core::model::clock::{self, WallClock};
 use closetrace_core::model::hooks::{Attach, HookReport, Mode};
 use closetrace_core::output::records::{Ready, SCHEMA_VERSION};
@@ -18,7 +18,8 @@ use closetrace_core::output::sink::Sink;
 
 use super::select::{Selection, select};
 use super::trace;
-use crate::kernel::load::{self, CloseHook, Kernel, LoadOptions};
+use crate::kernel::load::{self, Kernel};
+use crate::kernel::{CloseHook, LoadOptions};
 use crate::kernel::{maps, ring, selection::Upkeep};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -57,7 +58,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         })
         .ok();
     let color = cli.color.enabled(cli.output.is_none());
-    let mut sink = Sink::new(cli.format, out, clock, color);
+    let mut sink = Sink::new(cli.format, out, clock, color)
+        .with_containers(Box::new(cgroups::CgroupContainers));
     sink.ready(&Ready {
         kind: "ready",
         version: SCHEMA_VERSION,
@@ -215,7 +217,12 @@ fn start_coordinator(
         },
         clock,
     );
-    let seeded = maps::seed_existing(&mut kernel.ebpf, monitor.table_mut(), &existing.view, netns)?;
+    let seeded = maps::seed_existing(&mut kernel.ebpf, &existing.view, netns)?;
+    for s in &seeded {
+        monitor
+            .table_mut()
+            .seed(s.cookie, netns, s.sport, s.state, s.owner.clone());
+    }
     if scan {
         // The first tick's scan finds the CLOSE_WAIT sockets already here.
         monitor.scan_close_wait_with(Box::new(maps::CloseWaitMaps::take(&mut kernel.ebpf)?));
@@ -237,7 +244,7 @@ fn start_coordinator(
         let mut upkeep = Upkeep::new(kernel.pids.take(), dir.zip(kernel.cgroups.take()));
         monitor.follow_with(Box::new(move || upkeep.refresh()));
     }
-    Ok((monitor, seeded))
+    Ok((monitor, seeded.len()))
 }
 
 /// Start-up parsed the kernel's BTF twice and listed every socket: hand

@@ -6,7 +6,7 @@ use aya::{Btf, Ebpf};
 use closetrace_core::kernel::CloseHookChoice;
 use closetrace_core::model::hooks::{Attach, HookReport};
 
-use super::load::{CloseHook, LoadError, LoadOptions};
+use super::{CloseHook, LoadError, LoadOptions};
 
 /// Every hook `opts` asks for. Fails only when a hook closetrace cannot do
 /// without fails; the reports say how each of the others came up.

@@ -9,68 +9,14 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::{Btf, Ebpf, EbpfLoader};
 use closetrace_common::{Config, OFFSET_ABSENT};
 use closetrace_core::host::{privileges, procs};
-use closetrace_core::kernel::CloseHookChoice;
 use closetrace_core::model::hooks::HookReport;
-use thiserror::Error;
 
 use super::attach::{self, brief};
 use super::maps::{take_hash, take_map};
-use super::offsets::{self, OffsetError};
+use super::offsets;
+use super::{CloseHook, LoadError, LoadOptions, SYSFS_BTF};
 
-pub const SYSFS_BTF: &str = "/sys/kernel/btf/vmlinux";
 const TRACEFS: &str = "/sys/kernel/tracing";
-
-#[derive(Debug, Error)]
-pub enum LoadError {
-    #[error(
-        "missing privileges: closetrace needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load \
-         its eBPF programs; run it as root, e.g. `sudo closetrace`"
-    )]
-    Privileges,
-    #[error(
-        "this kernel exposes no BTF ({SYSFS_BTF} is missing): closetrace needs a kernel built \
-         with CONFIG_DEBUG_INFO_BTF=y (5.8 or later)"
-    )]
-    NoBtf,
-    #[error("{0}")]
-    Offsets(#[from] OffsetError),
-    #[error("loading the eBPF programs failed: {0}")]
-    Load(String),
-    #[error("attaching {hook} failed: {reason}")]
-    Attach { hook: String, reason: String },
-    #[error("kernel map {0}: {1}")]
-    Map(&'static str, String),
-    #[error("--cgroup: this kernel does not expose sockets' cgroups (no sock.sk_cgrp_data in BTF)")]
-    NoSocketCgroups,
-}
-
-/// What the kernel side needs from the command line.
-pub struct LoadOptions<'a> {
-    pub pids: &'a [u32],
-    pub ring_bytes: u32,
-    pub close_hook: CloseHookChoice,
-    /// `--states`: every transition and close, not only what findings need.
-    pub stream_all: bool,
-    /// In the default mode, the namespace whose CLOSE_WAIT sockets
-    /// userspace finds by sock_diag scans rather than events (see
-    /// `Config::own_netns`); 0 when it cannot scan.
-    pub scan_netns: u32,
-    /// `--netns`: the only namespace seen (inode); 0 for all.
-    pub netns: u32,
-    /// `--cgroup`: the cgroup ids seen (a subtree); `None` for all.
-    pub cgroups: Option<&'a [u64]>,
-    /// `--pid-tree`: children of followed processes are followed.
-    pub follow_forks: bool,
-}
-
-/// How application closes are observed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseHook {
-    Fentry,
-    Kprobe,
-    /// Neither loads: inferred from owner-context transitions.
-    Transitions,
-}
 
 /// The loaded programs and the maps userspace reads.
 pub struct Kernel {

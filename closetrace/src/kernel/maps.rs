@@ -8,9 +8,8 @@ use closetrace_core::host::sockets::KernelView;
 use closetrace_core::kernel::CloseWaitKernel;
 use closetrace_core::kernel::decode::{close_wait_entry, seed_info, task_id};
 use closetrace_core::model::{MapUse, Task, TcpState};
-use closetrace_core::track::owners::OwnerTable;
 
-use super::load::LoadError;
+use super::LoadError;
 
 /// bpf_map_update_elem flag: insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
@@ -43,15 +42,23 @@ pub fn hash_mut<'a, K: aya::Pod, V: aya::Pod>(
     BpfHashMap::try_from(map).map_err(map_error(name))
 }
 
-/// Give sockets that existed before start-up the owner found in /proc, in the
-/// kernel maps (so the programs report them right) and in `table`. Never
-/// overwrites what the programs already learned since attaching.
+/// A socket that predates start-up, and the owner found for it in /proc.
+pub struct Seeded {
+    pub cookie: u64,
+    pub sport: u16,
+    pub state: TcpState,
+    pub owner: Task,
+}
+
+/// Give sockets that existed before start-up the owner found in /proc, in
+/// the kernel maps, so the programs report them right. Never overwrites
+/// what the programs already learned since attaching. Returns what was
+/// seeded, for userspace's own tables.
 pub fn seed_existing(
     ebpf: &mut Ebpf,
-    table: &mut OwnerTable,
     view: &KernelView,
     netns: u32,
-) -> Result<usize, LoadError> {
+) -> Result<Vec<Seeded>, LoadError> {
     let [Some(sock_map), Some(listen_map)] = ebpf.maps_disjoint_mut(["SOCKS", "LISTENERS"]) else {
         return Err(LoadError::Map("SOCKS", "missing".into()));
     };
@@ -59,7 +66,7 @@ pub fn seed_existing(
         BpfHashMap::try_from(sock_map).map_err(map_error("SOCKS"))?;
     let mut listen_map: BpfHashMap<_, ListenKey, ListenerInfo> =
         BpfHashMap::try_from(listen_map).map_err(map_error("LISTENERS"))?;
-    let mut seeded = 0;
+    let mut seeded = Vec::new();
     for s in view.by_cookie.values() {
         // Several holders (fork, fd passing): the lowest pid is usually the
         // parent that made it; good enough for ownership of the stream.
@@ -81,8 +88,12 @@ pub fn seed_existing(
             };
             let _ = listen_map.insert(key, info, BPF_NOEXIST);
         }
-        table.seed(s.cookie, netns, s.sport, s.state, owner);
-        seeded += 1;
+        seeded.push(Seeded {
+            cookie: s.cookie,
+            sport: s.sport,
+            state: s.state,
+            owner,
+        });
     }
     Ok(seeded)
 }

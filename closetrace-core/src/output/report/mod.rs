@@ -127,11 +127,7 @@ pub struct Report {
 pub type Process = (u32, Option<u64>);
 
 fn dest_name(daddr: &str, dport: u16) -> String {
-    if daddr.contains(':') {
-        format!("[{daddr}]:{dport}")
-    } else {
-        format!("{daddr}:{dport}")
-    }
+    crate::output::text::endpoint(daddr, dport)
 }
 
 impl Report {
@@ -349,7 +345,7 @@ impl Report {
         let _ = writeln!(
             s,
             "closetrace report: {}",
-            crate::output::sink::printable(source)
+            crate::output::text::printable(source)
         );
         let _ = writeln!(
             s,
@@ -375,7 +371,7 @@ impl Report {
                     s,
                     "  {:<8} {:<16} {:>6} {:>6} {:>10.1} s  {}",
                     self.process_name(who),
-                    crate::output::sink::printable(&p.comm),
+                    crate::output::text::printable(&p.comm),
                     p.leaks,
                     p.open,
                     p.oldest_ms / 1000.0,
@@ -401,7 +397,7 @@ impl Report {
                 let _ = writeln!(
                     s,
                     "  {:<28} {:>8} {:>10}",
-                    crate::output::sink::printable(name),
+                    crate::output::text::printable(name),
                     d.peak,
                     ratio
                 );
@@ -417,13 +413,13 @@ impl Report {
                 .iter()
                 .filter(|((_, _, e), _)| e == errno)
                 .map(|((pid, comm, _), n)| {
-                    format!("{}({pid}) {n}", crate::output::sink::printable(comm))
+                    format!("{}({pid}) {n}", crate::output::text::printable(comm))
                 })
                 .collect();
             let _ = writeln!(
                 s,
                 "  {call} {} {n}: {}",
-                crate::output::sink::printable(errno),
+                crate::output::text::printable(errno),
                 who.join(", ")
             );
         }
