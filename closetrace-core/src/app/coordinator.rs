@@ -1,6 +1,7 @@
 //! The consumer side of the pipeline: runs each decoded event through the
 //! state machines (owner table, close inference, leak detector), asks the
 //! kernel for holders when a leak is due, and writes records to the sink.
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::io;
 
@@ -10,7 +11,9 @@ use crate::kernel::CloseWaitKernel;
 use crate::model::clock::WallClock;
 use crate::model::{Close, KernelEvent, Task, TcpState};
 use crate::output::metrics::ProcessLeaks;
-use crate::output::records::{self, CloseWaitLeak, CloseWaitResolved, SockFields};
+use crate::output::records::{
+    self, CloseWaitLeak, CloseWaitResolved, ClosedBy, LeakSince, SockFields, Ts,
+};
 use crate::output::sink::Sink;
 use crate::output::summary::Summary;
 use crate::track::closes::infer_close;
@@ -200,16 +203,19 @@ impl Monitor {
             return Ok(());
         }
         self.summary.closes += 1;
-        sink.close(&records::Close {
-            kind: "close",
-            ts: records::rfc3339(&self.clock, c.ts_ns),
+        sink.close(records::Close {
+            ts: Ts::at(&self.clock, c.ts_ns),
             pid: c.closer.pid,
             pid_start: c.closer.start,
-            comm: &c.closer.comm,
+            comm: Cow::Borrowed(&c.closer.comm),
             sock: SockFields::new(&c.sock, sink.containers()),
-            state: c.state.name(),
-            by: if c.exiting { "exit" } else { "close" },
-            via: c.via.name(),
+            state: c.state,
+            by: if c.exiting {
+                ClosedBy::Exit
+            } else {
+                ClosedBy::Close
+            },
+            via: c.via,
         })
     }
 
@@ -218,15 +224,14 @@ impl Monitor {
             return Ok(());
         }
         let owner = r.tracked.owner.as_ref();
-        sink.resolved(&CloseWaitResolved {
-            kind: "close_wait_resolved",
-            ts: records::rfc3339(&self.clock, r.tracked.since_ns + r.age_ns),
+        sink.resolved(CloseWaitResolved {
+            ts: Ts::at(&self.clock, r.tracked.since_ns + r.age_ns),
             pid: owner.map(|o| o.pid),
             pid_start: owner.and_then(|o| o.start),
-            comm: owner.map(|o| o.comm.as_str()),
+            comm: owner.map(|o| Cow::Borrowed(o.comm.as_str())),
             sock: SockFields::new(&r.tracked.sock, sink.containers()),
             close_wait_ms: records::ns_to_ms(r.age_ns),
-            how: r.how.name(),
+            how: r.how,
             by_pid: r.by.as_ref().map(|t| t.pid),
         })
     }
@@ -307,21 +312,20 @@ impl Monitor {
             None => 0,
         };
         sink.leak(
-            &CloseWaitLeak {
-                kind: "close_wait_leak",
-                ts: records::rfc3339(&self.clock, now_ns),
+            CloseWaitLeak {
+                ts: Ts::at(&self.clock, now_ns),
                 pid: owner.as_ref().map(|o| o.pid),
                 pid_start: owner.as_ref().and_then(|o| o.start),
-                comm: owner.as_ref().map(|o| o.comm.as_str()),
+                comm: owner.as_ref().map(|o| Cow::Borrowed(o.comm.as_str())),
                 sock: SockFields::new(&d.tracked.sock, sink.containers()),
                 close_wait_ms: records::ns_to_ms(d.age_ns),
                 since: if d.tracked.from_startup {
-                    "startup"
+                    LeakSince::Startup
                 } else {
-                    "transition"
+                    LeakSince::Transition
                 },
                 recv_q: diag.map(|s| s.rqueue),
-                holders,
+                holders: Cow::Borrowed(holders),
                 report: d.tracked.reports,
             },
             process_leaks,
@@ -396,7 +400,9 @@ impl Monitor {
             .map(|p| ((p.pid, p.start), p.open as usize))
             .collect();
         self.summary.set_open_leaks(&open);
-        self.summary.time_wait_top = self.ports.top(10);
+        self.summary.time_wait_top = (self.ports.top(10).into_iter())
+            .map(|(d, n)| (d, n, self.ports.ratio(n)))
+            .collect();
         self.summary.time_wait_by_process = self.ports.by_process();
         self.summary.errors = self.ports.errors.clone();
         self.summary.listen_overflows = self.ports.listen_overflows;

@@ -2,62 +2,30 @@
 //! causes, and listen queues that overflow. Feeds the pure TIME_WAIT counter
 //! from the stream, reconciles it with the kernel (sock_diag) once a second,
 //! polls listeners' drop counters, and turns it all into records.
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::net::IpAddr;
 
 use closetrace_common::tcp_state;
 
 use crate::host::sockets::{self, DiagSocket, KernelView};
 use crate::model::clock::WallClock;
 use crate::model::ports::PortPolicy;
-use crate::model::{Errno, SockError, SockRef, StateChange, Syscall, Task, TcpState};
+use crate::model::{SockError, SockRef, StateChange, Syscall, Task, TcpState};
 use crate::output::records::{
-    self, BindError, ConnectError, ListenOverflow, PortHolder, SockFields, TimeWaitPressure,
+    self, BindError, ConnectError, ListenOverflow, PortHolder, Record, SockFields,
+    TimeWaitPressure, Ts,
 };
 use crate::output::sink::Sink;
 use crate::output::text::{endpoint, printable};
+use crate::track::errors::ErrorLimiter;
 use crate::track::timewait::{Dest, Pressure, TimeWaitCounter, Tuple, entered_time_wait};
 
 const RECONCILE_NS: u64 = 1_000_000_000;
-/// Identical errors are reported at most once per this interval.
-const ERROR_INTERVAL_NS: u64 = 1_000_000_000;
 /// In the text view, the top TIME_WAIT destinations every this often.
 const TOP_EVERY_NS: u64 = 10_000_000_000;
 /// Destinations in each `time_wait_top` record.
 const TOP_RECORDED: usize = 10;
-
-/// Rate limiting of identical error records.
-#[derive(Debug, Default)]
-pub struct ErrorLimiter {
-    last: HashMap<(u32, Errno, IpAddr, u16), (u64, u64)>,
-}
-
-impl ErrorLimiter {
-    /// Some(suppressed since the last report) when this one is to be reported.
-    pub fn admit(&mut self, e: &SockError) -> Option<u64> {
-        let key = (e.task.pid, e.errno, e.addr, e.port);
-        if self.last.len() > 4096 {
-            self.last
-                .retain(|_, (t, _)| t.saturating_add(10 * ERROR_INTERVAL_NS) > e.ts_ns);
-        }
-        match self.last.get_mut(&key) {
-            Some((t, n)) if e.ts_ns < t.saturating_add(ERROR_INTERVAL_NS) => {
-                *n += 1;
-                None
-            }
-            Some((t, n)) => {
-                let suppressed = *n;
-                (*t, *n) = (e.ts_ns, 0);
-                Some(suppressed)
-            }
-            None => {
-                self.last.insert(key, (e.ts_ns, 0));
-                Some(0)
-            }
-        }
-    }
-}
 
 pub struct PortPressure {
     tw: TimeWaitCounter,
@@ -141,83 +109,83 @@ impl PortPressure {
         sink: &mut Sink,
         clock: &WallClock,
     ) -> io::Result<()> {
-        let call = match e.syscall {
-            Syscall::Connect => "connect",
-            Syscall::Bind => "bind",
-        };
-        *self.errors.entry((call, e.errno.name())).or_default() += 1;
+        *self
+            .errors
+            .entry((e.syscall.name(), e.errno.name()))
+            .or_default() += 1;
         let Some(suppressed) = self.limiter.admit(e) else {
             return Ok(());
         };
-        let ts = records::rfc3339(clock, e.ts_ns);
+        let ts = Ts::at(clock, e.ts_ns);
         let who = format!("{}({})", printable(&e.task.comm), e.task.pid);
+        let comm = Cow::Borrowed(e.task.comm.as_str());
+        let scope = records::Scope::new(e.netns, e.cgroup, sink.containers());
         match e.syscall {
             Syscall::Connect => {
                 let time_wait = self.tw.toward(self.own_netns, e.addr, e.port);
-                let rec = ConnectError {
-                    kind: "connect_error",
-                    ts,
-                    pid: e.task.pid,
-                    pid_start: e.task.start,
-                    comm: &e.task.comm,
-                    errno: e.errno.name(),
-                    family: e.family.name(),
-                    daddr: e.addr.to_string(),
-                    dport: e.port,
-                    time_wait,
-                    suppressed,
-                    scope: records::Scope::new(e.netns, e.cgroup, sink.containers()),
-                };
-                sink.record(&rec, || {
+                let text = || {
                     format!(
                         "!! connect() {}: {who} -> {} with {time_wait} sockets in TIME_WAIT toward it{}",
-                        rec.errno,
+                        e.errno.name(),
                         endpoint(e.addr, e.port),
                         more(suppressed)
                     )
-                })
+                };
+                let rec = ConnectError {
+                    ts,
+                    pid: e.task.pid,
+                    pid_start: e.task.start,
+                    comm,
+                    errno: e.errno,
+                    family: e.family,
+                    daddr: e.addr,
+                    dport: e.port,
+                    time_wait,
+                    suppressed,
+                    scope,
+                };
+                sink.record(Record::ConnectError(rec), text)
             }
             Syscall::Bind => {
                 let (holders, time_wait) = port_holders(e.port);
                 let hint = bind_hint(&holders, time_wait);
-                let rec = BindError {
-                    kind: "bind_error",
-                    ts,
-                    pid: e.task.pid,
-                    pid_start: e.task.start,
-                    comm: &e.task.comm,
-                    errno: e.errno.name(),
-                    family: e.family.name(),
-                    saddr: e.addr.to_string(),
-                    sport: e.port,
-                    holders,
-                    time_wait,
-                    hint,
-                    suppressed,
-                    scope: records::Scope::new(e.netns, e.cgroup, sink.containers()),
-                };
-                sink.record(&rec, || {
-                    let held: Vec<String> = rec
-                        .holders
-                        .iter()
-                        .map(|h| match (h.pid, &h.comm) {
-                            (Some(p), Some(c)) => format!(
-                                "{} {}({p}) fd {}",
-                                h.state,
-                                printable(c),
-                                h.fd.unwrap_or(0)
-                            ),
-                            _ => h.state.to_string(),
-                        })
-                        .collect();
+                let held: Vec<String> = holders
+                    .iter()
+                    .map(|h| match (h.pid, &h.comm) {
+                        (Some(p), Some(c)) => format!(
+                            "{} {}({p}) fd {}",
+                            h.state.name(),
+                            printable(c),
+                            h.fd.unwrap_or(0)
+                        ),
+                        _ => h.state.name().to_string(),
+                    })
+                    .collect();
+                let text = || {
                     format!(
                         "!! bind() {}: {who} {} held by [{}] and {time_wait} TIME_WAIT; {hint}{}",
-                        rec.errno,
+                        e.errno.name(),
                         endpoint(e.addr, e.port),
                         held.join(", "),
                         more(suppressed)
                     )
-                })
+                };
+                let rec = BindError {
+                    ts,
+                    pid: e.task.pid,
+                    pid_start: e.task.start,
+                    comm,
+                    errno: e.errno,
+                    family: e.family,
+                    saddr: e.addr,
+                    sport: e.port,
+                    holders,
+                    time_wait,
+                    hint: Cow::Borrowed(hint),
+                    suppressed,
+                    scope,
+                };
+                sink.record(Record::BindError(rec), text)
             }
         }
     }
@@ -252,9 +220,16 @@ impl PortPressure {
             self.last_top_ns = now_ns;
             let top = self.tw.top(TOP_RECORDED);
             if !top.is_empty() {
+                let text = || {
+                    let list: Vec<String> = top
+                        .iter()
+                        .take(3)
+                        .map(|(d, n)| format!("{} -> {} {n}", d.saddr, endpoint(d.daddr, d.dport)))
+                        .collect();
+                    format!("-- TIME_WAIT top: {}", list.join(", "))
+                };
                 let rec = records::TimeWaitTop {
-                    kind: "time_wait_top",
-                    ts: records::rfc3339(clock, now_ns),
+                    ts: Ts::at(clock, now_ns),
                     top: top
                         .iter()
                         .map(|(d, n)| records::TimeWaitDest {
@@ -266,14 +241,7 @@ impl PortPressure {
                         })
                         .collect(),
                 };
-                sink.record(&rec, || {
-                    let list: Vec<String> = top
-                        .iter()
-                        .take(3)
-                        .map(|(d, n)| format!("{} -> {} {n}", d.saddr, endpoint(d.daddr, d.dport)))
-                        .collect();
-                    format!("-- TIME_WAIT top: {}", list.join(", "))
-                })?;
+                sink.record(Record::TimeWaitTop(rec), text)?;
             }
         }
         self.check_listeners(now_ns, sink, clock)
@@ -317,18 +285,7 @@ impl PortPressure {
                 .get(&l.inode)
                 .and_then(|v| v.iter().min_by_key(|h| h.pid));
             let sock = l.sock_ref(self.own_netns);
-            let rec = ListenOverflow {
-                kind: "listen_overflow",
-                ts: records::rfc3339(clock, now_ns),
-                pid: h.map(|h| h.pid),
-                comm: h.map(|h| h.comm.as_str()),
-                sock: SockFields::new(&sock, sink.containers()),
-                backlog: l.wqueue,
-                queued: l.rqueue,
-                dropped,
-                total_dropped: l.drops.unwrap_or(0),
-            };
-            sink.record(&rec, || {
+            let text = || {
                 format!(
                     "!! listen queue overflow: {} {}: backlog {}, {} queued, {dropped} dropped (the owner is not accepting fast enough)",
                     h.map_or("?".into(), |h| format!("{}({})", printable(&h.comm), h.pid)),
@@ -336,7 +293,18 @@ impl PortPressure {
                     l.wqueue,
                     l.rqueue
                 )
-            })?;
+            };
+            let rec = ListenOverflow {
+                ts: Ts::at(clock, now_ns),
+                pid: h.map(|h| h.pid),
+                comm: h.map(|h| Cow::Borrowed(h.comm.as_str())),
+                sock: SockFields::new(&sock, sink.containers()),
+                backlog: l.wqueue,
+                queued: l.rqueue,
+                dropped,
+                total_dropped: l.drops.unwrap_or(0),
+            };
+            sink.record(Record::ListenOverflow(rec), text)?;
         }
         Ok(())
     }
@@ -365,24 +333,15 @@ fn more(suppressed: u64) -> String {
 }
 
 fn write_pressure(p: &Pressure, ts_ns: u64, sink: &mut Sink, clock: &WallClock) -> io::Result<()> {
-    let rec = TimeWaitPressure {
-        kind: "time_wait_pressure",
-        ts: records::rfc3339(clock, ts_ns),
-        level: p.level.name(),
-        saddr: p.dest.saddr.to_string(),
-        daddr: p.dest.daddr.to_string(),
-        dport: p.dest.dport,
-        time_wait: p.time_wait,
-        ports_available: p.ports_available,
-        ratio: p.ratio,
-        rate_per_s: p.rate_per_s,
-        exhaustion_s: p.exhaustion_s,
-        tw_reuse: p.tw_reuse,
-        pids: p.pids.iter().map(|(pid, _)| *pid).collect(),
-    };
-    sink.record(&rec, || {
-        let closers: Vec<String> = p.pids.iter().map(|(pid, c)| format!("{}({pid})", printable(c))).collect();
-        let eta = p.exhaustion_s.map_or(String::new(), |s| format!(", ports exhausted in ~{s:.1} s"));
+    let text = || {
+        let closers: Vec<String> = p
+            .pids
+            .iter()
+            .map(|(pid, c)| format!("{}({pid})", printable(c)))
+            .collect();
+        let eta = p
+            .exhaustion_s
+            .map_or(String::new(), |s| format!(", ports exhausted in ~{s:.1} s"));
         format!(
             "!! TIME_WAIT pressure ({}) {} -> {}: {} of {} ports ({:.0}%), {:.1}/s{eta}; closers: {}",
             p.level.name(),
@@ -394,7 +353,22 @@ fn write_pressure(p: &Pressure, ts_ns: u64, sink: &mut Sink, clock: &WallClock) 
             p.rate_per_s,
             closers.join(", ")
         )
-    })
+    };
+    let rec = TimeWaitPressure {
+        ts: Ts::at(clock, ts_ns),
+        level: p.level,
+        saddr: p.dest.saddr,
+        daddr: p.dest.daddr,
+        dport: p.dest.dport,
+        time_wait: p.time_wait,
+        ports_available: p.ports_available,
+        ratio: p.ratio,
+        rate_per_s: p.rate_per_s,
+        exhaustion_s: p.exhaustion_s,
+        tw_reuse: p.tw_reuse,
+        pids: p.pids.iter().map(|(pid, _)| *pid).collect(),
+    };
+    sink.record(Record::TimeWaitPressure(rec), text)
 }
 
 /// A timewait socket from the dump, in closetrace's own namespace.
@@ -425,8 +399,8 @@ fn port_holders(port: u16) -> (Vec<PortHolder>, u32) {
         .collect();
     on_port.sort_by_key(|s| (s.state, s.cookie));
     for s in on_port {
-        let state = TcpState::try_from(s.state as u32).map_or("UNKNOWN", TcpState::name);
-        if s.state as u32 == closetrace_common::tcp_state::TIME_WAIT {
+        let state = s.state;
+        if state == TcpState::TimeWait {
             time_wait += 1;
             continue;
         }
@@ -437,7 +411,7 @@ fn port_holders(port: u16) -> (Vec<PortHolder>, u32) {
                 comm: None,
                 fd: None,
                 state,
-                daddr: s.daddr.to_string(),
+                daddr: s.daddr,
                 dport: s.dport,
             });
         }
@@ -447,7 +421,7 @@ fn port_holders(port: u16) -> (Vec<PortHolder>, u32) {
                 comm: Some(h.comm.clone()),
                 fd: Some(h.fd),
                 state,
-                daddr: s.daddr.to_string(),
+                daddr: s.daddr,
                 dport: s.dport,
             });
         }
@@ -456,7 +430,7 @@ fn port_holders(port: u16) -> (Vec<PortHolder>, u32) {
 }
 
 fn bind_hint(holders: &[PortHolder], time_wait: u32) -> &'static str {
-    if holders.iter().any(|h| h.state == "LISTEN") {
+    if holders.iter().any(|h| h.state == TcpState::Listen) {
         "a listener holds the port: SO_REUSEADDR would not help; stop it, choose another port, \
          or share it with SO_REUSEPORT set by both"
     } else if !holders.is_empty() {
@@ -473,35 +447,6 @@ fn bind_hint(holders: &[PortHolder], time_wait: u32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Family, fixtures::task};
-
-    fn err(pid: u32, ts_ns: u64) -> SockError {
-        SockError {
-            ts_ns,
-            syscall: Syscall::Connect,
-            errno: Errno::AddrNotAvail,
-            family: Family::Ipv4,
-            addr: "127.0.0.1".parse().unwrap(),
-            port: 80,
-            task: task(pid, "cli"),
-            netns: 1,
-            cgroup: 0,
-        }
-    }
-
-    #[test]
-    fn identical_errors_are_rate_limited_and_counted() {
-        let s = 1_000_000_000;
-        let mut l = ErrorLimiter::default();
-        assert_eq!(l.admit(&err(1, 0)), Some(0));
-        for i in 1..10 {
-            assert_eq!(l.admit(&err(1, i * s / 20)), None);
-        }
-        // Another process is not identical.
-        assert_eq!(l.admit(&err(2, s / 2)), Some(0));
-        assert_eq!(l.admit(&err(1, s)), Some(9));
-        assert_eq!(l.admit(&err(1, s + 1)), None);
-    }
 
     #[test]
     fn bind_hints() {
@@ -510,12 +455,12 @@ mod tests {
             comm: Some("x".into()),
             fd: Some(3),
             state,
-            daddr: "0.0.0.0".into(),
+            daddr: "0.0.0.0".parse().unwrap(),
             dport: 0,
         };
-        assert!(bind_hint(&[h("LISTEN")], 0).contains("would not help"));
+        assert!(bind_hint(&[h(TcpState::Listen)], 0).contains("would not help"));
         assert!(bind_hint(&[], 3).contains("would have let bind() succeed"));
-        assert!(bind_hint(&[h("ESTABLISHED")], 0).contains("connected sockets"));
+        assert!(bind_hint(&[h(TcpState::Established)], 0).contains("connected sockets"));
         assert!(bind_hint(&[], 0).contains("nothing visible"));
     }
 }

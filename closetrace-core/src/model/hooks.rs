@@ -114,10 +114,11 @@ impl HookReport {
 }
 
 /// What the kernel sends: findings only, or every state change too.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// The default: only what findings are made from.
+    #[default]
     Findings,
     /// `--states`: every state change and close as well.
     States,

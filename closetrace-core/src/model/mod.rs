@@ -12,7 +12,10 @@ use closetrace_common::{owner_src, tcp_state};
 
 /// A TCP state as the kernel numbers it (`state as u32` is the kernel's
 /// number; `TryFrom<u32>` is the checked way back).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[repr(u32)]
 pub enum TcpState {
     Established = tcp_state::ESTABLISHED,
@@ -80,7 +83,8 @@ impl fmt::Display for TcpState {
 }
 
 /// How closetrace knows who owns a socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OwnerSource {
     /// Never seen from process context; `owner` is absent.
     Unknown,
@@ -120,8 +124,10 @@ impl TryFrom<u32> for OwnerSource {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Family {
+    #[default]
     Ipv4,
     Ipv6,
 }
@@ -224,7 +230,8 @@ pub struct StateChange {
 }
 
 /// How a close was observed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CloseVia {
     /// fentry on tcp_close: every last close, exactly.
     Fentry,
@@ -264,9 +271,22 @@ pub enum Syscall {
     Bind,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+impl Syscall {
+    pub fn name(self) -> &'static str {
+        match self {
+            Syscall::Connect => "connect",
+            Syscall::Bind => "bind",
+        }
+    }
+}
+
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Errno {
+    #[serde(rename = "EADDRINUSE")]
     AddrInUse,
+    #[serde(rename = "EADDRNOTAVAIL")]
     AddrNotAvail,
 }
 

@@ -1,44 +1,83 @@
-//! The JSON-lines contract (docs/events.md). These serde types are the
+//! The JSON-lines contract (docs/events.md), defined once: the daemon
+//! writes these types and `closetrace report` reads them back. They are the
 //! output model, deliberately separate from the kernel record layout.
+//!
+//! Text a record borrows from the event it describes is a `Cow`, so writing
+//! copies nothing and reading owns what it read. Kinds and statuses are
+//! enums that serialise as the documented strings.
+//!
+//! Reading is lenient where it costs nothing: only what identifies a
+//! record and what `report` sums is required (a socket's id, a timestamp,
+//! an age, an errno); every other field defaults when absent, so older
+//! files and trimmed lines still read.
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::clock::WallClock;
 pub use crate::model::hooks::HookReport;
 use crate::model::hooks::Mode;
-use crate::model::{ContainerNames, SockRef, StateChange};
+use crate::model::{
+    CloseVia, Container, ContainerNames, Errno, Family, Holder, MapUse, OwnerSource, Privileges,
+    SockRef, StateChange, TcpState,
+};
+use crate::track::closes::How;
+use crate::track::timewait::Level;
 
 /// Bumped whenever a record changes incompatibly.
 pub const SCHEMA_VERSION: u32 = 1;
 
-#[derive(Debug, Serialize)]
+/// Every record closetrace writes, tagged by its `type`.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record<'a> {
+    Ready(Ready<'a>),
+    State(State<'a>),
+    Close(Close<'a>),
+    CloseWaitLeak(CloseWaitLeak<'a>),
+    CloseWaitResolved(CloseWaitResolved<'a>),
+    TimeWaitPressure(TimeWaitPressure),
+    TimeWaitTop(TimeWaitTop),
+    ConnectError(ConnectError<'a>),
+    BindError(BindError<'a>),
+    ListenOverflow(ListenOverflow<'a>),
+    Lost(Lost),
+    Summary(SummaryRecord),
+    /// A type this version does not know (a newer closetrace wrote it).
+    #[serde(other, skip_serializing)]
+    Unknown,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Ready<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
     pub version: u32,
-    pub closetrace: &'static str,
-    pub hooks: &'a [HookReport],
+    pub closetrace: Cow<'a, str>,
+    pub hooks: Cow<'a, [HookReport]>,
     /// `--pid` filter, empty for the whole host.
-    pub pids: &'a [u32],
+    pub pids: Cow<'a, [u32]>,
     /// Sockets found at start-up and given an owner from /proc.
+    #[serde(default)]
     pub snapshot_sockets: usize,
+    #[serde(default)]
     pub close_wait_threshold_ms: u64,
     pub mode: Mode,
     /// `--pid-tree` roots; `pids` then lists them and their descendants.
-    pub pid_tree: &'a [u32],
+    #[serde(default)]
+    pub pid_tree: Cow<'a, [u32]>,
     /// `--netns`, as an inode; null for every namespace.
     pub netns: Option<u32>,
     /// `--cgroup`, as a path under the cgroup2 mount; null for all.
     pub cgroup: Option<String>,
     /// Capabilities kept after attaching; null if dropping them failed.
-    pub privileges: Option<&'a crate::model::Privileges>,
+    pub privileges: Option<Cow<'a, Privileges>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct State<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
     pub ts: Ts,
     /// Owner's pid and name; null when not known yet.
     pub pid: Option<u32>,
@@ -46,19 +85,19 @@ pub struct State<'a> {
     /// starttime): with `pid`, it names the process, as pids are reused.
     /// Null when unknown.
     pub pid_start: Option<u64>,
-    pub comm: Option<&'a str>,
+    pub comm: Option<Cow<'a, str>>,
     /// How the owner was learned.
-    pub owner: &'static str,
+    pub owner: OwnerSource,
     pub ctx_pid: u32,
-    pub ctx_comm: &'a str,
-    pub family: &'static str,
+    pub ctx_comm: Cow<'a, str>,
+    pub family: Family,
     pub saddr: IpAddr,
     pub sport: u16,
     pub daddr: IpAddr,
     pub dport: u16,
     pub sock: u64,
-    pub old: &'static str,
-    pub new: &'static str,
+    pub old: TcpState,
+    pub new: TcpState,
     pub old_ms: Option<f64>,
     #[serde(flatten)]
     pub scope: Scope,
@@ -67,22 +106,21 @@ pub struct State<'a> {
 impl<'a> State<'a> {
     pub fn new(ev: &'a StateChange, clock: &WallClock, names: &dyn ContainerNames) -> Self {
         State {
-            kind: "state",
             ts: Ts(clock.wall(ev.ts_ns)),
             pid: ev.owner.as_ref().map(|o| o.pid),
             pid_start: ev.owner.as_ref().and_then(|o| o.start),
-            comm: ev.owner.as_ref().map(|o| o.comm.as_str()),
-            owner: ev.owner_source.name(),
+            comm: ev.owner.as_ref().map(|o| Cow::Borrowed(o.comm.as_str())),
+            owner: ev.owner_source,
             ctx_pid: ev.ctx.pid,
-            ctx_comm: &ev.ctx.comm,
-            family: ev.sock.family.name(),
+            ctx_comm: Cow::Borrowed(&ev.ctx.comm),
+            family: ev.sock.family,
             saddr: ev.sock.saddr,
             sport: ev.sock.sport,
             daddr: ev.sock.daddr,
             dport: ev.sock.dport,
             sock: ev.sock.id,
-            old: ev.old.name(),
-            new: ev.new.name(),
+            old: ev.old,
+            new: ev.new,
             old_ms: ev.old_ns.map(ns_to_ms),
             scope: Scope::new(ev.sock.netns, ev.sock.cgroup, names),
         }
@@ -91,15 +129,17 @@ impl<'a> State<'a> {
 
 /// Where a socket or a caller lives: its network namespace, its cgroup,
 /// and the container that cgroup belongs to, if any.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct Scope {
     /// Network namespace inode; 0 when unknown.
+    #[serde(default)]
     pub netns: u32,
     /// cgroup (v2) id: its directory's inode under the cgroup2 mount; 0
     /// when unknown.
+    #[serde(default)]
     pub cgroup: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container: Option<crate::model::Container>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
 }
 
 impl Scope {
@@ -113,12 +153,17 @@ impl Scope {
 }
 
 /// The socket fields every socket record carries.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct SockFields {
-    pub family: &'static str,
+    #[serde(default)]
+    pub family: Family,
+    #[serde(default = "unspecified")]
     pub saddr: IpAddr,
+    #[serde(default)]
     pub sport: u16,
+    #[serde(default = "unspecified")]
     pub daddr: IpAddr,
+    #[serde(default)]
     pub dport: u16,
     pub sock: u64,
     #[serde(flatten)]
@@ -128,7 +173,7 @@ pub struct SockFields {
 impl SockFields {
     pub fn new(s: &SockRef, names: &dyn ContainerNames) -> Self {
         SockFields {
-            family: s.family.name(),
+            family: s.family,
             saddr: s.saddr,
             sport: s.sport,
             daddr: s.daddr,
@@ -139,33 +184,53 @@ impl SockFields {
     }
 }
 
+/// An address a trimmed or older line did not carry.
+fn unspecified() -> IpAddr {
+    IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+}
+
+/// What ended a socket's use by the application.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClosedBy {
+    /// close(2) and the like.
+    Close,
+    /// The process exited and the kernel closed its files.
+    Exit,
+}
+
 /// The application (or its exit) closed a socket.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct Close<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub ts: String,
+    pub ts: Ts,
     pub pid: u32,
     /// When that process started (clock ticks since boot, /proc/PID/stat's
     /// starttime): with `pid`, it names the process, as pids are reused.
     /// Null when unknown.
     pub pid_start: Option<u64>,
-    pub comm: &'a str,
+    pub comm: Cow<'a, str>,
     #[serde(flatten)]
     pub sock: SockFields,
     /// TCP state at the close.
-    pub state: &'static str,
-    /// `close` (close(2) and the like) or `exit` (the process exited).
-    pub by: &'static str,
-    /// `fentry`, `kprobe` or `transition` (inferred).
-    pub via: &'static str,
+    pub state: TcpState,
+    pub by: ClosedBy,
+    pub via: CloseVia,
 }
 
-#[derive(Debug, Serialize)]
+/// Since when a leak's age is counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeakSince {
+    /// From entering CLOSE_WAIT, as the kernel saw it.
+    #[default]
+    Transition,
+    /// It was already in CLOSE_WAIT when closetrace started: a lower bound.
+    Startup,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct CloseWaitLeak<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub ts: String,
+    pub ts: Ts,
     /// The holder closetrace blames: the owner if it holds the socket, else
     /// the first holder.
     pub pid: Option<u32>,
@@ -173,75 +238,75 @@ pub struct CloseWaitLeak<'a> {
     /// starttime): with `pid`, it names the process, as pids are reused.
     /// Null when unknown.
     pub pid_start: Option<u64>,
-    pub comm: Option<&'a str>,
+    pub comm: Option<Cow<'a, str>>,
     #[serde(flatten)]
     pub sock: SockFields,
     pub close_wait_ms: f64,
-    /// `transition` (age measured from entering CLOSE_WAIT) or `startup`
-    /// (it was already in CLOSE_WAIT when closetrace started: a lower bound).
-    pub since: &'static str,
+    #[serde(default)]
+    pub since: LeakSince,
     /// Unread bytes: > 0 the EOF was never read; 0 it was read and the
     /// socket not closed. Null when the kernel could not be asked.
     pub recv_q: Option<u32>,
     /// Every process with the socket in its fd table.
-    pub holders: &'a [crate::model::Holder],
+    #[serde(default)]
+    pub holders: Cow<'a, [Holder]>,
     /// 1 for the first report of this leak, then 2, 3 ... (backing off).
+    #[serde(default)]
     pub report: u32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct CloseWaitResolved<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub ts: String,
+    pub ts: Ts,
     pub pid: Option<u32>,
     /// When that process started (clock ticks since boot, /proc/PID/stat's
     /// starttime): with `pid`, it names the process, as pids are reused.
     /// Null when unknown.
     pub pid_start: Option<u64>,
-    pub comm: Option<&'a str>,
+    pub comm: Option<Cow<'a, str>>,
     #[serde(flatten)]
     pub sock: SockFields,
     pub close_wait_ms: f64,
-    /// `closed`, `shutdown`, `reset`, `process_exit` or `unknown`.
-    pub how: &'static str,
+    pub how: How,
     /// The task in whose context it ended, when known.
     pub by_pid: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct TimeWaitPressure {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub ts: String,
+    pub ts: Ts,
     /// `warn` (crossed --tw-warn), `worse` (10 points more), `cleared`.
-    pub level: &'static str,
-    pub saddr: String,
-    pub daddr: String,
+    pub level: Level,
+    #[serde(default = "unspecified")]
+    pub saddr: IpAddr,
+    pub daddr: IpAddr,
     pub dport: u16,
     pub time_wait: u32,
+    #[serde(default)]
     pub ports_available: u32,
     pub ratio: f64,
+    #[serde(default)]
     pub rate_per_s: f64,
     /// Seconds until every port is in TIME_WAIT at the current rate.
     pub exhaustion_s: Option<f64>,
     /// tcp_tw_reuse applies to this destination (only ~1 s of TIME_WAIT blocks ports).
+    #[serde(default)]
     pub tw_reuse: bool,
     /// Processes whose active closes put these sockets in TIME_WAIT.
+    #[serde(default)]
     pub pids: Vec<u32>,
 }
 
 /// The busiest TIME_WAIT destinations, every 10 s while there are any:
 /// the time series `closetrace report` charts.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct TimeWaitTop {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub ts: String,
+    pub ts: Ts,
     pub top: Vec<TimeWaitDest>,
 }
 
-#[derive(Debug, Serialize)]
+/// A destination's TIME_WAIT sockets (in `time_wait_top` and the summary).
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct TimeWaitDest {
     pub saddr: IpAddr,
     pub daddr: IpAddr,
@@ -251,71 +316,78 @@ pub struct TimeWaitDest {
     pub ratio: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct ConnectError<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub ts: String,
+    pub ts: Ts,
     pub pid: u32,
     /// When that process started (clock ticks since boot, /proc/PID/stat's
     /// starttime): with `pid`, it names the process, as pids are reused.
     /// Null when unknown.
     pub pid_start: Option<u64>,
-    pub comm: &'a str,
-    pub errno: &'static str,
-    pub family: &'static str,
-    pub daddr: String,
+    pub comm: Cow<'a, str>,
+    pub errno: Errno,
+    #[serde(default)]
+    pub family: Family,
+    #[serde(default = "unspecified")]
+    pub daddr: IpAddr,
+    #[serde(default)]
     pub dport: u16,
     /// TIME_WAIT sockets toward daddr:dport when it failed.
+    #[serde(default)]
     pub time_wait: u32,
     /// Identical failures not reported since the previous record.
+    #[serde(default)]
     pub suppressed: u64,
     #[serde(flatten)]
     pub scope: Scope,
 }
 
-#[derive(Debug, Serialize, Clone, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
 pub struct PortHolder {
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub fd: Option<u32>,
-    pub state: &'static str,
-    pub daddr: String,
+    pub state: TcpState,
+    pub daddr: IpAddr,
     pub dport: u16,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct BindError<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub ts: String,
+    pub ts: Ts,
     pub pid: u32,
     /// When that process started (clock ticks since boot, /proc/PID/stat's
     /// starttime): with `pid`, it names the process, as pids are reused.
     /// Null when unknown.
     pub pid_start: Option<u64>,
-    pub comm: &'a str,
-    pub errno: &'static str,
-    pub family: &'static str,
-    pub saddr: String,
+    pub comm: Cow<'a, str>,
+    pub errno: Errno,
+    #[serde(default)]
+    pub family: Family,
+    #[serde(default = "unspecified")]
+    pub saddr: IpAddr,
+    #[serde(default)]
     pub sport: u16,
     /// Sockets (other than TIME_WAIT) on that port, with their processes.
+    #[serde(default)]
     pub holders: Vec<PortHolder>,
     /// TIME_WAIT sockets on that port.
+    #[serde(default)]
     pub time_wait: u32,
-    pub hint: &'static str,
+    /// What would have let bind() succeed, in words.
+    #[serde(default)]
+    pub hint: Cow<'static, str>,
+    #[serde(default)]
     pub suppressed: u64,
     #[serde(flatten)]
     pub scope: Scope,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct ListenOverflow<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub ts: String,
+    pub ts: Ts,
     pub pid: Option<u32>,
-    pub comm: Option<&'a str>,
+    pub comm: Option<Cow<'a, str>>,
     #[serde(flatten)]
     pub sock: SockFields,
     /// The listen() backlog in force.
@@ -327,20 +399,82 @@ pub struct ListenOverflow<'a> {
     pub total_dropped: u32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct Lost {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
     /// Events lost since the previous `lost` record.
     pub count: u64,
     /// Events lost since start.
+    #[serde(default)]
     pub total: u64,
 }
 
-/// An RFC 3339 timestamp (microseconds, UTC) formatted straight into the
+/// The run's totals, the last line of a JSON run.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct SummaryRecord {
+    pub duration_s: f64,
+    pub events: u64,
+    pub lost: u64,
+    pub undecodable: u64,
+    pub sockets_open: usize,
+    pub owner_table_evicted: u64,
+    pub closes: u64,
+    pub close_wait_untracked: u64,
+    pub time_wait: TimeWaitSummary,
+    /// syscall -> errno -> failures
+    pub errors: BTreeMap<Cow<'static, str>, BTreeMap<Cow<'static, str>, u64>>,
+    pub errors_unattributed: u64,
+    pub listen_overflows: u64,
+    /// Leaking processes, most leaks first.
+    pub leaks: Vec<LeakStats>,
+    /// "OLD->NEW" -> count
+    pub transitions: BTreeMap<String, u64>,
+    /// Kernel map -> entries and capacity at exit.
+    pub kernel_maps: BTreeMap<Cow<'static, str>, MapUse>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct TimeWaitSummary {
+    /// Destinations with the most TIME_WAIT sockets at exit.
+    pub top: Vec<TimeWaitDest>,
+    /// TIME_WAIT sockets at exit per process whose close put them there.
+    pub by_process: Vec<TimeWaitProcess>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct TimeWaitProcess {
+    pub pid: u32,
+    pub pid_start: Option<u64>,
+    pub comm: String,
+    pub time_wait: u32,
+}
+
+/// CLOSE_WAIT leaks of one process.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LeakStats {
+    pub pid: u32,
+    /// When that process started (clock ticks since boot, as /proc/PID/stat);
+    /// null when unknown.
+    pub pid_start: Option<u64>,
+    pub comm: String,
+    /// Distinct sockets reported as leaked.
+    pub leaks: u64,
+    /// Still leaked when closetrace stopped.
+    pub open: u64,
+    /// Longest CLOSE_WAIT age reported.
+    pub oldest_ms: f64,
+}
+
+/// An RFC 3339 timestamp (microseconds, UTC), formatted straight into the
 /// output: the state stream writes one per event, so no String per event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ts(pub std::time::SystemTime);
+pub struct Ts(pub SystemTime);
+
+impl Ts {
+    /// The wall-clock time of a kernel (monotonic) timestamp.
+    pub fn at(clock: &WallClock, mono_ns: u64) -> Ts {
+        Ts(clock.wall(mono_ns))
+    }
+}
 
 impl Serialize for Ts {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -348,8 +482,13 @@ impl Serialize for Ts {
     }
 }
 
-pub fn rfc3339(clock: &WallClock, mono_ns: u64) -> String {
-    humantime::format_rfc3339_micros(clock.wall(mono_ns)).to_string()
+impl<'de> Deserialize<'de> for Ts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = Cow::<'de, str>::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&text)
+            .map(Ts)
+            .map_err(|e| serde::de::Error::custom(format!("ts {text:?}: {e}")))
+    }
 }
 
 /// Milliseconds with microsecond precision.
@@ -376,7 +515,12 @@ mod tests {
         ev.ctx.comm = "cli\"ent\n".into();
         let clock = WallClock::from_offset(0);
         let v: serde_json::Value = serde_json::from_str(
-            &serde_json::to_string(&State::new(&ev, &clock, &crate::model::NoContainers)).unwrap(),
+            &serde_json::to_string(&Record::State(State::new(
+                &ev,
+                &clock,
+                &crate::model::NoContainers,
+            )))
+            .unwrap(),
         )
         .unwrap();
         assert_eq!(v["type"], "state");
@@ -390,5 +534,255 @@ mod tests {
         assert_eq!(v["new"], "CLOSE_WAIT");
         assert_eq!(v["old_ms"], 1.234);
         assert_eq!(v["sock"], 77);
+    }
+
+    /// A container name for cgroup 7, none for others.
+    struct OneContainer;
+
+    impl ContainerNames for OneContainer {
+        fn container(&self, cgroup: u64) -> Option<Container> {
+            (cgroup == 7).then(|| Container {
+                runtime: crate::model::Runtime::CriO,
+                id: "ab".repeat(32),
+            })
+        }
+    }
+
+    fn ts(s: u64) -> Ts {
+        Ts(std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_764_000_000_000_000 + s))
+    }
+
+    fn sock() -> SockFields {
+        let mut ev = change(5, 9501, TcpState::Established, TcpState::CloseWait);
+        ev.sock.cgroup = 7;
+        SockFields::new(&ev.sock, &OneContainer)
+    }
+
+    /// One record of every kind, with every optional field set one way or
+    /// the other and text that needs escaping.
+    fn every_kind(
+        ev: &StateChange,
+        holders: &[Holder],
+        hooks: &[HookReport],
+    ) -> Vec<Record<'static>> {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let v6: IpAddr = "::1".parse().unwrap();
+        let clock = WallClock::from_offset(1_764_000_000_000_000_000);
+        let owned = |r: Record<'_>| -> Record<'static> {
+            serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap()
+        };
+        vec![
+            owned(Record::Ready(Ready {
+                version: SCHEMA_VERSION,
+                closetrace: "0.1.0".into(),
+                hooks: hooks.into(),
+                pids: vec![1, 2].into(),
+                snapshot_sockets: 3,
+                close_wait_threshold_ms: 30_000,
+                mode: Mode::States,
+                pid_tree: vec![1].into(),
+                netns: Some(4026531840),
+                cgroup: Some("/system.slice/x.service".into()),
+                privileges: Some(Cow::Owned(Privileges {
+                    kept: vec!["CAP_SYS_PTRACE".into()],
+                    note: None,
+                })),
+            })),
+            owned(Record::State(State::new(ev, &clock, &OneContainer))),
+            owned(Record::Close(Close {
+                ts: ts(1),
+                pid: 10,
+                pid_start: Some(99),
+                comm: "nginx: worker\n".into(),
+                sock: sock(),
+                state: TcpState::CloseWait,
+                by: ClosedBy::Exit,
+                via: CloseVia::Kprobe,
+            })),
+            owned(Record::CloseWaitLeak(CloseWaitLeak {
+                ts: ts(2),
+                pid: Some(10),
+                pid_start: None,
+                comm: Some("php".into()),
+                sock: sock(),
+                close_wait_ms: 30_001.5,
+                since: LeakSince::Startup,
+                recv_q: Some(0),
+                holders: holders.into(),
+                report: 2,
+            })),
+            owned(Record::CloseWaitResolved(CloseWaitResolved {
+                ts: ts(3),
+                pid: None,
+                pid_start: None,
+                comm: None,
+                sock: sock(),
+                close_wait_ms: 0.25,
+                how: How::ProcessExit,
+                by_pid: Some(11),
+            })),
+            Record::TimeWaitPressure(TimeWaitPressure {
+                ts: ts(4),
+                level: Level::Worse,
+                saddr: lo,
+                daddr: v6,
+                dport: 6379,
+                time_wait: 180,
+                ports_available: 200,
+                ratio: 0.9,
+                rate_per_s: 12.5,
+                exhaustion_s: None,
+                tw_reuse: true,
+                pids: vec![12, 13],
+            }),
+            Record::TimeWaitTop(TimeWaitTop {
+                ts: ts(5),
+                top: vec![TimeWaitDest {
+                    saddr: lo,
+                    daddr: lo,
+                    dport: 80,
+                    time_wait: 50,
+                    ratio: None,
+                }],
+            }),
+            owned(Record::ConnectError(ConnectError {
+                ts: ts(6),
+                pid: 14,
+                pid_start: Some(1),
+                comm: "cli".into(),
+                errno: Errno::AddrNotAvail,
+                family: Family::Ipv6,
+                daddr: v6,
+                dport: 80,
+                time_wait: 199,
+                suppressed: 4,
+                scope: Scope::new(1, 7, &OneContainer),
+            })),
+            owned(Record::BindError(BindError {
+                ts: ts(7),
+                pid: 15,
+                pid_start: None,
+                comm: "srv".into(),
+                errno: Errno::AddrInUse,
+                family: Family::Ipv4,
+                saddr: lo,
+                sport: 8080,
+                holders: vec![PortHolder {
+                    pid: Some(16),
+                    comm: Some("old".into()),
+                    fd: Some(3),
+                    state: TcpState::Listen,
+                    daddr: "0.0.0.0".parse().unwrap(),
+                    dport: 0,
+                }],
+                time_wait: 2,
+                hint: "a listener holds the port".into(),
+                suppressed: 0,
+                scope: Scope::new(1, 0, &OneContainer),
+            })),
+            owned(Record::ListenOverflow(ListenOverflow {
+                ts: ts(8),
+                pid: Some(17),
+                comm: Some("slow".into()),
+                sock: sock(),
+                backlog: 4,
+                queued: 5,
+                dropped: 6,
+                total_dropped: 7,
+            })),
+            Record::Lost(Lost { count: 3, total: 9 }),
+            Record::Summary(SummaryRecord {
+                duration_s: 1.5,
+                events: 100,
+                lost: 9,
+                undecodable: 0,
+                sockets_open: 2,
+                owner_table_evicted: 0,
+                closes: 5,
+                close_wait_untracked: 0,
+                time_wait: TimeWaitSummary {
+                    top: vec![],
+                    by_process: vec![TimeWaitProcess {
+                        pid: 12,
+                        pid_start: Some(5),
+                        comm: "cli".into(),
+                        time_wait: 30,
+                    }],
+                },
+                errors: [("connect".into(), [("EADDRNOTAVAIL".into(), 5)].into())].into(),
+                errors_unattributed: 0,
+                listen_overflows: 1,
+                leaks: vec![LeakStats {
+                    pid: 10,
+                    pid_start: None,
+                    comm: "php".into(),
+                    leaks: 2,
+                    open: 1,
+                    oldest_ms: 30_001.5,
+                }],
+                transitions: [("ESTABLISHED->CLOSE_WAIT".into(), 4)].into(),
+                kernel_maps: [(
+                    "SOCKS".into(),
+                    MapUse {
+                        entries: 1,
+                        capacity: 65536,
+                    },
+                )]
+                .into(),
+            }),
+        ]
+    }
+
+    /// `closetrace report` reads exactly what the daemon writes: every
+    /// kind survives writing and reading unchanged, tagged by its type.
+    #[test]
+    fn every_record_kind_round_trips() {
+        let mut ev = change(77, 9501, TcpState::FinWait2, TcpState::Close);
+        ev.sock.cgroup = 7;
+        ev.owner = Some(crate::model::fixtures::started(10, "srv\u{1b}[2J", 5));
+        ev.owner_source = OwnerSource::Listener;
+        ev.old_ns = Some(1_500);
+        let holders = [Holder {
+            pid: 10,
+            start: Some(5),
+            comm: "php-fpm: pool www".into(),
+            fd: 9,
+        }];
+        let hooks = [
+            HookReport::ok(
+                "sock:inet_sock_set_state",
+                crate::model::hooks::Attach::TpBtf,
+            ),
+            HookReport::degraded("tcp_close", crate::model::hooks::Attach::Kprobe, "r".into()),
+        ];
+        let kinds = every_kind(&ev, &holders, &hooks);
+        let mut seen = std::collections::BTreeSet::new();
+        for rec in &kinds {
+            let line = serde_json::to_string(rec).unwrap();
+            let tag: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let kind = tag["type"].as_str().unwrap().to_string();
+            assert!(
+                line.starts_with(&format!("{{\"type\":\"{kind}\",")),
+                "{line}"
+            );
+            let back: Record<'_> = serde_json::from_str(&line).unwrap();
+            assert_eq!(&back, rec, "{line}");
+            assert_eq!(serde_json::to_string(&back).unwrap(), line);
+            seen.insert(kind);
+        }
+        assert_eq!(seen.len(), 12, "one of each kind: {seen:?}");
+        // The container a record names reads back too.
+        let leak = serde_json::to_string(&kinds[3]).unwrap();
+        assert!(
+            leak.contains("\"container\":{\"runtime\":\"cri-o\""),
+            "{leak}"
+        );
+    }
+
+    #[test]
+    fn a_type_from_a_newer_version_reads_as_unknown() {
+        let r: Record<'_> = serde_json::from_str(r#"{"type":"fd_exhaustion","pid":1}"#).unwrap();
+        assert_eq!(r, Record::Unknown);
+        assert!(serde_json::from_str::<Record<'_>>(r#"{"type":"lost"}"#).is_err());
     }
 }

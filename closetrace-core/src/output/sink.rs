@@ -2,12 +2,11 @@
 //! `text`) and JSON lines for machines, written to stdout or `--output`.
 use std::io::{self, Write};
 
-use serde::Serialize;
-
 use crate::model::clock::WallClock;
 use crate::model::{ContainerNames, NoContainers, StateChange};
-use crate::output::records::{Close, CloseWaitLeak, CloseWaitResolved, Lost, Ready, State};
-use crate::output::summary::SummaryRecord;
+use crate::output::records::{
+    Close, CloseWaitLeak, CloseWaitResolved, Lost, Ready, Record, State, SummaryRecord,
+};
 use crate::output::text::{
     close_text, leak_text, paint, ready_text, resolved_text, text_header, text_line,
 };
@@ -56,12 +55,12 @@ impl Sink {
         self.names.as_ref()
     }
 
-    pub fn ready(&mut self, ready: &Ready<'_>) -> io::Result<()> {
+    pub fn ready(&mut self, ready: Ready<'_>) -> io::Result<()> {
         match self.format {
-            Format::Json => self.json(ready),
+            Format::Json => self.json(&Record::Ready(ready)),
             Format::Text => {
                 // People read the hook status on stderr; the table stays clean.
-                eprint!("{}", ready_text(ready.hooks, ready.pids, ready.mode));
+                eprint!("{}", ready_text(&ready.hooks, &ready.pids, ready.mode));
                 Ok(())
             }
         }
@@ -71,7 +70,7 @@ impl Sink {
         match self.format {
             Format::Json => {
                 let rec = State::new(ev, &self.clock, self.names.as_ref());
-                self.json(&rec)
+                self.json(&Record::State(rec))
             }
             Format::Text => {
                 if !self.header_done {
@@ -83,27 +82,37 @@ impl Sink {
         }
     }
 
-    pub fn close(&mut self, rec: &Close<'_>) -> io::Result<()> {
-        self.record(rec, || close_text(rec))
+    pub fn close(&mut self, rec: Close<'_>) -> io::Result<()> {
+        self.emit(rec, Record::Close, close_text)
     }
 
     /// `process_leaks`: this process's leaks so far, for the running count.
-    pub fn leak(&mut self, rec: &CloseWaitLeak<'_>, process_leaks: u64) -> io::Result<()> {
-        self.record(rec, || leak_text(rec, process_leaks))
+    pub fn leak(&mut self, rec: CloseWaitLeak<'_>, process_leaks: u64) -> io::Result<()> {
+        self.emit(rec, Record::CloseWaitLeak, |r| leak_text(r, process_leaks))
     }
 
-    pub fn resolved(&mut self, rec: &CloseWaitResolved<'_>) -> io::Result<()> {
-        self.record(rec, || resolved_text(rec))
+    pub fn resolved(&mut self, rec: CloseWaitResolved<'_>) -> io::Result<()> {
+        self.emit(rec, Record::CloseWaitResolved, resolved_text)
+    }
+
+    /// A record of type `T`: as JSON, wrapped by `wrap`, or as the one line
+    /// `text` renders for people.
+    fn emit<'a, T>(
+        &mut self,
+        rec: T,
+        wrap: impl FnOnce(T) -> Record<'a>,
+        text: impl FnOnce(&T) -> String,
+    ) -> io::Result<()> {
+        match self.format {
+            Format::Json => self.json(&wrap(rec)),
+            Format::Text => self.text_line(text(&rec)),
+        }
     }
 
     /// Any record: JSON as is, or `text()` as one line for people.
-    pub fn record<T: Serialize>(
-        &mut self,
-        rec: &T,
-        text: impl FnOnce() -> String,
-    ) -> io::Result<()> {
+    pub fn record(&mut self, rec: Record<'_>, text: impl FnOnce() -> String) -> io::Result<()> {
         match self.format {
-            Format::Json => self.json(rec),
+            Format::Json => self.json(&rec),
             Format::Text => self.text_line(text()),
         }
     }
@@ -117,19 +126,14 @@ impl Sink {
     }
 
     pub fn lost(&mut self, count: u64, total: u64) -> io::Result<()> {
-        let rec = Lost {
-            kind: "lost",
-            count,
-            total,
-        };
-        self.record(&rec, || {
+        self.record(Record::Lost(Lost { count, total }), || {
             format!("!! {count} events lost ({total} in total): ring buffer full")
         })
     }
 
-    pub fn summary(&mut self, rec: &SummaryRecord) -> io::Result<()> {
+    pub fn summary(&mut self, rec: SummaryRecord) -> io::Result<()> {
         if self.format == Format::Json {
-            self.json(rec)?;
+            self.json(&Record::Summary(rec))?;
         }
         self.flush()
     }
@@ -138,7 +142,7 @@ impl Sink {
         self.out.flush()
     }
 
-    fn json<T: Serialize>(&mut self, v: &T) -> io::Result<()> {
+    fn json(&mut self, v: &Record<'_>) -> io::Result<()> {
         self.line.clear();
         serde_json::to_writer(&mut self.line, v)?;
         self.line.push(b'\n');

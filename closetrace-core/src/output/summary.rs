@@ -1,10 +1,12 @@
 //! Run totals: what was seen, what was lost, which transitions happened.
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
-use serde::Serialize;
-
 use crate::model::{MapUse, Task, TcpState};
+use crate::output::records::{
+    LeakStats, SummaryRecord, TimeWaitDest, TimeWaitProcess, TimeWaitSummary,
+};
 
 #[derive(Debug, Default)]
 pub struct Summary {
@@ -19,7 +21,9 @@ pub struct Summary {
     pub closes: u64,
     /// CLOSE_WAIT sockets the leak detector dropped because it was full.
     pub close_wait_untracked: u64,
-    pub time_wait_top: Vec<(crate::track::timewait::Dest, u32)>,
+    /// The busiest TIME_WAIT destinations at exit, with their share of the
+    /// ephemeral ports when known.
+    pub time_wait_top: Vec<(crate::track::timewait::Dest, u32, Option<f64>)>,
     pub time_wait_by_process: Vec<(Task, u32)>,
     /// (syscall, errno) -> failures, suppressed ones included.
     pub errors: BTreeMap<(&'static str, &'static str), u64>,
@@ -32,71 +36,6 @@ pub struct Summary {
     transitions: BTreeMap<(TcpState, TcpState), u64>,
     /// By process: (pid, start), as a reused pid is another process.
     leaks: BTreeMap<(u32, Option<u64>), LeakStats>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct TimeWaitSummary {
-    /// Destinations with the most TIME_WAIT sockets at exit.
-    pub top: Vec<TimeWaitDest>,
-    /// TIME_WAIT sockets at exit per process whose close put them there.
-    pub by_process: Vec<TimeWaitProcess>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct TimeWaitDest {
-    pub saddr: String,
-    pub daddr: String,
-    pub dport: u16,
-    pub time_wait: u32,
-}
-
-#[derive(Debug, Serialize)]
-pub struct TimeWaitProcess {
-    pub pid: u32,
-    pub pid_start: Option<u64>,
-    pub comm: String,
-    pub time_wait: u32,
-}
-
-/// CLOSE_WAIT leaks of one process.
-#[derive(Debug, Default, Clone, Serialize, PartialEq)]
-pub struct LeakStats {
-    pub pid: u32,
-    /// When the process started (clock ticks since boot, as /proc/PID/stat);
-    /// null when unknown.
-    pub pid_start: Option<u64>,
-    pub comm: String,
-    /// Distinct sockets reported as leaked.
-    pub leaks: u64,
-    /// Still leaked when closetrace stopped.
-    pub open: u64,
-    /// Longest CLOSE_WAIT age reported.
-    pub oldest_ms: f64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct SummaryRecord {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub duration_s: f64,
-    pub events: u64,
-    pub lost: u64,
-    pub undecodable: u64,
-    pub sockets_open: usize,
-    pub owner_table_evicted: u64,
-    pub closes: u64,
-    pub close_wait_untracked: u64,
-    pub time_wait: TimeWaitSummary,
-    /// syscall -> errno -> failures
-    pub errors: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
-    pub errors_unattributed: u64,
-    pub listen_overflows: u64,
-    /// Leaking processes, most leaks first.
-    pub leaks: Vec<LeakStats>,
-    /// "OLD->NEW" -> count
-    pub transitions: BTreeMap<String, u64>,
-    /// Kernel map -> entries and capacity at exit.
-    pub kernel_maps: BTreeMap<&'static str, MapUse>,
 }
 
 impl Summary {
@@ -152,7 +91,6 @@ impl Summary {
 
     pub fn to_record(&self, duration_s: f64) -> SummaryRecord {
         SummaryRecord {
-            kind: "summary",
             duration_s: (duration_s * 1000.0).round() / 1000.0,
             events: self.events,
             lost: self.lost,
@@ -165,11 +103,12 @@ impl Summary {
                 top: self
                     .time_wait_top
                     .iter()
-                    .map(|(d, n)| TimeWaitDest {
-                        saddr: d.saddr.to_string(),
-                        daddr: d.daddr.to_string(),
+                    .map(|(d, n, ratio)| TimeWaitDest {
+                        saddr: d.saddr,
+                        daddr: d.daddr,
                         dport: d.dport,
                         time_wait: *n,
+                        ratio: *ratio,
                     })
                     .collect(),
                 by_process: self
@@ -187,9 +126,9 @@ impl Summary {
                 .errors
                 .iter()
                 .fold(BTreeMap::new(), |mut m, ((call, errno), n)| {
-                    m.entry(*call)
+                    m.entry(Cow::Borrowed(*call))
                         .or_insert_with(BTreeMap::new)
-                        .insert(*errno, *n);
+                        .insert(Cow::Borrowed(*errno), *n);
                     m
                 }),
             errors_unattributed: self.errors_unattributed,
@@ -200,7 +139,11 @@ impl Summary {
                 .iter()
                 .map(|((o, n), c)| (format!("{}->{}", o.name(), n.name()), *c))
                 .collect(),
-            kernel_maps: self.kernel_maps.clone(),
+            kernel_maps: self
+                .kernel_maps
+                .iter()
+                .map(|(k, v)| (Cow::Borrowed(*k), *v))
+                .collect(),
         }
     }
 
@@ -212,7 +155,7 @@ impl Summary {
         );
         if !self.time_wait_top.is_empty() {
             s += "  TIME_WAIT top destinations:\n";
-            for (d, n) in &self.time_wait_top {
+            for (d, n, _) in &self.time_wait_top {
                 let _ = writeln!(
                     s,
                     "    {} -> {} {n}",

@@ -6,7 +6,9 @@ use std::io;
 use crate::model::StateChange;
 use crate::model::clock::WallClock;
 use crate::model::hooks::Mode;
-use crate::output::records::{self, Close, CloseWaitLeak, CloseWaitResolved, HookReport};
+use crate::output::records::{
+    Close, CloseWaitLeak, CloseWaitResolved, ClosedBy, HookReport, LeakSince,
+};
 
 /// When the text view uses colour.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -101,9 +103,7 @@ pub fn text_header() -> String {
 }
 
 pub fn text_line(ev: &StateChange, clock: &WallClock) -> String {
-    let ts = records::rfc3339(clock, ev.ts_ns);
-    // HH:MM:SS.micros out of the RFC 3339 stamp.
-    let time = ts.get(11..26).unwrap_or(&ts);
+    let time = clock_time(clock.wall(ev.ts_ns));
     let (pid, comm) = match &ev.owner {
         Some(o) => (o.pid.to_string(), printable(&o.comm)),
         None => (
@@ -114,10 +114,10 @@ pub fn text_line(ev: &StateChange, clock: &WallClock) -> String {
     let transition = format!("{} -> {}", ev.old, ev.new);
     let ms = ev
         .old_ns
-        .map(|n| format!("{:.3}", records::ns_to_ms(n)))
+        .map(|n| format!("{:.3}", crate::output::records::ns_to_ms(n)))
         .unwrap_or_else(|| "-".into());
     row(
-        time,
+        &time,
         &pid,
         &comm,
         &endpoint(ev.sock.saddr, ev.sock.sport),
@@ -129,16 +129,18 @@ pub fn text_line(ev: &StateChange, clock: &WallClock) -> String {
 
 /// A close as a table row: "close in STATE" (or "exit in STATE").
 pub fn close_text(rec: &Close<'_>) -> String {
-    let time = rec.ts.get(11..26).unwrap_or(&rec.ts);
     let what = format!(
         "{} in {}",
-        if rec.by == "exit" { "exit" } else { "close" },
+        match rec.by {
+            ClosedBy::Exit => "exit",
+            ClosedBy::Close => "close",
+        },
         rec.state
     );
     row(
-        time,
+        &clock_time(rec.ts.0),
         &rec.pid.to_string(),
-        &printable(rec.comm),
+        &printable(&rec.comm),
         &endpoint(rec.sock.saddr, rec.sock.sport),
         &endpoint(rec.sock.daddr, rec.sock.dport),
         &what,
@@ -147,7 +149,7 @@ pub fn close_text(rec: &Close<'_>) -> String {
 }
 
 pub fn leak_text(rec: &CloseWaitLeak<'_>, process_leaks: u64) -> String {
-    let who = match (rec.pid, rec.comm) {
+    let who = match (rec.pid, &rec.comm) {
         (Some(p), Some(c)) => format!("{}({p})", printable(c)),
         _ => "unknown process".into(),
     };
@@ -166,7 +168,10 @@ pub fn leak_text(rec: &CloseWaitLeak<'_>, process_leaks: u64) -> String {
         Some(n) => format!("EOF never read, {n} bytes unread"),
         None => "recv_q unknown".to_string(),
     };
-    let at_least = if rec.since == "startup" { ">= " } else { "" };
+    let at_least = match rec.since {
+        LeakSince::Startup => ">= ",
+        LeakSince::Transition => "",
+    };
     format!(
         "!! CLOSE_WAIT LEAK #{} {who} {} -> {} for {at_least}{:.1} s ({eof}); held by {held}; {who} leaks: {process_leaks}",
         rec.report,
@@ -179,13 +184,19 @@ pub fn leak_text(rec: &CloseWaitLeak<'_>, process_leaks: u64) -> String {
 pub fn resolved_text(rec: &CloseWaitResolved<'_>) -> String {
     format!(
         "== CLOSE_WAIT leak ended: {}({}) {} -> {} after {:.1} s: {}",
-        printable(rec.comm.unwrap_or("?")),
+        printable(rec.comm.as_deref().unwrap_or("?")),
         rec.pid.map_or("?".into(), |p| p.to_string()),
         endpoint(rec.sock.saddr, rec.sock.sport),
         endpoint(rec.sock.daddr, rec.sock.dport),
         rec.close_wait_ms / 1000.0,
-        rec.how
+        rec.how.name()
     )
+}
+
+/// HH:MM:SS.micros (UTC), the table's time column.
+fn clock_time(t: std::time::SystemTime) -> String {
+    let ts = humantime::format_rfc3339_micros(t).to_string();
+    ts.get(11..26).unwrap_or(&ts).to_string()
 }
 
 /// An address with its port, IPv6 in brackets: `10.0.0.1:80`,

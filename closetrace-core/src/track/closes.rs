@@ -11,7 +11,8 @@
 use crate::model::{Close, CloseVia, StateChange, TcpState};
 
 /// How a socket left CLOSE_WAIT.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum How {
     /// The application closed it.
     Closed,

@@ -1,6 +1,7 @@
 //! Pure state machines: they take decoded events and a clock value and
 //! never read the system, so every one is unit-tested without root.
 pub mod closes;
+pub mod errors;
 pub mod leaks;
 pub mod owners;
 pub mod timewait;

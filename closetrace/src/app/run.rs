@@ -1,6 +1,7 @@
 //! Tracing, in named phases: check the host, resolve the selection, look
 //! at the sockets already there, load and attach, start the coordinator,
 //! announce `ready`, trace until stopped, then report the summary.
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::net::TcpListener;
@@ -60,12 +61,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let color = cli.color.enabled(cli.output.is_none());
     let mut sink = Sink::new(cli.format, out, clock, color)
         .with_containers(Box::new(cgroups::CgroupContainers));
-    sink.ready(&Ready {
-        kind: "ready",
+    sink.ready(Ready {
         version: SCHEMA_VERSION,
-        closetrace: env!("CARGO_PKG_VERSION"),
-        hooks: &kernel.hooks,
-        pids: &pids,
+        closetrace: env!("CARGO_PKG_VERSION").into(),
+        hooks: Cow::Borrowed(&kernel.hooks),
+        pids: Cow::Borrowed(&pids),
         snapshot_sockets: seeded,
         close_wait_threshold_ms: cli.close_wait_threshold.as_millis().min(u64::MAX as u128) as u64,
         mode: if cli.states {
@@ -73,8 +73,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } else {
             Mode::Findings
         },
-        pid_tree: &sel.roots,
-        privileges: privileges.as_ref(),
+        pid_tree: Cow::Borrowed(&sel.roots),
+        privileges: privileges.as_ref().map(Cow::Borrowed),
         netns: (sel.netns != 0).then_some(sel.netns),
         cgroup: sel.cgroup_name(),
     })
@@ -85,7 +85,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     let summary = &monitor.summary;
     eprint!("{}", summary.to_text(elapsed));
-    match result.and_then(|()| sink.summary(&summary.to_record(elapsed))) {
+    match result.and_then(|()| sink.summary(summary.to_record(elapsed))) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
             Err(anyhow!("output closed (broken pipe); stopped tracing"))

@@ -242,7 +242,7 @@ mod tests {
     fn page_has_both_charts_and_escapes_names() {
         let log = "{\"type\":\"close_wait_leak\",\"ts\":\"2026-11-23T10:00:01Z\",\"pid\":7,\
                    \"comm\":\"<script>x\",\"sock\":1,\"close_wait_ms\":1}\n\
-                   {\"type\":\"time_wait_top\",\"ts\":\"2026-11-23T10:00:03Z\",\"top\":[{\"saddr\":\"a\",\
+                   {\"type\":\"time_wait_top\",\"ts\":\"2026-11-23T10:00:03Z\",\"top\":[{\"saddr\":\"10.0.0.2\",\
                    \"daddr\":\"10.0.0.1\",\"dport\":80,\"time_wait\":50,\"ratio\":0.25}]}\n";
         let r = Report::read(log.as_bytes()).unwrap();
         let page = render(&r, "run<1>.jsonl");
