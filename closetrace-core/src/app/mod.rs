@@ -3,4 +3,4 @@
 pub mod cli;
 pub mod coordinator;
 pub mod pipeline;
-pub mod ports;
+pub mod worker;

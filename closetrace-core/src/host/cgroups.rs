@@ -114,65 +114,102 @@ fn is_container_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Cached id -> container lookups, rescanning the tree at most once a
-/// second when an id is new, since cgroups come and go with containers.
-/// Records ask for every socket they name, so a known id costs one lookup.
+/// Cached id -> container lookups, shared by the coordinator (which only
+/// reads it: no I/O on the event path) and the host worker (which rescans
+/// the tree, at most once a second, when an id is new). Cgroups come and
+/// go with containers; records ask for every socket they name.
 struct Known {
-    root: Option<PathBuf>,
     containers: HashMap<u64, Option<Container>>,
     scanned: Option<Instant>,
+    /// An id was asked for that the cache did not know.
+    missed: bool,
 }
 
-impl Known {
-    fn container(&mut self, id: u64) -> Option<Container> {
-        if let Some(c) = self.containers.get(&id) {
-            return c.clone();
-        }
-        let root = self.root.clone()?;
-        if self
-            .scanned
+fn known() -> &'static Mutex<Known> {
+    static KNOWN: OnceLock<Mutex<Known>> = OnceLock::new();
+    KNOWN.get_or_init(|| {
+        Mutex::new(Known {
+            containers: HashMap::new(),
+            scanned: None,
+            missed: false,
+        })
+    })
+}
+
+/// Walk the cgroup tree (without holding the cache's lock) and add every
+/// cgroup to the cache, unless it was walked less than a second ago.
+fn rescan() {
+    let Ok(root) = cgroup2_root() else {
+        return;
+    };
+    {
+        let Ok(mut k) = known().lock() else {
+            return;
+        };
+        if k.scanned
             .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
         {
-            return None;
+            return;
         }
-        self.scanned = Some(Instant::now());
-        walk(&root, &mut |p, ino| {
-            let rel = p.strip_prefix(&root).unwrap_or(p);
-            self.containers
-                .entry(ino)
-                .or_insert_with(|| container_of(&format!("/{}", rel.display())));
-        });
-        // Ids that are still unknown stay unknown until the next rescan.
-        self.containers.get(&id).cloned().flatten()
+        k.scanned = Some(Instant::now());
+        k.missed = false;
+    }
+    let mut found = Vec::new();
+    walk(&root, &mut |p, ino| {
+        let rel = p.strip_prefix(&root).unwrap_or(p);
+        found.push((ino, container_of(&format!("/{}", rel.display()))));
+    });
+    if let Ok(mut k) = known().lock() {
+        for (ino, c) in found {
+            k.containers.entry(ino).or_insert(c);
+        }
     }
 }
 
-/// Container names from cgroupfs, cached (see `Known`).
+/// The container cgroup `id` belongs to, if any, rescanning the tree when
+/// the id is new (blocking: for the host worker and start-up).
+pub fn container(id: u64) -> Option<Container> {
+    if id == 0 {
+        return None;
+    }
+    if let Some(c) = known().lock().ok()?.containers.get(&id) {
+        return c.clone();
+    }
+    rescan();
+    // Ids that are still unknown stay unknown until the next rescan.
+    known().lock().ok()?.containers.get(&id).cloned().flatten()
+}
+
+/// The container of cgroup `id` as far as the cache knows, without any
+/// I/O; an unknown id is looked up by the next `rescan_missed`.
+pub fn known_container(id: u64) -> Option<Container> {
+    if id == 0 {
+        return None;
+    }
+    let mut k = known().lock().ok()?;
+    match k.containers.get(&id) {
+        Some(c) => c.clone(),
+        None => {
+            k.missed = true;
+            None
+        }
+    }
+}
+
+/// Rescan if a lookup missed since the last one (host worker, each tick).
+pub fn rescan_missed() {
+    if known().lock().is_ok_and(|k| k.missed) {
+        rescan();
+    }
+}
+
+/// Container names for records, from the cache only (see `Known`).
 pub struct CgroupContainers;
 
 impl ContainerNames for CgroupContainers {
     fn container(&self, cgroup: u64) -> Option<Container> {
-        container(cgroup)
+        known_container(cgroup)
     }
-}
-
-/// The container cgroup `id` belongs to, if any.
-pub fn container(id: u64) -> Option<Container> {
-    static KNOWN: OnceLock<Mutex<Known>> = OnceLock::new();
-    if id == 0 {
-        return None;
-    }
-    KNOWN
-        .get_or_init(|| {
-            Mutex::new(Known {
-                root: cgroup2_root().ok(),
-                containers: HashMap::new(),
-                scanned: None,
-            })
-        })
-        .lock()
-        .ok()?
-        .container(id)
 }
 
 #[cfg(test)]

@@ -235,6 +235,7 @@ pub fn visit_tcp_sockets_both(
 }
 
 /// The kernel's own account of TCP sockets right now, with their holders.
+#[derive(Debug)]
 pub struct KernelView {
     pub by_cookie: HashMap<u64, DiagSocket>,
     pub holders: HashMap<u32, Vec<Holder>>,

@@ -1,8 +1,7 @@
 //! How many ephemeral ports a destination can use: `ip_local_port_range`
 //! minus `ip_local_reserved_ports`, and whether `tcp_tw_reuse` lets
-//! outgoing connections reuse TIME_WAIT ports. Read from /proc/sys, which
-//! shows the network namespace closetrace runs in.
-use std::fs;
+//! outgoing connections reuse TIME_WAIT ports. The host layer reads them
+//! from /proc/sys (`host::port_policy`).
 use std::net::IpAddr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,18 +15,6 @@ pub struct PortPolicy {
 }
 
 impl PortPolicy {
-    pub fn read() -> Result<Self, String> {
-        let get = |name: &str| {
-            fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
-                .map_err(|e| format!("{name}: {e}"))
-        };
-        Self::parse(
-            &get("ip_local_port_range")?,
-            &get("ip_local_reserved_ports").unwrap_or_default(),
-            &get("tcp_tw_reuse").unwrap_or_else(|_| "0".into()),
-        )
-    }
-
     pub fn parse(range: &str, reserved: &str, reuse: &str) -> Result<Self, String> {
         let mut it = range.split_whitespace().map(str::parse::<u16>);
         let (Some(Ok(lo)), Some(Ok(hi))) = (it.next(), it.next()) else {

@@ -31,6 +31,9 @@ pub struct Summary {
     /// connect/bind failures seen without their address (see
     /// `LOST_CALL_ARGS`), so not reported.
     pub errors_unattributed: u64,
+    /// Ticks that asked the host worker nothing because the previous
+    /// tick's reads were still under way (a slow system, not lost events).
+    pub host_ticks_skipped: u64,
     /// Kernel map occupancy at exit, by map name.
     pub kernel_maps: BTreeMap<&'static str, MapUse>,
     transitions: BTreeMap<(TcpState, TcpState), u64>,

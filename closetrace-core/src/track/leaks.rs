@@ -8,7 +8,7 @@
 //! rarely, never flooding. Bounded: at capacity the oldest is dropped.
 use std::collections::HashMap;
 
-use crate::model::{SockRef, StateChange, Task, TcpState};
+use crate::model::{Holder, SockRef, StateChange, Task, TcpState};
 use crate::track::closes::{How, how_left_close_wait};
 
 /// How long a socket must be missing from the kernel's view before it is
@@ -203,10 +203,23 @@ impl LeakDetector {
     }
 }
 
+/// Whom to name for a socket: its owner if it still holds it, else the
+/// first process that does (fork, fd passing), else the owner as known.
+/// "It" is the process, not the pid: a holder that was given a dead
+/// owner's pid is another process.
+pub fn blame(owner: Option<Task>, holders: &[Holder]) -> Option<Task> {
+    if let Some(o) = &owner
+        && holders.iter().any(|h| o.is(h.pid, h.start))
+    {
+        return owner;
+    }
+    holders.first().map(Holder::task).or(owner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::fixtures::{change, owned, task};
+    use crate::model::fixtures::{change, owned, started, task};
     use TcpState::*;
 
     const S: u64 = 1_000_000_000;
@@ -333,5 +346,47 @@ mod tests {
         assert_eq!(d.tracked().count(), 10);
         assert_eq!(d.dropped(), 90);
         assert!(d.tracked().all(|t| t.sock.id >= 90), "the newest are kept");
+    }
+
+    fn holder(pid: u32, comm: &str, fd: u32) -> Holder {
+        Holder {
+            pid,
+            start: None,
+            comm: comm.into(),
+            fd,
+        }
+    }
+
+    #[test]
+    fn blame_prefers_an_owner_that_still_holds_it() {
+        let hs = [holder(20, "child", 4), holder(10, "parent", 5)];
+        assert_eq!(blame(Some(task(10, "parent")), &hs).unwrap().pid, 10);
+        // The parent closed its copy: the child holds it.
+        assert_eq!(blame(Some(task(10, "parent")), &hs[..1]).unwrap().pid, 20);
+        assert_eq!(blame(None, &hs).unwrap().pid, 20);
+        assert_eq!(blame(Some(task(10, "parent")), &[]).unwrap().pid, 10);
+        assert_eq!(blame(None, &[]), None);
+    }
+
+    #[test]
+    fn blame_tells_a_reused_pid_from_the_owner() {
+        let owner = started(10, "srv", 500);
+        let stranger = Holder {
+            start: Some(9000),
+            ..holder(10, "srv", 4)
+        };
+        // Same pid, later start: the holder is the newcomer, not the owner.
+        let named = blame(Some(owner.clone()), std::slice::from_ref(&stranger)).unwrap();
+        assert_eq!((named.pid, named.start), (10, Some(9000)));
+        let same = Holder {
+            start: Some(500),
+            ..stranger
+        };
+        assert_eq!(blame(Some(owner.clone()), &[same]), Some(owner.clone()));
+        // A start /proc would not give: the pid decides.
+        assert_eq!(
+            blame(Some(owner.clone()), &[holder(10, "srv", 4)]),
+            Some(owner)
+        );
     }
 }

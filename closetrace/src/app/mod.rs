@@ -1,6 +1,7 @@
 //! The commands: tracing (`run`, in named phases), `report`, and writing
 //! the generated assets. The only layer that sees every other one.
 pub mod assets;
+pub mod host;
 pub mod report;
 pub mod run;
 pub mod select;

@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow};
 use closetrace_core::app::cli::Cli;
 use closetrace_core::app::coordinator::{Monitor, Settings};
+use closetrace_core::app::worker::Worker;
 use closetrace_core::host::sockets::{self, KernelView};
-use closetrace_core::host::{cgroups, privileges, procs};
+use closetrace_core::host::{self, System, cgroups, privileges, procs};
 use closetrace_core::model::clock::{self, WallClock};
 use closetrace_core::model::hooks::{Attach, HookReport, Mode};
 use closetrace_core::output::records::{Ready, SCHEMA_VERSION};
 use closetrace_core::output::sink::Sink;
 
+use super::host::RunHost;
 use super::select::{Selection, select};
 use super::trace;
 use crate::kernel::load::{self, Kernel};
@@ -47,7 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let pids = follow_late_children(&mut kernel, &sel)?;
     kernel.hooks.push(existing.diag.clone());
     let clock = WallClock::sample();
-    let (mut monitor, seeded) =
+    let (mut monitor, seeded, upkeep) =
         start_coordinator(&cli, &sel, &mut kernel, &existing, scan, &pids, clock)?;
     drop(existing);
     release_startup_memory();
@@ -81,7 +83,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     .and_then(|()| sink.flush())
     .context("writing output")?;
     let started = Instant::now();
-    let result = trace(&cli, kernel, &mut monitor, &mut sink, metrics_listener);
+    let host = RunHost {
+        system: System,
+        upkeep,
+    };
+    let result = trace(
+        &cli,
+        kernel,
+        host,
+        &mut monitor,
+        &mut sink,
+        metrics_listener,
+    );
     let elapsed = started.elapsed().as_secs_f64();
     let summary = &monitor.summary;
     eprint!("{}", summary.to_text(elapsed));
@@ -194,8 +207,9 @@ fn follow_late_children(kernel: &mut Kernel, sel: &Selection) -> anyhow::Result<
     Ok(pids)
 }
 
-/// The coordinator, seeded with what was there before start-up, and how
-/// many sockets were given an owner from /proc.
+/// The coordinator, seeded with what was there before start-up; how many
+/// sockets were given an owner from /proc; and, with `--pid-tree` or
+/// `--cgroup`, the upkeep of the kernel's selection maps.
 fn start_coordinator(
     cli: &Cli,
     sel: &Selection,
@@ -204,7 +218,7 @@ fn start_coordinator(
     scan: bool,
     pids: &[u32],
     clock: WallClock,
-) -> anyhow::Result<(Monitor, usize)> {
+) -> anyhow::Result<(Monitor, usize, Option<Upkeep>)> {
     let netns = existing.netns;
     let mut monitor = Monitor::new(
         Settings {
@@ -214,6 +228,11 @@ fn start_coordinator(
             infer_closes: kernel.close_hook == CloseHook::Transitions,
             stream_all: cli.states,
             own_netns: netns,
+            port_policy: host::port_policy()
+                .inspect_err(|e| {
+                    log::warn!("ephemeral port range unknown ({e}); no TIME_WAIT pressure ratios")
+                })
+                .ok(),
         },
         clock,
     );
@@ -239,12 +258,11 @@ fn start_coordinator(
         };
         monitor.seed_leaks(&existing.view, clock::monotonic_ns(), &keep);
     }
-    if kernel.pids.is_some() || kernel.cgroups.is_some() {
+    let upkeep = (kernel.pids.is_some() || kernel.cgroups.is_some()).then(|| {
         let dir = sel.cgroup.as_ref().map(|(dir, _)| dir.clone());
-        let mut upkeep = Upkeep::new(kernel.pids.take(), dir.zip(kernel.cgroups.take()));
-        monitor.follow_with(Box::new(move || upkeep.refresh()));
-    }
-    Ok((monitor, seeded.len()))
+        Upkeep::new(kernel.pids.take(), dir.zip(kernel.cgroups.take()))
+    });
+    Ok((monitor, seeded.len(), upkeep))
 }
 
 /// Start-up parsed the kernel's BTF twice and listed every socket: hand
@@ -267,6 +285,7 @@ fn tick_for(threshold: Duration) -> Duration {
 fn trace(
     cli: &Cli,
     kernel: Kernel,
+    host: RunHost,
     monitor: &mut Monitor,
     sink: &mut Sink,
     metrics_listener: Option<TcpListener>,
@@ -293,14 +312,20 @@ fn trace(
     });
     monitor.metrics = metrics.clone();
     let tick = tick_for(cli.close_wait_threshold);
+    // Spawned after privileges were dropped: a thread keeps the
+    // capabilities it was created with.
+    let mut worker = Worker::spawn(Box::new(host), monitor.own_netns())?;
     let result = runtime.block_on(trace::trace(
         events,
         counters,
+        &mut worker,
         monitor,
         sink,
-        tick,
-        cli.duration,
-        metrics_listener.zip(metrics),
+        trace::Schedule {
+            tick,
+            duration: cli.duration,
+            exporter: metrics_listener.zip(metrics),
+        },
     ));
     monitor
         .summary

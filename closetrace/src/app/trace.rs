@@ -11,6 +11,7 @@ use aya::maps::{MapData, RingBuf};
 use closetrace_common::LOST_RINGBUF;
 use closetrace_core::app::coordinator::Monitor;
 use closetrace_core::app::pipeline::{self, CHANNEL_DEPTH};
+use closetrace_core::app::worker::Worker;
 use closetrace_core::output::metrics::{self, Metrics};
 use closetrace_core::output::sink::Sink;
 use tokio::signal::unix::{SignalKind, signal};
@@ -20,21 +21,34 @@ use crate::kernel::ring::{self, Counters};
 
 pub type Exporter = (TcpListener, Rc<RefCell<Metrics>>);
 
+/// When the coordinator ticks, when the run stops, and where metrics are
+/// served.
+pub struct Schedule {
+    pub tick: Duration,
+    /// `--duration`; None runs until a signal.
+    pub duration: Option<Duration>,
+    pub exporter: Option<Exporter>,
+}
+
 pub async fn trace(
     events: RingBuf<MapData>,
     counters: Counters<'_>,
+    worker: &mut Worker,
     monitor: &mut Monitor,
     sink: &mut Sink,
-    tick: Duration,
-    duration: Option<Duration>,
-    exporter: Option<Exporter>,
+    schedule: Schedule,
 ) -> io::Result<()> {
+    let Schedule {
+        tick,
+        duration,
+        exporter,
+    } = schedule;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let reader = ring::read_ring(events, tx.clone(), stop_tx.subscribe());
     let poller = ring::poll_lost(counters, tx, stop_tx.subscribe());
     let consumer = async {
-        let out = pipeline::consume(rx, monitor, sink, tick).await;
+        let out = pipeline::consume(rx, worker, monitor, sink, tick).await;
         // An output failure ends the run: stop the producers too.
         let _ = stop_tx.send(true);
         out

@@ -6,12 +6,11 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 
-use closetrace_common::tcp_state;
-
-use crate::host::sockets::{self, DiagSocket, KernelView};
+use crate::app::worker::Job;
+use crate::host::sockets::{DiagSocket, KernelView, SnapshotError};
 use crate::model::clock::WallClock;
 use crate::model::ports::PortPolicy;
-use crate::model::{SockError, SockRef, StateChange, Syscall, Task, TcpState};
+use crate::model::{Holder, SockError, SockRef, StateChange, Syscall, Task, TcpState};
 use crate::output::records::{
     self, BindError, ConnectError, ListenOverflow, PortHolder, Record, SockFields,
     TimeWaitPressure, Ts,
@@ -38,6 +37,8 @@ pub struct PortPressure {
     last_top_ns: u64,
     pub errors: BTreeMap<(&'static str, &'static str), u64>,
     pub listen_overflows: u64,
+    /// Reads of the running system these need, for the host worker.
+    pub jobs: Vec<Job>,
 }
 
 fn tuple(s: &SockRef) -> Tuple {
@@ -53,14 +54,8 @@ fn tuple(s: &SockRef) -> Tuple {
 }
 
 impl PortPressure {
-    pub fn new(warn: f64, own_netns: u32) -> Self {
-        let policy = match PortPolicy::read() {
-            Ok(p) => Some(p),
-            Err(e) => {
-                log::warn!("ephemeral port range unknown ({e}); no TIME_WAIT pressure ratios");
-                None
-            }
-        };
+    /// `policy`: this namespace's ports; None when unknown (no ratios).
+    pub fn new(warn: f64, own_netns: u32, policy: Option<PortPolicy>) -> Self {
         PortPressure {
             tw: TimeWaitCounter::new(warn),
             policy,
@@ -71,6 +66,7 @@ impl PortPressure {
             last_top_ns: 0,
             errors: BTreeMap::new(),
             listen_overflows: 0,
+            jobs: Vec::new(),
         }
     }
 
@@ -116,12 +112,9 @@ impl PortPressure {
         let Some(suppressed) = self.limiter.admit(e) else {
             return Ok(());
         };
-        let ts = Ts::at(clock, e.ts_ns);
-        let who = format!("{}({})", printable(&e.task.comm), e.task.pid);
-        let comm = Cow::Borrowed(e.task.comm.as_str());
-        let scope = records::Scope::new(e.netns, e.cgroup, sink.containers());
         match e.syscall {
             Syscall::Connect => {
+                let who = format!("{}({})", printable(&e.task.comm), e.task.pid);
                 let time_wait = self.tw.toward(self.own_netns, e.addr, e.port);
                 let text = || {
                     format!(
@@ -132,81 +125,111 @@ impl PortPressure {
                     )
                 };
                 let rec = ConnectError {
-                    ts,
+                    ts: Ts::at(clock, e.ts_ns),
                     pid: e.task.pid,
                     pid_start: e.task.start,
-                    comm,
+                    comm: Cow::Borrowed(&e.task.comm),
                     errno: e.errno,
                     family: e.family,
                     daddr: e.addr,
                     dport: e.port,
                     time_wait,
                     suppressed,
-                    scope,
+                    scope: records::Scope::new(e.netns, e.cgroup, sink.containers()),
                 };
                 sink.record(Record::ConnectError(rec), text)
             }
             Syscall::Bind => {
-                let (holders, time_wait) = port_holders(e.port);
-                let hint = bind_hint(&holders, time_wait);
-                let held: Vec<String> = holders
-                    .iter()
-                    .map(|h| match (h.pid, &h.comm) {
-                        (Some(p), Some(c)) => format!(
-                            "{} {}({p}) fd {}",
-                            h.state.name(),
-                            printable(c),
-                            h.fd.unwrap_or(0)
-                        ),
-                        _ => h.state.name().to_string(),
-                    })
-                    .collect();
-                let text = || {
-                    format!(
-                        "!! bind() {}: {who} {} held by [{}] and {time_wait} TIME_WAIT; {hint}{}",
-                        e.errno.name(),
-                        endpoint(e.addr, e.port),
-                        held.join(", "),
-                        more(suppressed)
-                    )
-                };
-                let rec = BindError {
-                    ts,
-                    pid: e.task.pid,
-                    pid_start: e.task.start,
-                    comm,
-                    errno: e.errno,
-                    family: e.family,
-                    saddr: e.addr,
-                    sport: e.port,
-                    holders,
-                    time_wait,
-                    hint: Cow::Borrowed(hint),
+                // Who holds the port takes a full socket and fd view: the
+                // host worker gets it, and `on_bind_holders` writes the
+                // record.
+                self.jobs.push(Job::BindHolders {
+                    error: e.clone(),
                     suppressed,
-                    scope,
-                };
-                sink.record(Record::BindError(rec), text)
+                });
+                Ok(())
             }
         }
     }
 
-    /// Once a second: reconcile TIME_WAIT counts with the kernel, report
-    /// pressure changes, and check listeners for accept-queue overflows.
-    pub fn on_tick(&mut self, now_ns: u64, sink: &mut Sink, clock: &WallClock) -> io::Result<()> {
+    /// A failed bind() with who holds the port it wanted, from `view`.
+    pub fn on_bind_holders(
+        &mut self,
+        e: &SockError,
+        suppressed: u64,
+        view: Option<&KernelView>,
+        sink: &mut Sink,
+        clock: &WallClock,
+    ) -> io::Result<()> {
+        let (holders, time_wait) = view.map_or((Vec::new(), 0), |v| port_holders(v, e.port));
+        let hint = bind_hint(&holders, time_wait);
+        let who = format!("{}({})", printable(&e.task.comm), e.task.pid);
+        let held: Vec<String> = holders
+            .iter()
+            .map(|h| match (h.pid, &h.comm) {
+                (Some(p), Some(c)) => format!(
+                    "{} {}({p}) fd {}",
+                    h.state.name(),
+                    printable(c),
+                    h.fd.unwrap_or(0)
+                ),
+                _ => h.state.name().to_string(),
+            })
+            .collect();
+        let text = || {
+            format!(
+                "!! bind() {}: {who} {} held by [{}] and {time_wait} TIME_WAIT; {hint}{}",
+                e.errno.name(),
+                endpoint(e.addr, e.port),
+                held.join(", "),
+                more(suppressed)
+            )
+        };
+        let rec = BindError {
+            ts: Ts::at(clock, e.ts_ns),
+            pid: e.task.pid,
+            pid_start: e.task.start,
+            comm: Cow::Borrowed(&e.task.comm),
+            errno: e.errno,
+            family: e.family,
+            saddr: e.addr,
+            sport: e.port,
+            holders,
+            time_wait,
+            hint: Cow::Borrowed(hint),
+            suppressed,
+            scope: records::Scope::new(e.netns, e.cgroup, sink.containers()),
+        };
+        sink.record(Record::BindError(rec), text)
+    }
+
+    /// Whether this tick should count timewait sockets and read listeners
+    /// (once a second).
+    pub fn wants_scan(&mut self, now_ns: u64) -> bool {
         if now_ns < self.last_reconcile_ns.saturating_add(RECONCILE_NS) {
-            return Ok(());
+            return false;
         }
         self.last_reconcile_ns = now_ns;
-        let states = (1 << tcp_state::TIME_WAIT) | (1 << tcp_state::FIN_WAIT2);
-        let mut r = self.tw.begin_reconcile();
-        let (tw, netns) = (&mut self.tw, self.own_netns);
-        let dumped = sockets::visit_tcp_sockets_both(states, false, &mut |s| {
-            if s.is_timewait() {
-                r.saw(tw, &diag_tuple(netns, &s));
-            }
-        });
-        match dumped {
-            Ok(()) => {
+        true
+    }
+
+    /// Once a second, with what the host worker found: reconcile TIME_WAIT
+    /// counts with the kernel's, report pressure changes and the top
+    /// destinations, and check listeners for accept-queue overflows.
+    pub fn on_scan(
+        &mut self,
+        now_ns: u64,
+        time_wait: Result<Vec<Tuple>, SnapshotError>,
+        listeners: Result<Vec<DiagSocket>, SnapshotError>,
+        sink: &mut Sink,
+        clock: &WallClock,
+    ) -> io::Result<()> {
+        match time_wait {
+            Ok(dump) => {
+                let mut r = self.tw.begin_reconcile();
+                for t in &dump {
+                    r.saw(&mut self.tw, t);
+                }
                 self.tw.end_reconcile(r, now_ns);
                 if let Some(p) = self.policy {
                     for pr in self.tw.evaluate_all(now_ns, &p) {
@@ -244,23 +267,16 @@ impl PortPressure {
                 sink.record(Record::TimeWaitTop(rec), text)?;
             }
         }
-        self.check_listeners(now_ns, sink, clock)
+        match listeners {
+            Ok(l) => self.check_listeners(l),
+            Err(e) => log::warn!("listener check: {e}"),
+        }
+        Ok(())
     }
 
-    fn check_listeners(
-        &mut self,
-        now_ns: u64,
-        sink: &mut Sink,
-        clock: &WallClock,
-    ) -> io::Result<()> {
-        let listeners =
-            match sockets::tcp_sockets_both(1 << closetrace_common::tcp_state::LISTEN, true) {
-                Ok(l) => l,
-                Err(e) => {
-                    log::warn!("listener check: {e}");
-                    return Ok(());
-                }
-            };
+    /// Listeners whose drop counters grew since the previous check: the
+    /// host worker finds their holders (see `on_listener_holders`).
+    fn check_listeners(&mut self, listeners: Vec<DiagSocket>) {
         let mut overflowing = Vec::new();
         let mut seen = HashMap::with_capacity(listeners.len());
         for l in listeners {
@@ -275,10 +291,20 @@ impl PortPressure {
             }
         }
         self.listen_drops = seen;
-        if overflowing.is_empty() {
-            return Ok(());
+        if !overflowing.is_empty() {
+            self.jobs.push(Job::ListenerHolders(overflowing));
         }
-        let holders = sockets::socket_holders();
+    }
+
+    /// Overflowing listeners, with the processes holding them.
+    pub fn on_listener_holders(
+        &mut self,
+        overflowing: Vec<(DiagSocket, u32)>,
+        holders: &HashMap<u32, Vec<Holder>>,
+        now_ns: u64,
+        sink: &mut Sink,
+        clock: &WallClock,
+    ) -> io::Result<()> {
         for (l, dropped) in overflowing {
             self.listen_overflows += 1;
             let h = holders
@@ -371,25 +397,9 @@ fn write_pressure(p: &Pressure, ts_ns: u64, sink: &mut Sink, clock: &WallClock) 
     sink.record(Record::TimeWaitPressure(rec), text)
 }
 
-/// A timewait socket from the dump, in closetrace's own namespace.
-fn diag_tuple(netns: u32, s: &DiagSocket) -> Tuple {
-    (
-        Dest {
-            netns,
-            saddr: s.saddr,
-            daddr: s.daddr,
-            dport: s.dport,
-        },
-        s.sport,
-    )
-}
-
 /// Who holds `port` locally: every non-TIME_WAIT socket on it with its
 /// processes, and how many TIME_WAIT sockets.
-fn port_holders(port: u16) -> (Vec<PortHolder>, u32) {
-    let Ok(view) = KernelView::take(crate::host::sockets::states::ALL) else {
-        return (Vec::new(), 0);
-    };
+fn port_holders(view: &KernelView, port: u16) -> (Vec<PortHolder>, u32) {
     let mut holders = Vec::new();
     let mut time_wait = 0;
     let mut on_port: Vec<&DiagSocket> = view

@@ -1,0 +1,188 @@
+//! The coordinator's part in CLOSE_WAIT leaks: sockets found by the scan,
+//! leaks already there at start-up, reports when a leak is due (checked
+//! against the kernel's view first: no ghosts), and their endings.
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::io;
+
+use super::Monitor;
+use crate::host::sockets::{DiagSocket, KernelView, SnapshotError};
+use crate::model::{Holder, TcpState};
+use crate::output::metrics::ProcessLeaks;
+use crate::output::records::{self, CloseWaitLeak, CloseWaitResolved, LeakSince, SockFields, Ts};
+use crate::output::sink::Sink;
+use crate::track::leaks::{Due, Resolved, blame};
+
+impl Monitor {
+    /// Track every CLOSE_WAIT socket the scan `found` not yet tracked,
+    /// watched in the kernel from now on. Those tracked that are no longer
+    /// in CLOSE_WAIT left it before the watch took, or their transition is
+    /// still in flight or lost: see `LeakDetector::absent`.
+    pub(super) fn scan_close_wait(
+        &mut self,
+        now_ns: u64,
+        found: Result<Vec<DiagSocket>, SnapshotError>,
+        sink: &mut Sink,
+    ) -> io::Result<()> {
+        let Some(kernel) = self.scan.as_mut() else {
+            return Ok(());
+        };
+        let found = match found {
+            Ok(f) => f,
+            Err(e) => {
+                if !std::mem::replace(&mut self.diag_warned, true) {
+                    log::warn!("cannot list CLOSE_WAIT sockets: {e}");
+                }
+                return Ok(());
+            }
+        };
+        let netns = self.own_netns;
+        let present: HashSet<u64> = found.iter().map(|s| s.cookie).collect();
+        for s in found {
+            if self.leaks.is_tracked(s.cookie) {
+                continue;
+            }
+            let (since, owner) = kernel.entered(s.cookie).unwrap_or((0, None));
+            let known = since != 0 && since <= now_ns;
+            kernel.watch(s.cookie);
+            let since = if known { since } else { now_ns };
+            self.leaks.found(s.sock_ref(netns), owner, since, !known);
+        }
+        let gone: Vec<u64> = self
+            .leaks
+            .tracked()
+            .filter(|t| t.sock.netns == netns && !present.contains(&t.sock.id))
+            .map(|t| t.sock.id)
+            .collect();
+        for id in gone {
+            if let Some(k) = self.scan.as_mut() {
+                k.unwatch(id);
+            }
+            if let Some(r) = self.leaks.absent(id, now_ns) {
+                self.resolve(&r, sink)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sockets already in CLOSE_WAIT at start-up, aged from `now_ns`.
+    /// `keep`: the sockets `--netns` and `--cgroup` select.
+    pub fn seed_leaks(
+        &mut self,
+        view: &KernelView,
+        now_ns: u64,
+        keep: &dyn Fn(&DiagSocket) -> bool,
+    ) {
+        for s in view.by_cookie.values() {
+            if s.state != TcpState::CloseWait || !keep(s) {
+                continue;
+            }
+            let sock = s.sock_ref(self.own_netns);
+            let owner = blame(None, view.holders_of(s.cookie));
+            self.leaks.seed(sock, owner, now_ns);
+        }
+    }
+
+    pub(super) fn resolve(&mut self, r: &Resolved, sink: &mut Sink) -> io::Result<()> {
+        if !self.shown.remove(&r.tracked.sock.id) {
+            return Ok(());
+        }
+        let owner = r.tracked.owner.as_ref();
+        sink.resolved(CloseWaitResolved {
+            ts: Ts::at(&self.clock, r.tracked.since_ns + r.age_ns),
+            pid: owner.map(|o| o.pid),
+            pid_start: owner.and_then(|o| o.start),
+            comm: owner.map(|o| Cow::Borrowed(o.comm.as_str())),
+            sock: SockFields::new(&r.tracked.sock, sink.containers()),
+            close_wait_ms: records::ns_to_ms(r.age_ns),
+            how: r.how,
+            by_pid: r.by.as_ref().map(|t| t.pid),
+        })
+    }
+
+    pub(super) fn report(
+        &mut self,
+        d: Due,
+        view: Option<&KernelView>,
+        now_ns: u64,
+        sink: &mut Sink,
+    ) -> io::Result<()> {
+        let id = d.tracked.sock.id;
+        let local = d.tracked.sock.netns == self.own_netns || d.tracked.sock.netns == 0;
+        let diag = view.and_then(|v| v.by_cookie.get(&id));
+        let gone = view.is_some() && local && diag.is_none_or(|s| s.state != TcpState::CloseWait);
+        if gone {
+            // Left CLOSE_WAIT, seen or not yet: no report; resolved (if it
+            // was shown) by its transition or, failing that, as unknown.
+            if let Some(r) = self.leaks.absent(id, now_ns) {
+                self.resolve(&r, sink)?;
+            }
+            return Ok(());
+        }
+        let holders: &[Holder] = view.map_or(&[], |v| v.holders_of(id));
+        let owner = blame(d.tracked.owner.clone(), holders);
+        if let Some(o) = &owner {
+            self.leaks.set_owner(id, o.clone());
+        }
+        let visible = self.wants(owner.as_ref().map(|o| o.pid))
+            || holders.iter().any(|h| self.wants(Some(h.pid)));
+        if !visible {
+            return Ok(());
+        }
+        let first = self.shown.insert(id);
+        let process_leaks = match &owner {
+            Some(o) => self.summary.leak_reported(o, first, d.age_ns),
+            None => 0,
+        };
+        sink.leak(
+            CloseWaitLeak {
+                ts: Ts::at(&self.clock, now_ns),
+                pid: owner.as_ref().map(|o| o.pid),
+                pid_start: owner.as_ref().and_then(|o| o.start),
+                comm: owner.as_ref().map(|o| Cow::Borrowed(o.comm.as_str())),
+                sock: SockFields::new(&d.tracked.sock, sink.containers()),
+                close_wait_ms: records::ns_to_ms(d.age_ns),
+                since: if d.tracked.from_startup {
+                    LeakSince::Startup
+                } else {
+                    LeakSince::Transition
+                },
+                recv_q: diag.map(|s| s.rqueue),
+                holders: Cow::Borrowed(holders),
+                report: d.tracked.reports,
+            },
+            process_leaks,
+        )
+    }
+
+    /// Reported leaks still open, per blamed process (pid and start), most
+    /// first: the metrics gauges and the summary's `open` both read this.
+    pub(super) fn open_leaks(&self, now_ns: u64) -> Vec<ProcessLeaks> {
+        let mut by_process: HashMap<(u32, Option<u64>), ProcessLeaks> = HashMap::new();
+        for t in self.leaks.tracked() {
+            let (true, Some(o)) = (self.shown.contains(&t.sock.id), &t.owner) else {
+                continue;
+            };
+            let p = by_process
+                .entry((o.pid, o.start))
+                .or_insert_with(|| ProcessLeaks {
+                    pid: o.pid,
+                    start: o.start,
+                    comm: o.comm.clone(),
+                    open: 0,
+                    oldest_s: 0.0,
+                });
+            p.open += 1;
+            p.oldest_s = p
+                .oldest_s
+                .max(now_ns.saturating_sub(t.since_ns) as f64 / 1e9);
+        }
+        let mut leaks: Vec<_> = by_process.into_values().collect();
+        leaks.sort_by(|a, b| {
+            (b.open.cmp(&a.open))
+                .then(a.pid.cmp(&b.pid))
+                .then(a.start.cmp(&b.start))
+        });
+        leaks
+    }
+}

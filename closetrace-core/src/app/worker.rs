@@ -1,0 +1,265 @@
+//! The host worker: one thread that runs every blocking read of the
+//! running system (the `Host` trait) for the coordinator, so a slow netlink
+//! dump or /proc walk never stalls event consumption. The coordinator
+//! sends jobs and carries on; answers come back on a channel that the
+//! consume loop selects on, like the ring buffer's messages.
+use std::collections::HashMap;
+use std::io;
+use std::sync::mpsc as std_mpsc;
+use std::thread::{self, JoinHandle};
+
+use tokio::sync::mpsc;
+
+use crate::host::Host;
+use crate::host::sockets::{DiagSocket, KernelView, SnapshotError};
+use crate::model::{Holder, SockError};
+use crate::track::timewait::{Dest, Tuple};
+
+/// What one tick needs from the running system.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TickJob {
+    pub now_ns: u64,
+    /// List the CLOSE_WAIT sockets (the default mode's scan).
+    pub close_wait: bool,
+    /// CLOSE_WAIT sockets with their holders, for the leaks due now.
+    pub holders: bool,
+    /// Count timewait sockets, and read the listeners' drop counters.
+    pub ports: bool,
+    /// The cgroups of the sockets about to be reported: their containers
+    /// must be named.
+    pub cgroups: Vec<u64>,
+}
+
+#[derive(Debug)]
+pub enum Job {
+    Tick(TickJob),
+    /// Who holds the port a failed bind() wanted.
+    BindHolders {
+        error: SockError,
+        suppressed: u64,
+    },
+    /// Who holds listeners whose accept queue overflowed (socket, drops).
+    ListenerHolders(Vec<(DiagSocket, u32)>),
+}
+
+/// What the worker found for a `TickJob`; each part only if asked.
+#[derive(Debug)]
+pub struct TickAnswer {
+    pub job: TickJob,
+    pub close_wait: Option<Result<Vec<DiagSocket>, SnapshotError>>,
+    pub holders: Option<Result<KernelView, SnapshotError>>,
+    /// Timewait sockets by tuple, in closetrace's namespace.
+    pub time_wait: Option<Result<Vec<Tuple>, SnapshotError>>,
+    pub listeners: Option<Result<Vec<DiagSocket>, SnapshotError>>,
+    /// `--pid-tree`: the processes followed now.
+    pub followed: Option<Vec<u32>>,
+}
+
+#[derive(Debug)]
+pub enum Answer {
+    Tick(TickAnswer),
+    BindHolders {
+        error: SockError,
+        suppressed: u64,
+        view: Result<KernelView, SnapshotError>,
+    },
+    ListenerHolders {
+        overflowing: Vec<(DiagSocket, u32)>,
+        holders: HashMap<u32, Vec<Holder>>,
+    },
+}
+
+/// The worker thread, its job queue and its answers.
+pub struct Worker {
+    jobs: Option<std_mpsc::Sender<Job>>,
+    pub answers: mpsc::UnboundedReceiver<Answer>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Start the thread. `netns` is the namespace `host` describes.
+    pub fn spawn(mut host: Box<dyn Host>, netns: u32) -> io::Result<Worker> {
+        let (jobs, queue) = std_mpsc::channel::<Job>();
+        let (answer, answers) = mpsc::unbounded_channel();
+        let thread = thread::Builder::new()
+            .name("closetrace-host".into())
+            .spawn(move || {
+                while let Ok(job) = queue.recv() {
+                    if answer.send(run(host.as_mut(), job, netns)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Worker {
+            jobs: Some(jobs),
+            answers,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queue a job; false if the worker is gone (it only stops with us).
+    pub fn submit(&self, job: Job) -> bool {
+        self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok())
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread once its current job is done.
+        self.jobs = None;
+        self.answers.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(host: &mut dyn Host, job: Job, netns: u32) -> Answer {
+    match job {
+        Job::Tick(job) => Answer::Tick(tick(host, job, netns)),
+        Job::BindHolders { error, suppressed } => Answer::BindHolders {
+            error,
+            suppressed,
+            view: host.everything(),
+        },
+        Job::ListenerHolders(overflowing) => Answer::ListenerHolders {
+            overflowing,
+            holders: host.holders(),
+        },
+    }
+}
+
+fn tick(host: &mut dyn Host, job: TickJob, netns: u32) -> TickAnswer {
+    host.learn_containers(&job.cgroups);
+    TickAnswer {
+        time_wait: job.ports.then(|| time_wait(host, netns)),
+        listeners: job.ports.then(|| host.listeners()),
+        close_wait: job.close_wait.then(|| host.close_wait()),
+        holders: job.holders.then(|| host.close_wait_holders()),
+        followed: host.followed(),
+        job,
+    }
+}
+
+/// Timewait sockets as tuples, taken one by one from the dump.
+fn time_wait(host: &mut dyn Host, netns: u32) -> Result<Vec<Tuple>, SnapshotError> {
+    let mut tuples = Vec::new();
+    host.visit_time_wait(&mut |s| tuples.push(timewait_tuple(netns, &s)))?;
+    Ok(tuples)
+}
+
+/// A timewait socket from the dump, in namespace `netns`.
+pub fn timewait_tuple(netns: u32, s: &DiagSocket) -> Tuple {
+    (
+        Dest {
+            netns,
+            saddr: s.saddr,
+            daddr: s.daddr,
+            dport: s.dport,
+        },
+        s.sport,
+    )
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::{Family, TcpState};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    /// A host whose CLOSE_WAIT list blocks until the test lets it go.
+    pub(crate) struct Slow {
+        pub gate: Arc<Mutex<()>>,
+        pub calls: Arc<Mutex<u32>>,
+    }
+
+    fn sock(cookie: u64, state: TcpState) -> DiagSocket {
+        let lo = "127.0.0.1".parse().unwrap();
+        DiagSocket {
+            cookie,
+            inode: 1,
+            state,
+            timer: 0,
+            family: Family::Ipv4,
+            saddr: lo,
+            sport: 9000,
+            daddr: lo,
+            dport: 40000,
+            rqueue: 0,
+            wqueue: 0,
+            drops: None,
+            cgroup: 0,
+        }
+    }
+
+    impl Host for Slow {
+        fn close_wait(&mut self) -> Result<Vec<DiagSocket>, SnapshotError> {
+            let _wait = self.gate.lock().unwrap();
+            *self.calls.lock().unwrap() += 1;
+            Ok(vec![sock(7, TcpState::CloseWait)])
+        }
+        fn close_wait_holders(&mut self) -> Result<KernelView, SnapshotError> {
+            Ok(KernelView::empty())
+        }
+        fn visit_time_wait(
+            &mut self,
+            visit: &mut dyn FnMut(DiagSocket),
+        ) -> Result<(), SnapshotError> {
+            visit(sock(8, TcpState::TimeWait));
+            Ok(())
+        }
+        fn listeners(&mut self) -> Result<Vec<DiagSocket>, SnapshotError> {
+            Ok(Vec::new())
+        }
+        fn holders(&mut self) -> HashMap<u32, Vec<Holder>> {
+            HashMap::new()
+        }
+        fn everything(&mut self) -> Result<KernelView, SnapshotError> {
+            Ok(KernelView::empty())
+        }
+    }
+
+    fn job(now_ns: u64) -> TickJob {
+        TickJob {
+            now_ns,
+            close_wait: true,
+            holders: false,
+            ports: true,
+            cgroups: vec![],
+        }
+    }
+
+    /// The submitter never waits for the host: a job is queued at once
+    /// while the worker is stuck, and answered when it gets free.
+    #[test]
+    fn a_slow_host_does_not_block_the_submitter() {
+        let gate = Arc::new(Mutex::new(()));
+        let calls = Arc::new(Mutex::new(0));
+        let held = gate.lock().unwrap();
+        let host = Slow {
+            gate: gate.clone(),
+            calls: calls.clone(),
+        };
+        let mut w = Worker::spawn(Box::new(host), 5).unwrap();
+        assert!(w.submit(Job::Tick(job(1))));
+        assert!(w.submit(Job::Tick(job(2))));
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(*calls.lock().unwrap(), 0, "the host is still blocked");
+        assert!(w.answers.try_recv().is_err(), "nothing answered yet");
+        drop(held);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for want in [1, 2] {
+            let Some(Answer::Tick(a)) = rt.block_on(w.answers.recv()) else {
+                panic!("no tick answer");
+            };
+            assert_eq!(a.job.now_ns, want);
+            assert_eq!(a.close_wait.unwrap().unwrap()[0].cookie, 7);
+            let tw = a.time_wait.unwrap().unwrap();
+            assert_eq!((tw[0].0.netns, tw[0].1), (5, 9000));
+            assert!(a.holders.is_none(), "not asked for");
+        }
+    }
+}

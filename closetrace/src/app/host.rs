@@ -1,0 +1,49 @@
+//! The running system as the host worker reads it during a run: the core
+//! `System`, plus `--pid-tree`/`--cgroup` upkeep of the kernel's selection
+//! maps (a cgroup walk and a map read, so off the event path too).
+use std::collections::HashMap;
+
+use closetrace_core::host::sockets::{DiagSocket, KernelView, SnapshotError};
+use closetrace_core::host::{Host, System};
+use closetrace_core::model::Holder;
+
+use crate::kernel::selection::Upkeep;
+
+pub struct RunHost {
+    pub system: System,
+    pub upkeep: Option<Upkeep>,
+}
+
+impl Host for RunHost {
+    fn close_wait(&mut self) -> Result<Vec<DiagSocket>, SnapshotError> {
+        self.system.close_wait()
+    }
+
+    fn close_wait_holders(&mut self) -> Result<KernelView, SnapshotError> {
+        self.system.close_wait_holders()
+    }
+
+    fn visit_time_wait(&mut self, visit: &mut dyn FnMut(DiagSocket)) -> Result<(), SnapshotError> {
+        self.system.visit_time_wait(visit)
+    }
+
+    fn listeners(&mut self) -> Result<Vec<DiagSocket>, SnapshotError> {
+        self.system.listeners()
+    }
+
+    fn holders(&mut self) -> HashMap<u32, Vec<Holder>> {
+        self.system.holders()
+    }
+
+    fn everything(&mut self) -> Result<KernelView, SnapshotError> {
+        self.system.everything()
+    }
+
+    fn learn_containers(&mut self, cgroups: &[u64]) {
+        self.system.learn_containers(cgroups);
+    }
+
+    fn followed(&mut self) -> Option<Vec<u32>> {
+        self.upkeep.as_mut()?.refresh()
+    }
+}
