@@ -237,3 +237,34 @@ fn a_busy_metrics_address_is_refused_at_start() {
         .expect("run closetrace");
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// `closetrace_hook_attached` says what `ready` says: 1 for every hook
+/// attached by some method (a kprobe standing in for a refused fentry
+/// included), 0 for one unavailable or only inferred. With
+/// CLOSETRACE_CLOSE_HOOK=kprobe (the VM matrix's kprobe run) tcp_close must
+/// be attached by kprobe and exported as 1.
+#[test]
+fn hook_attached_follows_the_ready_record() {
+    let Some(_k) = kernel_test("hook_attached_follows_the_ready_record") else {
+        return;
+    };
+    let port = free_port();
+    let tracer = Tracer::start(&["--metrics", &port.to_string()]);
+    let hooks = tracer.ready["hooks"].as_array().expect("hooks").clone();
+    let body = get(port, "/metrics").expect("a scrape");
+    for h in &hooks {
+        let (hook, attach) = (h["hook"].as_str().unwrap(), h["attach"].as_str().unwrap());
+        let attached = !matches!(attach, "none" | "transitions") && h["status"] != "unavailable";
+        let line = format!(
+            "closetrace_hook_attached{{hook=\"{hook}\",attach=\"{attach}\"}} {}",
+            u8::from(attached)
+        );
+        assert!(body.contains(&line), "{line} missing from:\n{body}");
+    }
+    if std::env::var("CLOSETRACE_CLOSE_HOOK").as_deref() == Ok("kprobe") {
+        let line = "closetrace_hook_attached{hook=\"tcp_close\",attach=\"kprobe\"} 1";
+        assert!(body.contains(line), "{line} missing from:\n{body}");
+    }
+    let out = tracer.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+}

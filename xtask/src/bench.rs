@@ -106,12 +106,15 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark loads eBPF and makes a network namespace: run it as root");
     }
-    let rounds = opts.rounds.unwrap_or(if opts.quick { 2 } else { 5 });
-    let seconds = opts.seconds.unwrap_or(if opts.quick { 3 } else { 5 });
-    let bins = Bins {
-        closetrace: root.join("target/release/closetrace"),
-        churn: root.join("target/release/closetrace-churn"),
-        tcpstates: if opts.quick { None } else { find_tcpstates() },
+    let plan = Plan {
+        rounds: opts.rounds.unwrap_or(if opts.quick { 2 } else { 5 }),
+        seconds: opts.seconds.unwrap_or(if opts.quick { 3 } else { 5 }),
+        bins: Bins {
+            closetrace: root.join("target/release/closetrace"),
+            churn: root.join("target/release/closetrace-churn"),
+            tcpstates: if opts.quick { None } else { find_tcpstates() },
+        },
+        scratch: root.join("target/bench"),
     };
     let tracers: Vec<Tracer> = [
         Tracer::Untraced,
@@ -120,86 +123,29 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         Tracer::Tcpstates,
     ]
     .into_iter()
-    .filter(|t| *t != Tracer::Tcpstates || bins.tcpstates.is_some())
+    .filter(|t| *t != Tracer::Tcpstates || plan.bins.tcpstates.is_some())
     .collect();
     let workloads: &[Workload] = if opts.quick {
         &[CLIENT_CLOSE_LEAKY]
     } else {
         &[RST, CLIENT_CLOSE_LEAKY]
     };
-    let scratch = root.join("target/bench");
-    fs::create_dir_all(&scratch)?;
+    fs::create_dir_all(&plan.scratch)?;
     let started = Instant::now();
     let mut checks: Vec<(String, bool, String)> = Vec::new();
     let mut results = Vec::new();
     for w in workloads {
-        eprintln!("bench: workload {}: {rounds} rounds of {seconds} s", w.name);
-        let mut trials: Vec<(Tracer, Trial)> = Vec::new();
-        for round in 0..rounds {
-            for i in 0..tracers.len() {
-                let t = tracers[(i + round) % tracers.len()];
-                let trial = run_trial(&bins, &scratch, t, w, seconds, None, false)?;
-                eprintln!(
-                    "bench:   round {} {:<36} {:>8.0} conn/s",
-                    round + 1,
-                    t.name(),
-                    trial.conn_per_s
-                );
-                trials.push((t, trial));
-            }
-        }
-        let untraced = median_of(&trials, Tracer::Untraced, |t| Some(t.conn_per_s))
-            .context("no untraced trial")?;
-        let mut rows = Vec::new();
-        for &t in &tracers {
-            let cost = if t == Tracer::Untraced {
-                None
-            } else {
-                let _stats = BpfStatsEnabled::new()?;
-                Some(run_trial(&bins, &scratch, t, w, seconds, None, true)?)
-            };
-            let half = if t == Tracer::Untraced {
-                None
-            } else {
-                let rate = (untraced / 2.0) as u64;
-                Some(run_trial(
-                    &bins,
-                    &scratch,
-                    t,
-                    w,
-                    seconds,
-                    Some(rate),
-                    false,
-                )?)
-            };
-            let row = summarize(t, &trials, untraced, cost.as_ref(), half.as_ref());
-            if t.is_closetrace() {
-                let lost = half.as_ref().and_then(|h| h.lost).unwrap_or(u64::MAX);
-                checks.push((
-                    format!("{}: {} loses nothing at half rate", w.name, t.name()),
-                    lost == 0,
-                    format!("lost {lost}"),
-                ));
-            }
-            rows.push(row);
-        }
-        results.push(json!({
-            "workload": w.name,
-            "churn_args": w.churn,
-            "untraced_conn_per_s": untraced.round(),
-            "results": rows,
-        }));
+        results.push(workload(&plan, &tracers, w, &mut checks)?);
     }
     let connections = if opts.quick { 1_000_000 } else { 5_000_000 };
-    let bounded = bounded_run(&bins, &scratch, connections, &mut checks)?;
-
+    let bounded = bounded_run(&plan.bins, &plan.scratch, connections, &mut checks)?;
     let report = json!({
         "closetrace": env!("CARGO_PKG_VERSION"),
         "date": today(),
         "machine": machine(),
         "quick": opts.quick,
-        "rounds": rounds,
-        "seconds_per_trial": seconds,
+        "rounds": plan.rounds,
+        "seconds_per_trial": plan.seconds,
         "workloads": results,
         "bounded": bounded,
         "checks": checks.iter().map(|(n, ok, d)| json!({"check": n, "ok": ok, "detail": d})).collect::<Vec<_>>(),
@@ -207,28 +153,115 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     });
     let out = opts.out.clone().unwrap_or_else(|| {
         if opts.quick {
-            scratch.join("quick.json")
+            plan.scratch.join("quick.json")
         } else {
             root.join("bench/results.json")
         }
     });
+    write_report(&report, &out)?;
+    verdict(&checks)
+}
+
+/// What every trial shares.
+struct Plan {
+    rounds: usize,
+    seconds: u64,
+    bins: Bins,
+    scratch: PathBuf,
+}
+
+/// One workload: every tracer once per round, in a rotating order (the
+/// machine's noise then falls on all alike); then, per tracer, a run with
+/// BPF statistics and one at half the untraced rate, which must lose
+/// nothing.
+fn workload(
+    plan: &Plan,
+    tracers: &[Tracer],
+    w: &Workload,
+    checks: &mut Vec<(String, bool, String)>,
+) -> anyhow::Result<serde_json::Value> {
+    let (bins, scratch, seconds) = (&plan.bins, &plan.scratch, plan.seconds);
+    eprintln!(
+        "bench: workload {}: {} rounds of {seconds} s",
+        w.name, plan.rounds
+    );
+    let mut trials: Vec<(Tracer, Trial)> = Vec::new();
+    for round in 0..plan.rounds {
+        for i in 0..tracers.len() {
+            let t = tracers[(i + round) % tracers.len()];
+            let trial = run_trial(bins, scratch, t, w, seconds, None, false)?;
+            eprintln!(
+                "bench:   round {} {:<36} {:>8.0} conn/s",
+                round + 1,
+                t.name(),
+                trial.conn_per_s
+            );
+            trials.push((t, trial));
+        }
+    }
+    let untraced = median_of(&trials, Tracer::Untraced, |t| Some(t.conn_per_s))
+        .context("no untraced trial")?;
+    let mut rows = Vec::new();
+    for &t in tracers {
+        let (cost, half) = if t == Tracer::Untraced {
+            (None, None)
+        } else {
+            let cost = {
+                let _stats = BpfStatsEnabled::new()?;
+                run_trial(bins, scratch, t, w, seconds, None, true)?
+            };
+            let rate = (untraced / 2.0) as u64;
+            let half = run_trial(bins, scratch, t, w, seconds, Some(rate), false)?;
+            (Some(cost), Some(half))
+        };
+        if t.is_closetrace() {
+            let lost = half.as_ref().and_then(|h| h.lost).unwrap_or(u64::MAX);
+            checks.push((
+                format!("{}: {} loses nothing at half rate", w.name, t.name()),
+                lost == 0,
+                format!("lost {lost}"),
+            ));
+        }
+        rows.push(summarize(
+            t,
+            &trials,
+            untraced,
+            cost.as_ref(),
+            half.as_ref(),
+        ));
+    }
+    Ok(json!({
+        "workload": w.name,
+        "churn_args": w.churn,
+        "untraced_conn_per_s": untraced.round(),
+        "results": rows,
+    }))
+}
+
+/// The results as JSON at `out` and as a Markdown table beside it.
+fn write_report(report: &serde_json::Value, out: &Path) -> anyhow::Result<()> {
     if let Some(dir) = out.parent() {
         fs::create_dir_all(dir)?;
     }
-    fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")?;
-    let table = markdown(&report);
+    fs::write(out, serde_json::to_string_pretty(report)? + "\n")?;
+    let table = markdown(report);
     fs::write(out.with_extension("md"), &table)?;
     println!("{table}");
     println!("bench: results in {}", out.display());
-    let failed: Vec<&(String, bool, String)> = checks.iter().filter(|c| !c.1).collect();
-    for (name, ok, detail) in &checks {
+    Ok(())
+}
+
+/// Every check, and failure if any failed.
+fn verdict(checks: &[(String, bool, String)]) -> anyhow::Result<()> {
+    for (name, ok, detail) in checks {
         println!(
             "bench: {} {name} ({detail})",
             if *ok { "ok  " } else { "FAIL" }
         );
     }
-    if !failed.is_empty() {
-        bail!("{} benchmark check(s) failed", failed.len());
+    let failed = checks.iter().filter(|c| !c.1).count();
+    if failed > 0 {
+        bail!("{failed} benchmark check(s) failed");
     }
     Ok(())
 }

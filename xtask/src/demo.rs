@@ -10,7 +10,7 @@
 //! closetrace's output is shown as it comes, then checked: each problem must
 //! be flagged with the right process, or the demo fails (CI runs it).
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
@@ -30,11 +30,50 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         bail!("the demo loads eBPF and makes a network namespace: run it as root");
     }
     let started = Instant::now();
-    let bin = root.join("target/release");
-    let ns = Netns::new(NETNS)?;
+    let stage = Stage {
+        bin: root.join("target/release"),
+        ns: Netns::new(NETNS)?,
+    };
     // 200 ephemeral ports and no tcp_tw_reuse, so ports run out in a second.
-    let sysctl = |key: &str, value: &str| -> anyhow::Result<()> {
-        let st = ns
+    stage.sysctl("net/ipv4/ip_local_port_range", "40000 40199")?;
+    stage.sysctl("net/ipv4/tcp_tw_reuse", "0")?;
+    say("closetrace runs in the namespace, hunting (leak threshold 2 s)");
+    let (tracer, mut lines) = stage.closetrace()?;
+    let cast = play(&stage)?;
+    // The leak is reported once it is 2 s old.
+    lines.wait_for(Duration::from_secs(15), |l| l.contains("CLOSE_WAIT LEAK"));
+    let _ = interrupt_and_reap(tracer, Duration::from_secs(30));
+    let Cast {
+        mut server,
+        mut api,
+        fpm,
+        restart,
+    } = cast;
+    for c in [&mut server, &mut api] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    // Let the echo threads print what is left (the summary on stderr).
+    thread::sleep(Duration::from_millis(300));
+    let missing = judge(&lines.rest(), server.id(), fpm, restart);
+    say(&format!("done in {:.1} s", started.elapsed().as_secs_f64()));
+    drop(stage);
+    if !missing.is_empty() {
+        bail!("closetrace did not show: {}", missing.join("; "));
+    }
+    Ok(())
+}
+
+/// The demo's namespace and the binaries it runs there.
+struct Stage {
+    bin: PathBuf,
+    ns: Netns,
+}
+
+impl Stage {
+    fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        let st = self
+            .ns
             .exec("sh")
             .args(["-c", "echo \"$1\" > /proc/sys/$2", "_", value, key])
             .status()?;
@@ -42,26 +81,30 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
             bail!("setting {key}");
         }
         Ok(())
-    };
-    sysctl("net/ipv4/ip_local_port_range", "40000 40199")?;
-    sysctl("net/ipv4/tcp_tw_reuse", "0")?;
+    }
 
-    say("closetrace runs in the namespace, hunting (leak threshold 2 s)");
-    let mut tracer = ns
-        .exec(&bin.join("closetrace").to_string_lossy())
-        .args(["--close-wait-threshold", "2s"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting closetrace")?;
-    let mut lines = Lines::new(lines_of(tracer.stdout.take().context("stdout")?, true));
-    let mut errs = Lines::new(lines_of(tracer.stderr.take().context("stderr")?, true));
-    errs.wait_for(Duration::from_secs(60), |l| l.contains("Ctrl-C to stop"))
-        .context("closetrace never became ready")?;
+    /// closetrace in the namespace, once it is ready; its stdout's lines.
+    fn closetrace(&self) -> anyhow::Result<(Child, Lines)> {
+        let mut tracer = self
+            .ns
+            .exec(&self.bin.join("closetrace").to_string_lossy())
+            .args(["--close-wait-threshold", "2s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting closetrace")?;
+        let lines = Lines::new(lines_of(tracer.stdout.take().context("stdout")?, true));
+        let mut errs = Lines::new(lines_of(tracer.stderr.take().context("stderr")?, true));
+        errs.wait_for(Duration::from_secs(60), |l| l.contains("Ctrl-C to stop"))
+            .context("closetrace never became ready")?;
+        Ok((tracer, lines))
+    }
 
-    let peer = |comm: &str, args: &[&str]| -> anyhow::Result<(Child, Lines)> {
-        let mut c = ns
-            .exec(&bin.join("closetrace-peer").to_string_lossy())
+    /// A closetrace-peer named `comm`, and its stdout's lines.
+    fn peer(&self, comm: &str, args: &[&str]) -> anyhow::Result<(Child, Lines)> {
+        let mut c = self
+            .ns
+            .exec(&self.bin.join("closetrace-peer").to_string_lossy())
             .args(["--comm", comm])
             .args(args)
             .stdout(Stdio::piped())
@@ -70,65 +113,78 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("starting {comm}"))?;
         let out = Lines::new(lines_of(c.stdout.take().context("peer stdout")?, false));
         Ok((c, out))
-    };
+    }
 
+    /// A peer, once it printed a line starting with `until`.
+    fn peer_until(
+        &self,
+        comm: &str,
+        args: &[&str],
+        until: &str,
+        secs: u64,
+    ) -> anyhow::Result<Child> {
+        let (child, mut out) = self.peer(comm, args)?;
+        out.wait_for(Duration::from_secs(secs), |l| l.starts_with(until))
+            .with_context(|| format!("{comm} never printed {until}"))?;
+        Ok(child)
+    }
+}
+
+/// The servers still running after the three acts, and the pids the
+/// checks name.
+struct Cast {
+    server: Child,
+    api: Child,
+    fpm: u32,
+    restart: u32,
+}
+
+/// The article's three failures, one after the other.
+fn play(stage: &Stage) -> anyhow::Result<Cast> {
     say("1/3 swoole-server: its close handler blocks, so the socket stays in CLOSE_WAIT");
-    let (mut server, mut server_out) = peer(
+    let server = stage.peer_until(
         "swoole-server",
         &["server", "--listen", SERVER, "--never-close"],
+        "LISTENING",
+        10,
     )?;
-    server_out
-        .wait_for(Duration::from_secs(10), |l| l.starts_with("LISTENING"))
-        .context("swoole-server did not listen")?;
-    let (mut client, mut client_out) = peer("php-client", &["client", "--connect", SERVER])?;
-    client_out
-        .wait_for(Duration::from_secs(10), |l| l == "DONE")
-        .context("client")?;
+    let mut client =
+        stage.peer_until("php-client", &["client", "--connect", SERVER], "DONE", 10)?;
     let _ = client.wait();
 
     say("2/3 php-fpm opens a fresh connection per request until connect() fails");
-    let (mut api, mut api_out) = peer(
+    let api = stage.peer_until(
         "api-server",
         &["server", "--listen", API, "--connections", "0"],
+        "LISTENING",
+        10,
     )?;
-    api_out
-        .wait_for(Duration::from_secs(10), |l| l.starts_with("LISTENING"))
-        .context("api-server did not listen")?;
-    let (mut fpm, mut fpm_out) = peer(
-        "php-fpm",
-        &[
-            "client",
-            "--connect",
-            API,
-            "--count",
-            "1000",
-            "--until-error",
-        ],
-    )?;
-    fpm_out
-        .wait_for(Duration::from_secs(20), |l| l.starts_with("ERROR"))
-        .context("php-fpm never ran out of ports")?;
+    let fpm_args = [
+        "client",
+        "--connect",
+        API,
+        "--count",
+        "1000",
+        "--until-error",
+    ];
+    let mut fpm = stage.peer_until("php-fpm", &fpm_args, "ERROR", 20)?;
     let _ = fpm.wait();
 
     say("3/3 a restart binds the port swoole-server still holds");
-    let (mut restart, mut restart_out) = peer("swoole-restart", &["bind", "--addr", SERVER])?;
-    restart_out
-        .wait_for(Duration::from_secs(10), |l| l.starts_with("ERROR"))
-        .context("the restart's bind() did not fail")?;
+    let mut restart =
+        stage.peer_until("swoole-restart", &["bind", "--addr", SERVER], "ERROR", 10)?;
     let _ = restart.wait();
+    Ok(Cast {
+        server,
+        api,
+        fpm: fpm.id(),
+        restart: restart.id(),
+    })
+}
 
-    // The leak is reported once it is 2 s old.
-    lines.wait_for(Duration::from_secs(15), |l| l.contains("CLOSE_WAIT LEAK"));
-    let _ = interrupt_and_reap(tracer, Duration::from_secs(30));
-    for c in [&mut server, &mut api] {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    // Let the echo threads print what is left (the summary on stderr).
-    thread::sleep(Duration::from_millis(300));
-    let seen = lines.rest();
-
-    let (s, f, r) = (server.id(), fpm.id(), restart.id());
+/// What closetrace must have shown, each with the process it names;
+/// returns what is missing.
+fn judge(seen: &[String], s: u32, f: u32, r: u32) -> Vec<&'static str> {
     let checks = [
         (
             "the CLOSE_WAIT leak, blamed on swoole-server",
@@ -157,21 +213,16 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         ),
     ];
     let mut missing = Vec::new();
-    for (what, who, kind) in &checks {
+    for (what, who, kind) in checks {
         let ok = seen
             .iter()
             .any(|l| l.contains(kind) && l.contains(who.as_str()));
         say(&format!("{} {what}", if ok { "ok  " } else { "MISSING" }));
         if !ok {
-            missing.push(*what);
+            missing.push(what);
         }
     }
-    say(&format!("done in {:.1} s", started.elapsed().as_secs_f64()));
-    drop(ns);
-    if !missing.is_empty() {
-        bail!("closetrace did not show: {}", missing.join("; "));
-    }
-    Ok(())
+    missing
 }
 
 fn say(line: &str) {

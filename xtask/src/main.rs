@@ -222,26 +222,45 @@ fn count_before(s: &str, word: &str) -> u64 {
 
 fn lint_offsets() -> anyhow::Result<()> {
     let dir = root().join("closetrace-ebpf/src");
-    let mut problems = Vec::new();
-    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "rs") {
-            let src = std::fs::read_to_string(&path)?;
-            let name = format!(
-                "closetrace-ebpf/src/{}",
-                path.file_name().unwrap_or_default().to_string_lossy()
-            );
-            problems.extend(offsets_rule::check(&name, &src).into_iter().filter(|p| {
-                // lib.rs is the host-side stub: no kernel reads, no helper.
-                !(name.ends_with("lib.rs") && p.contains("appears 0 times"))
-            }));
-        }
-    }
+    let files = ebpf_sources(&dir).with_context(|| format!("reading {}", dir.display()))?;
+    // lib.rs is the host-side stub: no kernel reads, no helper.
+    let files: Vec<_> = files
+        .into_iter()
+        .filter(|(n, _)| !n.ends_with("/lib.rs"))
+        .collect();
+    let problems = offsets_rule::check_crate(&files);
     if !problems.is_empty() {
         bail!("hard-coded kernel offsets:\n{}", problems.join("\n"));
     }
-    println!("xtask: no hard-coded kernel struct offsets in closetrace-ebpf");
+    println!(
+        "xtask: no hard-coded kernel struct offsets in closetrace-ebpf ({} files)",
+        files.len()
+    );
     Ok(())
+}
+
+/// Every .rs file under `dir`, recursively, as (path from the workspace
+/// root, source), sorted by path.
+fn ebpf_sources(dir: &Path) -> std::io::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let name = path
+                    .strip_prefix(root())
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
+                out.push((name, std::fs::read_to_string(&path)?));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 fn lint_layers() -> anyhow::Result<()> {

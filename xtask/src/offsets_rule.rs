@@ -5,16 +5,27 @@
 //! running kernel's BTF; tracepoint context reads use named constants from
 //! the tracepoints' format files (a stable ABI).
 
-/// Problems found in `src`, one line each (file:line: what).
+/// Problems found in a crate's files, (name, source) each, one line each
+/// (file:line: what). The raw kernel read must appear exactly once in the
+/// whole crate: in the helper every other read goes through.
+pub fn check_crate(files: &[(String, String)]) -> Vec<String> {
+    let mut problems: Vec<String> = files.iter().flat_map(|(f, s)| check(f, s)).collect();
+    let raw_reads: usize = files
+        .iter()
+        .map(|(_, s)| s.matches("bpf_probe_read_kernel(").count())
+        .sum();
+    if raw_reads != 1 {
+        problems.push(format!(
+            "bpf_probe_read_kernel( appears {raw_reads} times in the crate; only the read() helper may call it"
+        ));
+    }
+    problems
+}
+
+/// Problems in one file's reads, one line each (file:line: what).
 pub fn check(file: &str, src: &str) -> Vec<String> {
     let mut problems = Vec::new();
     let line_of = |pos: usize| src[..pos].matches('\n').count() + 1;
-    let raw_reads = src.matches("bpf_probe_read_kernel(").count();
-    if raw_reads != 1 {
-        problems.push(format!(
-            "{file}: bpf_probe_read_kernel( appears {raw_reads} times; only the read() helper may call it"
-        ));
-    }
     for (pos, _) in src.match_indices("read") {
         let before = src[..pos].chars().next_back();
         if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
@@ -102,20 +113,18 @@ mod tests {
         let p = check("m.rs", &src);
         assert_eq!(p.len(), 3, "{p:?}");
         assert!(p[0].starts_with("m.rs:3: kernel read at `16`"), "{p:?}");
-        let src = format!("{HELPER}fn other() {{ bpf_probe_read_kernel(x) }}\n");
-        assert!(check("m.rs", &src)[0].contains("appears 2 times"));
+        // The raw read counts across the crate: a second one in another file fails.
+        let other = "fn other() { bpf_probe_read_kernel(x) }\n".to_string();
+        let files = [("m.rs".into(), HELPER.to_string()), ("n.rs".into(), other)];
+        assert!(check_crate(&files)[0].contains("appears 2 times"));
+        assert_eq!(check_crate(&files[..1]), Vec::<String>::new());
     }
 
     #[test]
     fn the_ebpf_crate_follows_the_rule() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../closetrace-ebpf/src/main.rs"
-        );
-        let src = std::fs::read_to_string(path).expect("eBPF source");
-        assert_eq!(
-            check("closetrace-ebpf/src/main.rs", &src),
-            Vec::<String>::new()
-        );
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../closetrace-ebpf/src");
+        let files = crate::ebpf_sources(&root).expect("eBPF sources");
+        assert!(files.len() > 5, "the crate's modules: {}", files.len());
+        assert_eq!(check_crate(&files), Vec::<String>::new());
     }
 }

@@ -31,6 +31,8 @@ const TESTS: &[(&str, &str)] = &[
     ("scopes", "cgroup_filter_selects_a_subtree_in_the_kernel"),
     // Process start times read through BTF offsets, equal to /proc's.
     ("hardening", "a_reused_pid_is_another_process"),
+    // Every hook's closetrace_hook_attached matches its ready record.
+    ("metrics", "hook_attached_follows_the_ready_record"),
 ];
 
 /// Run again with tcp_close forced onto its kprobe: the close records and
@@ -39,6 +41,8 @@ const KPROBE_TESTS: &[(&str, &str)] = &[
     ("leaks", "prompt_server_never_leaks"),
     ("leaks", "late_closer_streamed"),
     ("leaks", "late_closer_is_reported_once_then_resolved"),
+    // A kprobe-attached tcp_close is exported as attached (1).
+    ("metrics", "hook_attached_follows_the_ready_record"),
 ];
 
 /// Kernel series -> apt package name pattern, and the tcp_close attach
@@ -255,78 +259,13 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     let mut failures = host(&debug.join("closetrace"), &tests)?;
     for (series, pattern, expect) in KERNELS {
         let kdir = kernel(&work, series, pattern)?;
-        let rootfs = work.join(format!("rootfs-{series}"));
-        let _ = fs::remove_dir_all(&rootfs);
-        for d in ["bin", "proc", "sys", "dev", "tmp", "modules"] {
-            fs::create_dir_all(rootfs.join(d))?;
-        }
-        fs::copy("/bin/busybox", rootfs.join("bin/busybox"))?;
-        for a in [
-            "sh", "mount", "ip", "insmod", "poweroff", "cat", "echo", "grep", "head", "sleep",
-        ] {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a))?;
-        }
-        for b in [debug.join("closetrace"), debug.join("closetrace-peer")]
-            .iter()
-            .chain(tests.iter().map(|(p, _)| p))
-        {
-            copy_with_libs(&rootfs, b)?;
-        }
-        // TCP sock_diag is a module on Debian kernels.
-        for m in ["inet_diag.ko", "tcp_diag.ko"] {
-            let src =
-                find(&kdir.join("lib/modules"), m).with_context(|| format!("{m} in {series}"))?;
-            let dest = rootfs
-                .join("modules")
-                .join(format!("{}-{m}", if m.starts_with("inet") { 1 } else { 2 }));
-            if src.extension().is_some_and(|e| e == "xz") {
-                sh(Command::new("sh").arg("-c").arg(format!(
-                    "xz -dc '{}' > '{}'",
-                    src.display(),
-                    dest.display()
-                )))?;
-            } else {
-                fs::copy(&src, &dest)?;
-            }
-        }
-        let init = rootfs.join("init");
+        let rootfs = build_rootfs(&work, series, &kdir, &debug, &tests)?;
         fs::write(
-            &init,
+            rootfs.join("init"),
             init_script(&debug.join("closetrace"), &tests, &kprobe_tests),
         )?;
-        sh(Command::new("chmod").arg("+x").arg(&init))?;
-        let initrd = work.join(format!("initrd-{series}.gz"));
-        sh(Command::new("sh").arg("-c").arg(format!(
-            "cd '{}' && find . | cpio -o -H newc 2>/dev/null | gzip -1 > '{}'",
-            rootfs.display(),
-            initrd.display()
-        )))?;
-        let vmlinuz = find(&kdir.join("boot"), "vmlinuz-").context("vmlinuz")?;
-        eprintln!("xtask: booting {series} under qemu (TCG; a few minutes)");
-        let out = Command::new("timeout")
-            .args([
-                "1200",
-                "qemu-system-x86_64",
-                "-m",
-                "2048",
-                "-smp",
-                "2",
-                "-nographic",
-                "-no-reboot",
-            ])
-            .arg("-kernel")
-            .arg(&vmlinuz)
-            .arg("-initrd")
-            .arg(&initrd)
-            .args(["-append", "console=ttyS0 quiet panic=-1"])
-            .stdin(Stdio::null())
-            .output()
-            .context("running qemu")?;
-        let console = String::from_utf8_lossy(&out.stdout);
-        fs::write(
-            work.join(format!("console-{series}.log")),
-            console.as_bytes(),
-        )?;
+        sh(Command::new("chmod").arg("+x").arg(rootfs.join("init")))?;
+        let console = boot(&work, series, &kdir, &rootfs)?;
         failures.extend(verdict(series, expect, &console));
     }
     let total = TESTS.len() * (1 + KERNELS.len()) + KPROBE_TESTS.len() * KERNELS.len();
@@ -344,6 +283,89 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         TESTS.len()
     );
     Ok(())
+}
+
+/// A root filesystem for `series`: busybox, closetrace, the peer and the
+/// test binaries with their libraries, and the sock_diag modules.
+fn build_rootfs(
+    work: &Path,
+    series: &str,
+    kdir: &Path,
+    debug: &Path,
+    tests: &[(PathBuf, &str)],
+) -> anyhow::Result<PathBuf> {
+    let rootfs = work.join(format!("rootfs-{series}"));
+    let _ = fs::remove_dir_all(&rootfs);
+    for d in ["bin", "proc", "sys", "dev", "tmp", "modules"] {
+        fs::create_dir_all(rootfs.join(d))?;
+    }
+    fs::copy("/bin/busybox", rootfs.join("bin/busybox"))?;
+    for a in [
+        "sh", "mount", "ip", "insmod", "poweroff", "cat", "echo", "grep", "head", "sleep",
+    ] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a))?;
+    }
+    for b in [debug.join("closetrace"), debug.join("closetrace-peer")]
+        .iter()
+        .chain(tests.iter().map(|(p, _)| p))
+    {
+        copy_with_libs(&rootfs, b)?;
+    }
+    // TCP sock_diag is a module on Debian kernels.
+    for m in ["inet_diag.ko", "tcp_diag.ko"] {
+        let src = find(&kdir.join("lib/modules"), m).with_context(|| format!("{m} in {series}"))?;
+        let dest = rootfs
+            .join("modules")
+            .join(format!("{}-{m}", if m.starts_with("inet") { 1 } else { 2 }));
+        if src.extension().is_some_and(|e| e == "xz") {
+            sh(Command::new("sh").arg("-c").arg(format!(
+                "xz -dc '{}' > '{}'",
+                src.display(),
+                dest.display()
+            )))?;
+        } else {
+            fs::copy(&src, &dest)?;
+        }
+    }
+    Ok(rootfs)
+}
+
+/// Pack `rootfs` and boot `series`' kernel on it under qemu; returns the
+/// console (also kept in target/vm/console-SERIES.log).
+fn boot(work: &Path, series: &str, kdir: &Path, rootfs: &Path) -> anyhow::Result<String> {
+    let initrd = work.join(format!("initrd-{series}.gz"));
+    sh(Command::new("sh").arg("-c").arg(format!(
+        "cd '{}' && find . | cpio -o -H newc 2>/dev/null | gzip -1 > '{}'",
+        rootfs.display(),
+        initrd.display()
+    )))?;
+    let vmlinuz = find(&kdir.join("boot"), "vmlinuz-").context("vmlinuz")?;
+    eprintln!("xtask: booting {series} under qemu (TCG; a few minutes)");
+    let out = Command::new("timeout")
+        .args([
+            "1200",
+            "qemu-system-x86_64",
+            "-m",
+            "2048",
+            "-smp",
+            "2",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(&vmlinuz)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .stdin(Stdio::null())
+        .output()
+        .context("running qemu")?;
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    fs::write(
+        work.join(format!("console-{series}.log")),
+        console.as_bytes(),
+    )?;
+    Ok(console)
 }
 
 /// The same tests on this host's own kernel. Its tcp_close method depends

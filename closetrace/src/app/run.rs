@@ -63,7 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let color = cli.color.enabled(cli.output.is_none());
     let mut sink = Sink::new(cli.format, out, clock, color)
         .with_containers(Box::new(cgroups::CgroupContainers));
-    sink.ready(Ready {
+    let ready = Ready {
         version: SCHEMA_VERSION,
         closetrace: env!("CARGO_PKG_VERSION").into(),
         hooks: Cow::Borrowed(&kernel.hooks),
@@ -79,14 +79,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         privileges: privileges.as_ref().map(Cow::Borrowed),
         netns: (sel.netns != 0).then_some(sel.netns),
         cgroup: sel.cgroup_name(),
-    })
-    .and_then(|()| sink.flush())
-    .context("writing output")?;
-    let started = Instant::now();
+    };
+    sink.ready(ready)
+        .and_then(|()| sink.flush())
+        .context("writing output")?;
     let host = RunHost {
         system: System,
         upkeep,
     };
+    let started = Instant::now();
     let result = trace(
         &cli,
         kernel,
@@ -95,7 +96,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         &mut sink,
         metrics_listener,
     );
-    let elapsed = started.elapsed().as_secs_f64();
+    finish(&monitor, &mut sink, result, started.elapsed().as_secs_f64())
+}
+
+/// The summary, on stderr and as the last record; the run's verdict.
+fn finish(
+    monitor: &Monitor,
+    sink: &mut Sink,
+    result: io::Result<()>,
+    elapsed: f64,
+) -> anyhow::Result<()> {
     let summary = &monitor.summary;
     eprint!("{}", summary.to_text(elapsed));
     match result.and_then(|()| sink.summary(summary.to_record(elapsed))) {

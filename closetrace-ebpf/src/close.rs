@@ -1,0 +1,83 @@
+//! tcp_close by fentry or kprobe: the application dropped its last
+//! reference to a socket.
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
+    programs::{FEntryContext, ProbeContext},
+};
+use closetrace_common::{CloseRecord, LOST_RINGBUF, RECORD_CLOSE, close_src, flags, tcp_state::*};
+
+use crate::emit::{count, wakeup};
+use crate::filters::{outside, scanned, watched};
+use crate::kread::{current_exiting, current_task, endpoints, is_tcp, netns_of, read, sock_cgroup};
+use crate::maps::{EVENTS, PIDS, config};
+
+pub(crate) fn try_close_fentry(ctx: &FEntryContext) -> Result<(), i32> {
+    let sk: *const u8 = ctx.arg(0);
+    let sock_id = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    emit_close(sk, sock_id, close_src::FENTRY)
+}
+
+pub(crate) fn try_close_kprobe(ctx: &ProbeContext) -> Result<(), i32> {
+    let sk: *const u8 = ctx.arg(0).ok_or(1)?;
+    // No cookie helper for kprobes: read the cookie the state hook generated.
+    let sock_id: u64 = read(sk, config().offsets.cookie)?;
+    emit_close(sk, sock_id, close_src::KPROBE)
+}
+
+/// The application dropped its last reference to a TCP socket.
+#[inline(always)]
+pub(crate) fn emit_close(sk: *const u8, sock_id: u64, src: u32) -> Result<(), i32> {
+    let cfg = config();
+    let off = &cfg.offsets;
+    if sock_id == 0 || !is_tcp(sk, off) {
+        return Ok(());
+    }
+    let state = read::<u8>(sk, off.state)? as u32;
+    let netns = netns_of(sk, off);
+    let cgroup = sock_cgroup(sk, off);
+    if outside(cfg, netns, cgroup) {
+        return Ok(());
+    }
+    // The default mode wants only closes that end a leak, as in try_state.
+    if cfg.stream_all == 0 && (state != CLOSE_WAIT || (scanned(cfg, netns) && !watched(sock_id))) {
+        return Ok(());
+    }
+    let task = current_task(off);
+    // Closes in CLOSE_WAIT end leaks: those pass any filter.
+    if state != CLOSE_WAIT && cfg.filter_pids != 0 && unsafe { PIDS.get(task.tgid) }.is_none() {
+        return Ok(());
+    }
+    let ep = endpoints(sk, off)?;
+    let fl = if current_exiting(off) {
+        flags::CTX_EXITING
+    } else {
+        0
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(mut entry) = EVENTS.reserve::<CloseRecord>(0) else {
+        count(LOST_RINGBUF);
+        return Ok(());
+    };
+    entry.write(CloseRecord {
+        kind: RECORD_CLOSE,
+        state,
+        close_src: src,
+        _pad0: 0,
+        ts_ns: now,
+        sock_id,
+        netns,
+        family: ep.family,
+        sport: ep.sport,
+        dport: ep.dport,
+        flags: fl,
+        _pad1: [0; 4],
+        saddr: ep.saddr,
+        daddr: ep.daddr,
+        task,
+        cgroup,
+    });
+    entry.submit(wakeup(cfg, size_of::<CloseRecord>()));
+    Ok(())
+}

@@ -1,0 +1,44 @@
+//! Counting and submitting: per-CPU counters, and the wakeup policy for
+//! records submitted to the ring buffer.
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+use closetrace_common::{Config, STATE_SLOTS};
+
+use crate::maps::{EVENTS, LOST, TRANSITIONS};
+
+#[inline(always)]
+pub(crate) fn count_transition(old: u32, new: u32) {
+    let slot = (old % STATE_SLOTS) * STATE_SLOTS + new % STATE_SLOTS;
+    if let Some(n) = TRANSITIONS.get_ptr_mut(slot) {
+        // Per-CPU slot, as for `LOST`.
+        unsafe { *n += 1 };
+    }
+}
+
+/// Submit flags for a reserved record of `size` bytes: batch wakeups (see
+/// `Config::wakeup_bytes`). Wake the reader when this record carries the
+/// backlog across a multiple of the threshold, not on every record above
+/// it: each forced wakeup is an interrupt, and a reader that is already
+/// awake does not need another.
+#[inline(always)]
+pub(crate) fn wakeup(cfg: &Config, size: usize) -> u64 {
+    let step = cfg.wakeup_bytes as u64;
+    if step == 0 {
+        return 0;
+    }
+    // Reserved records count as available: this one is included.
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let before = avail.saturating_sub(size as u64 + 8);
+    if avail / step != before / step {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+#[inline(always)]
+pub(crate) fn count(slot: u32) {
+    if let Some(n) = LOST.get_ptr_mut(slot) {
+        // Per-CPU slot: no other CPU writes it, and programs do not nest on one CPU.
+        unsafe { *n += 1 };
+    }
+}

@@ -1,0 +1,152 @@
+//! Kernel reads: every read of a kernel structure goes through `read`,
+//! with offsets resolved from the running kernel's BTF (`xtask
+//! lint-offsets` checks it), and the facts built from them: the current
+//! task, a socket's namespace, cgroup and endpoints.
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
+};
+use closetrace_common::{
+    AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP, OFFSET_ABSENT, PF_EXITING, SockOffsets, TaskId,
+};
+
+use crate::maps::config;
+
+#[inline(always)]
+pub(crate) fn read<T>(base: *const u8, off: u32) -> Result<T, i32> {
+    if off == OFFSET_ABSENT {
+        return Err(1);
+    }
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T) }
+}
+
+/// The current task as an owner or caller: with its process's start time.
+#[inline(always)]
+pub(crate) fn current_task(off: &SockOffsets) -> TaskId {
+    TaskId {
+        start_ns: current_start(off),
+        ..current_thread()
+    }
+}
+
+/// The current task as context only (whoever is on the CPU): no start
+/// time, which costs two reads and identifies nothing here.
+#[inline(always)]
+pub(crate) fn current_thread() -> TaskId {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    TaskId {
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        start_ns: 0,
+    }
+}
+
+/// Two start times of one process: compared at /proc's tick, the grain of
+/// owners seeded from /proc.
+#[inline(always)]
+pub(crate) fn same_start(a: u64, b: u64) -> bool {
+    match config().tick_ns as u64 {
+        0 => a == b,
+        tick => a / tick == b / tick,
+    }
+}
+
+/// When the current process (its thread group leader) started; 0 when
+/// unknown. With the pid it names one process: pids are reused.
+#[inline(always)]
+pub(crate) fn current_start(off: &SockOffsets) -> u64 {
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    pointer(read(task, off.task_group_leader))
+        .and_then(|leader| read::<u64>(leader, off.task_start).ok())
+        .unwrap_or(0)
+}
+
+/// PF_EXITING on the current task: its files are closed by do_exit().
+#[inline(always)]
+pub(crate) fn current_exiting(off: &SockOffsets) -> bool {
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    matches!(read::<u32>(task, off.task_flags), Ok(f) if f & PF_EXITING != 0)
+}
+
+#[inline(always)]
+pub(crate) fn is_tcp(sk: *const u8, off: &SockOffsets) -> bool {
+    matches!(read::<u16>(sk, off.protocol), Ok(IPPROTO_TCP))
+}
+
+#[inline(always)]
+pub(crate) fn netns_of(sk: *const u8, off: &SockOffsets) -> u32 {
+    net_inum(pointer(read(sk, off.net)), off)
+}
+
+/// A pointer field; `None` when the kernel lacks the field or it is null.
+#[inline(always)]
+pub(crate) fn pointer(field: Result<*const u8, i32>) -> Option<*const u8> {
+    field.ok().filter(|p| !p.is_null())
+}
+
+/// The inode of a `struct net`; 0 when unknown.
+#[inline(always)]
+pub(crate) fn net_inum(net: Option<*const u8>, off: &SockOffsets) -> u32 {
+    net.and_then(|n| read::<u32>(n, off.net_inum).ok())
+        .unwrap_or(0)
+}
+
+/// The cgroup (v2) id a socket belongs to; 0 when unknown.
+#[inline(always)]
+pub(crate) fn sock_cgroup(sk: *const u8, off: &SockOffsets) -> u64 {
+    pointer(read(sk, off.sk_cgroup))
+        .and_then(|cgrp| pointer(read(cgrp, off.cgroup_kn)))
+        .and_then(|kn| read::<u64>(kn, off.kn_id).ok())
+        .unwrap_or(0)
+}
+
+/// The current task's network namespace (inode); 0 when unknown.
+#[inline(always)]
+pub(crate) fn current_netns(off: &SockOffsets) -> u32 {
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let net = pointer(read(task, off.task_nsproxy))
+        .and_then(|nsproxy| pointer(read(nsproxy, off.nsproxy_net)));
+    net_inum(net, off)
+}
+
+/// The local port: `skc_num`, or for sockets not yet hashed `inet_sport`.
+#[inline(always)]
+pub(crate) fn local_port(sk: *const u8, off: &SockOffsets) -> u16 {
+    match read::<u16>(sk, off.num) {
+        Ok(num) if num != 0 => num,
+        _ => u16::from_be(read(sk, off.inet_sport).unwrap_or(0)),
+    }
+}
+
+pub(crate) struct Endpoints {
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+#[inline(always)]
+pub(crate) fn endpoints(sk: *const u8, off: &SockOffsets) -> Result<Endpoints, i32> {
+    let family: u16 = read(sk, off.family)?;
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    match family {
+        AF_INET => {
+            saddr[..4].copy_from_slice(&read::<[u8; 4]>(sk, off.rcv_saddr)?);
+            daddr[..4].copy_from_slice(&read::<[u8; 4]>(sk, off.daddr)?);
+        }
+        AF_INET6 => {
+            saddr = read(sk, off.v6_rcv_saddr)?;
+            daddr = read(sk, off.v6_daddr)?;
+        }
+        _ => return Err(1),
+    }
+    Ok(Endpoints {
+        family,
+        sport: local_port(sk, off),
+        dport: u16::from_be(read(sk, off.dport)?),
+        saddr,
+        daddr,
+    })
+}
