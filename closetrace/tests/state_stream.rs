@@ -120,6 +120,7 @@ fn pid_filter_shows_only_the_named_server() {
     }
     a.wait_done();
     b.wait_done();
+    let tracer_ready = tracer.ready.to_string();
     let out = tracer.stop();
     assert!(out.status.success(), "{}", out.stderr);
 
@@ -130,7 +131,13 @@ fn pid_filter_shows_only_the_named_server() {
             .filter(|r| r["sport"] == pa && r["new"] == "CLOSE_WAIT")
             .count()
             == 3,
-        "server A's three CLOSE_WAITs must appear: {states:?}"
+        "server A's three CLOSE_WAITs must appear: {states:?}\nready: {}\nrecords: {:?}\nstderr: {}",
+        tracer_ready,
+        out.raw
+            .iter()
+            .map(|l| l.get(..120).unwrap_or(l))
+            .collect::<Vec<_>>(),
+        out.stderr
     );
     for r in &states {
         assert_eq!(r["pid"], a.pid(), "only server A's sockets: {r}");

@@ -51,8 +51,8 @@ pub struct TickAnswer {
     /// Timewait sockets by tuple, in closetrace's namespace.
     pub time_wait: Option<Result<Vec<Tuple>, SnapshotError>>,
     pub listeners: Option<Result<Vec<DiagSocket>, SnapshotError>>,
-    /// `--pid-tree`: the processes followed now.
-    pub followed: Option<Vec<u32>>,
+    /// `--pid`, `--pid-tree`: the processes followed now.
+    pub followed: Option<Vec<crate::track::followed::Process>>,
 }
 
 #[derive(Debug)]

@@ -45,26 +45,9 @@ fn on_nsfs(path: &str) -> bool {
     rc == 0 && st.f_type as i64 == NSFS_MAGIC
 }
 
-/// Parent of every process, from /proc/*/stat.
-fn parents() -> HashMap<u32, u32> {
-    let mut out = HashMap::new();
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if let Some(st) = crate::host::procs::stat(pid) {
-            out.insert(pid, st.ppid);
-        }
-    }
-    out
-}
-
 /// `roots` and all their descendants, as processes (tgids) now.
 pub fn process_tree(roots: &[u32]) -> Result<Vec<u32>, FilterError> {
-    let parents = parents();
+    let parents = crate::host::procs::parents();
     for &r in roots {
         if !parents.contains_key(&r) {
             return Err(FilterError::NoProcess(r));

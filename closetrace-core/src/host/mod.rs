@@ -33,8 +33,9 @@ pub trait Host: Send {
     /// Make sure the container names of these cgroups are known to whoever
     /// names containers in records (rescanning cgroupfs if one is new).
     fn learn_containers(&mut self, _cgroups: &[u64]) {}
-    /// `--pid-tree`: the processes followed now, when that changed.
-    fn followed(&mut self) -> Option<Vec<u32>> {
+    /// `--pid`, `--pid-tree`: the processes followed now (pid and start
+    /// time), at most once a second; None otherwise.
+    fn followed(&mut self) -> Option<Vec<(u32, Option<u64>)>> {
         None
     }
 }

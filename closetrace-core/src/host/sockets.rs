@@ -133,7 +133,11 @@ fn parse_batch(mut data: &[u8], visit: &mut dyn FnMut(DiagSocket)) -> Result<boo
                     .ok_or(SnapshotError::Malformed("short error message"))?;
                 return Err(io::Error::from_raw_os_error(-errno).into());
             }
-            _ => visit(parse_diag_msg(&data[NLMSG_HDR..len])?),
+            _ => {
+                if let Some(s) = parse_diag_msg(&data[NLMSG_HDR..len])? {
+                    visit(s);
+                }
+            }
         }
         // Messages are 4-byte aligned.
         let advance = (len + 3) & !3;
@@ -142,7 +146,9 @@ fn parse_batch(mut data: &[u8], visit: &mut dyn FnMut(DiagSocket)) -> Result<boo
     Ok(false)
 }
 
-fn parse_diag_msg(m: &[u8]) -> Result<DiagSocket, SnapshotError> {
+/// One socket; None for a state this version does not know (a newer
+/// kernel's), which is skipped rather than failing the whole dump.
+fn parse_diag_msg(m: &[u8]) -> Result<Option<DiagSocket>, SnapshotError> {
     if m.len() < DIAG_MSG_LEN {
         return Err(SnapshotError::Malformed("inet_diag_msg too short"));
     }
@@ -151,7 +157,10 @@ fn parse_diag_msg(m: &[u8]) -> Result<DiagSocket, SnapshotError> {
     let family =
         Family::from_af(m[0] as u16).ok_or(SnapshotError::Malformed("unknown address family"))?;
     let addr = |o: usize| family.addr(m[o..o + 16].try_into().expect("16 bytes"));
-    Ok(DiagSocket {
+    let Ok(state) = TcpState::try_from(u32::from(m[1])) else {
+        return Ok(None);
+    };
+    Ok(Some(DiagSocket {
         drops: diag_attr(&m[DIAG_MSG_LEN..], INET_DIAG_SKMEMINFO).and_then(|a| {
             let at = 4 * SK_MEMINFO_DROPS;
             a.get(at..at + 4)
@@ -161,8 +170,7 @@ fn parse_diag_msg(m: &[u8]) -> Result<DiagSocket, SnapshotError> {
             .and_then(|a| a.get(..8))
             .map_or(0, |b| u64::from_ne_bytes(b.try_into().expect("8 bytes"))),
         family,
-        state: TcpState::try_from(u32::from(m[1]))
-            .map_err(|_| SnapshotError::Malformed("unknown TCP state"))?,
+        state,
         timer: m[2],
         sport: be16_at(4),
         dport: be16_at(6),
@@ -172,7 +180,7 @@ fn parse_diag_msg(m: &[u8]) -> Result<DiagSocket, SnapshotError> {
         rqueue: u32_at(56),
         wqueue: u32_at(60),
         inode: u32_at(68),
-    })
+    }))
 }
 
 /// idiag_timer of a timewait socket.
@@ -307,9 +315,9 @@ pub fn socket_holders() -> HashMap<u32, Vec<Holder>> {
             else {
                 continue;
             };
-            let (comm, start) = who.get_or_insert_with(|| {
-                let start = crate::host::procs::stat(pid).map(|st| st.start);
-                (crate::host::procs::comm(pid).unwrap_or_default(), start)
+            let (comm, start) = who.get_or_insert_with(|| match crate::host::procs::stat(pid) {
+                Some(st) => (st.comm, Some(st.start)),
+                None => (String::new(), None),
             });
             map.entry(inode).or_default().push(Holder {
                 pid,
@@ -332,12 +340,7 @@ fn parse_socket_link(link: &str) -> Option<u32> {
 
 /// Inode of this process's network namespace (what the kernel reports as netns).
 pub fn own_netns() -> Option<u32> {
-    let link = fs::read_link("/proc/self/ns/net").ok()?;
-    link.to_str()?
-        .strip_prefix("net:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
+    crate::host::procs::ns_inode("self", "net").and_then(|i| u32::try_from(i).ok())
 }
 
 #[cfg(test)]
@@ -390,6 +393,17 @@ mod tests {
         );
         assert_eq!(s.cookie, (7 << 32) | 9);
         assert_eq!(s.saddr, IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+
+    /// A state a newer kernel added skips that socket, not the dump.
+    #[test]
+    fn an_unknown_state_skips_one_socket() {
+        let mut batch = nlmsg(SOCK_DIAG_BY_FAMILY, &diag_msg(2, 99, 1, 1, 1));
+        batch.extend(nlmsg(SOCK_DIAG_BY_FAMILY, &diag_msg(2, 8, 2, 2, 2)));
+        batch.extend(nlmsg(NLMSG_DONE, &[0; 4]));
+        let mut out = Vec::new();
+        assert!(parse_into(&batch, &mut out).unwrap());
+        assert_eq!(out.iter().map(|s| s.cookie).collect::<Vec<_>>(), vec![2]);
     }
 
     #[test]

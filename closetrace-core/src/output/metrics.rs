@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::model::TcpState;
-use crate::output::records::HookReport;
+use crate::output::records::{HookReport, LeakStats};
 
 pub const MAX_PROCESSES: usize = 50;
 pub const MAX_DESTINATIONS: usize = 10;
@@ -28,23 +28,11 @@ pub const MAX_DESTINATIONS: usize = 10;
 type Labels = Vec<(&'static str, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
 
-/// One process's reported leaks that are still open.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProcessLeaks {
-    pub pid: u32,
-    /// Start time in clock ticks since boot: a reused pid is another process
-    /// and gets its own series.
-    pub start: Option<u64>,
-    pub comm: String,
-    pub open: u64,
-    pub oldest_s: f64,
-}
-
 /// What the state machines know now, for the gauges.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct View {
     /// Reported, still open leaks per process, most first.
-    pub leaks: Vec<ProcessLeaks>,
+    pub leaks: Vec<LeakStats>,
     /// TIME_WAIT per destination: (daddr, dport, sockets, share of the
     /// ephemeral ports, if known).
     pub time_wait: Vec<(String, u16, u32, Option<f64>)>,
@@ -163,12 +151,12 @@ impl Metrics {
                 // Empty when unknown, which Prometheus reads as absent.
                 (
                     "pid_start",
-                    p.start.map(|t| t.to_string()).unwrap_or_default(),
+                    p.pid_start.map(|t| t.to_string()).unwrap_or_default(),
                 ),
                 ("comm", p.comm.clone()),
             ];
             self.leaks.get_or_create(&l).set(p.open as i64);
-            self.leak_age.get_or_create(&l).set(p.oldest_s);
+            self.leak_age.get_or_create(&l).set(p.oldest_ms / 1000.0);
         }
         self.time_wait.clear();
         self.tw_ratio.clear();
@@ -259,13 +247,14 @@ mod tests {
     use super::*;
     use crate::model::hooks::Attach;
 
-    fn leaks(pid: u32, start: Option<u64>, comm: &str, open: u64, oldest_s: f64) -> ProcessLeaks {
-        ProcessLeaks {
+    fn leaks(pid: u32, start: Option<u64>, comm: &str, open: u64, oldest_s: f64) -> LeakStats {
+        LeakStats {
             pid,
-            start,
+            pid_start: start,
             comm: comm.into(),
+            leaks: open,
             open,
-            oldest_s,
+            oldest_ms: oldest_s * 1000.0,
         }
     }
 

@@ -464,6 +464,25 @@ pub struct LeakStats {
     pub oldest_ms: f64,
 }
 
+impl LeakStats {
+    /// A process as records name it: a pid that two processes had in
+    /// turn is two processes.
+    pub fn process(&self) -> (u32, Option<u64>) {
+        (self.pid, self.pid_start)
+    }
+
+    /// Most leaks first, then by process: the summary's and the report's
+    /// order.
+    pub fn by_leaks(a: &Self, b: &Self) -> std::cmp::Ordering {
+        (b.leaks.cmp(&a.leaks)).then(a.process().cmp(&b.process()))
+    }
+
+    /// Most still open first, then by process: the metrics' order.
+    pub fn by_open(a: &Self, b: &Self) -> std::cmp::Ordering {
+        (b.open.cmp(&a.open)).then(a.process().cmp(&b.process()))
+    }
+}
+
 /// An RFC 3339 timestamp (microseconds, UTC), formatted straight into the
 /// output: the state stream writes one per event, so no String per event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -84,11 +84,7 @@ impl Summary {
 
     fn leaks_by_count(&self) -> Vec<LeakStats> {
         let mut v: Vec<LeakStats> = self.leaks.values().cloned().collect();
-        v.sort_by(|a, b| {
-            (b.leaks.cmp(&a.leaks))
-                .then(a.pid.cmp(&b.pid))
-                .then(a.pid_start.cmp(&b.pid_start))
-        });
+        v.sort_by(LeakStats::by_leaks);
         v
     }
 

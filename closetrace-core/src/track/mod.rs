@@ -2,6 +2,7 @@
 //! never read the system, so every one is unit-tested without root.
 pub mod closes;
 pub mod errors;
+pub mod followed;
 pub mod leaks;
 pub mod owners;
 pub mod timewait;

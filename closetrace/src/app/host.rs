@@ -9,6 +9,11 @@ use closetrace_core::model::Holder;
 
 use crate::kernel::selection::Upkeep;
 
+/// When a process started, in /proc's ticks (None once it is gone).
+pub fn start_of(pid: u32) -> Option<u64> {
+    closetrace_core::host::procs::stat(pid).map(|s| s.start)
+}
+
 pub struct RunHost {
     pub system: System,
     pub upkeep: Option<Upkeep>,
@@ -43,7 +48,8 @@ impl Host for RunHost {
         self.system.learn_containers(cgroups);
     }
 
-    fn followed(&mut self) -> Option<Vec<u32>> {
-        self.upkeep.as_mut()?.refresh()
+    fn followed(&mut self) -> Option<Vec<(u32, Option<u64>)>> {
+        let pids = self.upkeep.as_mut()?.refresh()?;
+        Some(pids.into_iter().map(|pid| (pid, start_of(pid))).collect())
     }
 }

@@ -234,7 +234,10 @@ fn start_coordinator(
         Settings {
             threshold_ns: cli.close_wait_threshold.as_nanos().min(u64::MAX as u128) as u64,
             tw_warn: cli.tw_warn,
-            pids: pids.to_vec(),
+            pids: pids
+                .iter()
+                .map(|&p| (p, super::host::start_of(p)))
+                .collect(),
             infer_closes: kernel.close_hook == CloseHook::Transitions,
             stream_all: cli.states,
             own_netns: netns,

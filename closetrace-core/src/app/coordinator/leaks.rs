@@ -8,8 +8,9 @@ use std::io;
 use super::Monitor;
 use crate::host::sockets::{DiagSocket, KernelView, SnapshotError};
 use crate::model::{Holder, TcpState};
-use crate::output::metrics::ProcessLeaks;
-use crate::output::records::{self, CloseWaitLeak, CloseWaitResolved, LeakSince, SockFields, Ts};
+use crate::output::records::{
+    self, CloseWaitLeak, CloseWaitResolved, LeakSince, LeakStats, SockFields, Ts,
+};
 use crate::output::sink::Sink;
 use crate::track::leaks::{Due, Resolved, blame};
 
@@ -124,8 +125,8 @@ impl Monitor {
         if let Some(o) = &owner {
             self.leaks.set_owner(id, o.clone());
         }
-        let visible = self.wants(owner.as_ref().map(|o| o.pid))
-            || holders.iter().any(|h| self.wants(Some(h.pid)));
+        let visible = self.wants(owner.as_ref().map(|o| (o.pid, o.start)))
+            || holders.iter().any(|h| self.wants(Some((h.pid, h.start))));
         if !visible {
             return Ok(());
         }
@@ -157,32 +158,28 @@ impl Monitor {
 
     /// Reported leaks still open, per blamed process (pid and start), most
     /// first: the metrics gauges and the summary's `open` both read this.
-    pub(super) fn open_leaks(&self, now_ns: u64) -> Vec<ProcessLeaks> {
-        let mut by_process: HashMap<(u32, Option<u64>), ProcessLeaks> = HashMap::new();
+    pub(super) fn open_leaks(&self, now_ns: u64) -> Vec<LeakStats> {
+        let mut by_process: HashMap<(u32, Option<u64>), LeakStats> = HashMap::new();
         for t in self.leaks.tracked() {
             let (true, Some(o)) = (self.shown.contains(&t.sock.id), &t.owner) else {
                 continue;
             };
             let p = by_process
                 .entry((o.pid, o.start))
-                .or_insert_with(|| ProcessLeaks {
+                .or_insert_with(|| LeakStats {
                     pid: o.pid,
-                    start: o.start,
+                    pid_start: o.start,
                     comm: o.comm.clone(),
-                    open: 0,
-                    oldest_s: 0.0,
+                    ..LeakStats::default()
                 });
+            p.leaks += 1;
             p.open += 1;
-            p.oldest_s = p
-                .oldest_s
-                .max(now_ns.saturating_sub(t.since_ns) as f64 / 1e9);
+            p.oldest_ms = p
+                .oldest_ms
+                .max(records::ns_to_ms(now_ns.saturating_sub(t.since_ns)));
         }
         let mut leaks: Vec<_> = by_process.into_values().collect();
-        leaks.sort_by(|a, b| {
-            (b.open.cmp(&a.open))
-                .then(a.pid.cmp(&b.pid))
-                .then(a.start.cmp(&b.start))
-        });
+        leaks.sort_by(LeakStats::by_open);
         leaks
     }
 }

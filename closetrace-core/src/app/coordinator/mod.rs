@@ -19,6 +19,7 @@ use crate::output::records::{self, ClosedBy, SockFields, Ts};
 use crate::output::sink::Sink;
 use crate::output::summary::Summary;
 use crate::track::closes::infer_close;
+use crate::track::followed::{Followed, Process};
 use crate::track::leaks::{Due, LeakDetector};
 use crate::track::owners::OwnerTable;
 use ports::PortPressure;
@@ -30,8 +31,9 @@ const TABLE_CAPACITY: usize = 65536;
 pub struct Settings {
     pub threshold_ns: u64,
     pub tw_warn: f64,
-    /// `--pid`: what is displayed (the kernel already dropped most else).
-    pub pids: Vec<u32>,
+    /// `--pid`, `--pid-tree`: the processes displayed (the kernel already
+    /// dropped most else), with their start times; empty for all.
+    pub pids: Vec<Process>,
     /// No exact tcp_close hook: closes are inferred from transitions.
     pub infer_closes: bool,
     /// `--states`: write every state change and close.
@@ -46,10 +48,9 @@ pub struct Monitor {
     leaks: LeakDetector,
     pub summary: Summary,
     clock: WallClock,
-    /// `--pid`: what is displayed (the kernel already dropped most else).
-    /// With `--pid-tree` it follows the kernel's set, which may empty.
-    by_pid: bool,
-    pids: HashSet<u32>,
+    /// `--pid`, `--pid-tree`: the processes displayed; None for all. It
+    /// follows the kernel's set, which may empty.
+    followed: Option<Followed>,
     /// No exact tcp_close hook: closes are inferred from transitions.
     infer_closes: bool,
     stream_all: bool,
@@ -81,8 +82,7 @@ impl Monitor {
             leaks: LeakDetector::new(s.threshold_ns, TABLE_CAPACITY),
             summary: Summary::default(),
             clock,
-            by_pid: !s.pids.is_empty(),
-            pids: s.pids.into_iter().collect(),
+            followed: (!s.pids.is_empty()).then(|| Followed::new(s.pids)),
             infer_closes: s.infer_closes,
             stream_all: s.stream_all,
             own_netns: s.own_netns,
@@ -125,8 +125,12 @@ impl Monitor {
         self.outstanding > 0
     }
 
-    fn wants(&self, pid: Option<u32>) -> bool {
-        !self.by_pid || pid.is_some_and(|p| self.pids.contains(&p))
+    /// Whether records about this process are displayed.
+    fn wants(&self, who: Option<(u32, Option<u64>)>) -> bool {
+        match &self.followed {
+            None => true,
+            Some(f) => who.is_some_and(|(pid, start)| f.contains(pid, start)),
+        }
     }
 
     pub fn on_event(&mut self, ev: KernelEvent, sink: &mut Sink) -> io::Result<()> {
@@ -140,7 +144,7 @@ impl Monitor {
                 {
                     k.unwatch(ev.sock.id);
                 }
-                if self.stream_all && self.wants(ev.owner.as_ref().map(|o| o.pid)) {
+                if self.stream_all && self.wants(ev.owner.as_ref().map(|o| (o.pid, o.start))) {
                     sink.state(&ev)?;
                 }
                 if self.infer_closes
@@ -159,7 +163,7 @@ impl Monitor {
     }
 
     fn close(&mut self, c: &Close, sink: &mut Sink) -> io::Result<()> {
-        if !self.stream_all || !self.wants(Some(c.closer.pid)) {
+        if !self.stream_all || !self.wants(Some((c.closer.pid, c.closer.start))) {
             return Ok(());
         }
         self.summary.closes += 1;
@@ -234,14 +238,13 @@ impl Monitor {
     fn on_tick_answer(&mut self, a: TickAnswer, sink: &mut Sink) -> io::Result<()> {
         self.tick_in_flight = false;
         let now_ns = a.job.now_ns;
-        if let Some(pids) = a.followed {
-            if pids.is_empty() && !self.pids.is_empty() {
-                log::info!(
-                    "every process followed has exited; leaks they left are still \
-                     reported as they end, and a new process reusing a pid is not followed"
-                );
-            }
-            self.pids = pids.into_iter().collect();
+        if let (Some(now), Some(f)) = (a.followed, self.followed.as_mut())
+            && f.refresh(now)
+        {
+            log::info!(
+                "every process followed has exited; leaks they left are still \
+                 reported as they end, and a new process reusing a pid is not followed"
+            );
         }
         if let (Some(tw), Some(listeners)) = (a.time_wait, a.listeners) {
             self.ports
@@ -304,7 +307,7 @@ impl Monitor {
         let open: HashMap<(u32, Option<u64>), usize> = self
             .open_leaks(crate::model::clock::monotonic_ns())
             .into_iter()
-            .map(|p| ((p.pid, p.start), p.open as usize))
+            .map(|p| (p.process(), p.open as usize))
             .collect();
         self.summary.set_open_leaks(&open);
         self.summary.time_wait_top = (self.ports.top(10).into_iter())

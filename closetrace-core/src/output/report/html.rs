@@ -173,7 +173,7 @@ pub fn render(r: &Report, source: &str) -> String {
              <th>oldest (s)</th><th>ended</th></tr>\n",
         );
         for (who, p) in r.leak_table() {
-            let ended: Vec<String> = p.ended.iter().map(|(h, n)| format!("{h} {n}")).collect();
+            let ended = r.ended_text(who);
             let _ = writeln!(
                 out,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td></tr>",
@@ -182,7 +182,7 @@ pub fn render(r: &Report, source: &str) -> String {
                 p.leaks,
                 p.open,
                 p.oldest_ms / 1000.0,
-                esc(&ended.join(", "))
+                esc(&ended)
             );
         }
         out.push_str("</table>\n");

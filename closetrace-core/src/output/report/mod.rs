@@ -14,26 +14,13 @@ use std::io::{self, BufRead};
 use std::time::SystemTime;
 
 use crate::model::Errno;
-use crate::output::records::{BindError, ConnectError, Record, Ts};
+use crate::output::records::{BindError, ConnectError, LeakStats, Record, Ts};
 
 pub use html::render as render_html;
 
 /// Longest line read whole; longer ones are skipped as malformed (a
 /// closetrace record is well under a kilobyte).
 const MAX_LINE: usize = 1 << 20;
-
-/// One process's leaks.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct ProcessLeaks {
-    pub comm: String,
-    /// Leaked sockets reported.
-    pub leaks: u64,
-    /// Still leaked at the end of the file.
-    pub open: u64,
-    pub oldest_ms: f64,
-    /// How the ended ones ended (`closed`, `process_exit`, ...).
-    pub ended: BTreeMap<String, u64>,
-}
 
 /// A TIME_WAIT destination's peak.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -51,7 +38,10 @@ pub struct Report {
     pub malformed: Vec<(u64, String)>,
     pub first: Option<SystemTime>,
     pub last: Option<SystemTime>,
-    pub processes: BTreeMap<Process, ProcessLeaks>,
+    /// Leaks per process (`pid_start` null in older files).
+    pub processes: BTreeMap<Process, LeakStats>,
+    /// How each process's leaks ended (`closed`, `process_exit`, ...).
+    pub ended: BTreeMap<Process, BTreeMap<String, u64>>,
     pub destinations: BTreeMap<String, Destination>,
     /// (syscall, errno) -> failures, suppressed ones included.
     pub errors: BTreeMap<(String, String), u64>,
@@ -134,7 +124,11 @@ impl Report {
                 let t = self.when(r.ts);
                 let who = (r.pid.unwrap_or(0), r.pid_start);
                 let comm = r.comm.map_or_else(|| "?".to_string(), |c| c.into_owned());
-                let p = self.processes.entry(who).or_default();
+                let p = self.processes.entry(who).or_insert_with(|| LeakStats {
+                    pid: who.0,
+                    pid_start: who.1,
+                    ..LeakStats::default()
+                });
                 p.comm.clone_from(&comm);
                 p.oldest_ms = p.oldest_ms.max(r.close_wait_ms);
                 if self
@@ -155,7 +149,8 @@ impl Report {
                 {
                     p.open = p.open.saturating_sub(1);
                     p.oldest_ms = p.oldest_ms.max(r.close_wait_ms);
-                    *p.ended.entry(r.how.name().to_string()).or_default() += 1;
+                    let ended = self.ended.entry(who).or_default();
+                    *ended.entry(r.how.name().to_string()).or_default() += 1;
                     let open = p.open;
                     self.open_leaks_at(t, who, comm, open);
                 }
@@ -252,10 +247,20 @@ impl Report {
     }
 
     /// Processes by leaks reported, most first.
-    pub fn leak_table(&self) -> Vec<(Process, &ProcessLeaks)> {
+    pub fn leak_table(&self) -> Vec<(Process, &LeakStats)> {
         let mut v: Vec<_> = self.processes.iter().map(|(p, l)| (*p, l)).collect();
-        v.sort_by(|a, b| b.1.leaks.cmp(&a.1.leaks).then(a.0.cmp(&b.0)));
+        v.sort_by(|a, b| LeakStats::by_leaks(a.1, b.1));
         v
+    }
+
+    /// How a process's leaks ended, as `closed 2, process_exit 1`; empty
+    /// when none did.
+    pub fn ended_text(&self, who: Process) -> String {
+        let Some(ended) = self.ended.get(&who) else {
+            return String::new();
+        };
+        let parts: Vec<String> = ended.iter().map(|(h, n)| format!("{h} {n}")).collect();
+        parts.join(", ")
     }
 
     /// How tables and charts name a process: its pid, "?" when unknown,
@@ -314,7 +319,7 @@ impl Report {
                 "PID", "COMM", "LEAKS", "OPEN", "OLDEST"
             );
             for (who, p) in self.leak_table() {
-                let ended: Vec<String> = p.ended.iter().map(|(h, n)| format!("{h} {n}")).collect();
+                let ended = self.ended_text(who);
                 let _ = writeln!(
                     s,
                     "  {:<8} {:<16} {:>6} {:>6} {:>10.1} s  {}",
@@ -323,11 +328,7 @@ impl Report {
                     p.leaks,
                     p.open,
                     p.oldest_ms / 1000.0,
-                    if ended.is_empty() {
-                        "-".into()
-                    } else {
-                        ended.join(", ")
-                    }
+                    if ended.is_empty() { "-" } else { &ended }
                 );
             }
         }
@@ -402,7 +403,7 @@ not json at all
         let p = &r.processes[&(10, None)];
         assert_eq!((p.leaks, p.open), (2, 1));
         assert_eq!(p.oldest_ms, 4500.5);
-        assert_eq!(p.ended["process_exit"], 1);
+        assert_eq!(r.ended[&(10, None)]["process_exit"], 1);
         let d = &r.destinations["10.0.0.1:80"];
         assert_eq!((d.peak, d.peak_ratio), (120, Some(0.6)));
         assert_eq!(r.errors[&("connect".into(), "EADDRNOTAVAIL".into())], 5);
