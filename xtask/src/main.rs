@@ -96,6 +96,10 @@ enum Task {
     },
 }
 
+/// The feature that builds closetrace's test and benchmark tools
+/// (closetrace-peer, closetrace-churn) and the tests that drive them.
+const TESTKIT: &str = "closetrace/testkit";
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -121,7 +125,14 @@ fn cargo() -> Command {
 /// target/release.
 fn build_release(bins: &[&str]) -> anyhow::Result<()> {
     let mut c = cargo();
-    c.args(["build", "--release", "-p", "closetrace"]);
+    c.args([
+        "build",
+        "--release",
+        "-p",
+        "closetrace",
+        "--features",
+        "testkit",
+    ]);
     for b in bins {
         c.args(["--bin", b]);
     }
@@ -180,7 +191,7 @@ fn build_ebpf() -> anyhow::Result<PathBuf> {
 fn test(args: &[String]) -> anyhow::Result<()> {
     use std::io::{BufRead, BufReader};
     let mut child = cargo()
-        .args(["test", "--no-fail-fast"])
+        .args(["test", "--no-fail-fast", "--features", TESTKIT])
         .args(args)
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -386,7 +397,7 @@ fn main() -> anyhow::Result<()> {
                 "ports",
             ];
             run(cargo()
-                .args(["test", "-p", "closetrace"])
+                .args(["test", "-p", "closetrace", "--features", "testkit"])
                 .args(kernel_tests))?;
         }
         Task::Test { args } => {
@@ -401,6 +412,8 @@ fn main() -> anyhow::Result<()> {
                     "--exclude",
                     "closetrace-ebpf",
                     "--all-targets",
+                    "--features",
+                    TESTKIT,
                 ])
                 .args(["--", "-D", "warnings"]))?;
             clippy_ebpf()?;

@@ -167,6 +167,8 @@ fn test_binaries(root: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
         "test",
         "-p",
         "closetrace",
+        "--features",
+        "testkit",
         "--no-run",
         "--message-format=json",
     ]);
@@ -240,9 +242,14 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     let work = root.join("target/vm");
     fs::create_dir_all(&work)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    sh(Command::new(&cargo)
-        .current_dir(root)
-        .args(["build", "-p", "closetrace", "--bins"]))?;
+    sh(Command::new(&cargo).current_dir(root).args([
+        "build",
+        "-p",
+        "closetrace",
+        "--bins",
+        "--features",
+        "testkit",
+    ]))?;
     let bins = test_binaries(root)?;
     let debug = root.join("target/debug");
     let resolve = |list: &[(&str, &'static str)]| -> anyhow::Result<Vec<(PathBuf, &'static str)>> {

@@ -123,11 +123,9 @@ fn handle(msg: RingMsg, monitor: &mut Monitor, sink: &mut Sink) -> io::Result<()
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use super::*;
     use crate::app::coordinator::Settings;
-    use crate::app::worker::tests::Slow;
+    use crate::app::worker::tests::Stuck;
     use crate::model::KernelEvent;
     use crate::model::TcpState;
     use crate::model::clock::WallClock;
@@ -138,14 +136,9 @@ mod tests {
     /// scan: the stream never waits for the running system.
     #[test]
     fn a_stuck_scan_does_not_stall_events() {
-        let gate = Arc::new(Mutex::new(()));
-        let calls = Arc::new(Mutex::new(0));
-        let held = gate.lock().unwrap();
-        let host = Slow {
-            gate: gate.clone(),
-            calls: calls.clone(),
-        };
-        let mut worker = Worker::spawn(Box::new(host), 1).unwrap();
+        let stuck = Stuck::new();
+        let held = stuck.gate.lock().unwrap();
+        let mut worker = Worker::spawn(Box::new(stuck.host()), 1).unwrap();
         let mut monitor = Monitor::new(
             Settings {
                 threshold_ns: 1_000_000_000,
@@ -189,7 +182,11 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(monitor.summary.events, n, "every event consumed");
-        assert_eq!(*calls.lock().unwrap(), 0, "while the scan never returned");
+        assert_eq!(
+            *stuck.calls.lock().unwrap(),
+            0,
+            "while the scan never returned"
+        );
         assert!(
             monitor.awaits_answer(),
             "the stuck tick is still unanswered"

@@ -170,8 +170,31 @@ pub(crate) mod tests {
 
     /// A host whose CLOSE_WAIT list blocks until the test lets it go.
     pub(crate) struct Slow {
+        gate: Arc<Mutex<()>>,
+        calls: Arc<Mutex<u32>>,
+    }
+
+    /// The test's side of a `Slow` host: holding `gate` keeps it stuck;
+    /// `calls` counts the lists it returned.
+    pub(crate) struct Stuck {
         pub gate: Arc<Mutex<()>>,
         pub calls: Arc<Mutex<u32>>,
+    }
+
+    impl Stuck {
+        pub(crate) fn new() -> Stuck {
+            Stuck {
+                gate: Arc::new(Mutex::new(())),
+                calls: Arc::new(Mutex::new(0)),
+            }
+        }
+
+        pub(crate) fn host(&self) -> Slow {
+            Slow {
+                gate: self.gate.clone(),
+                calls: self.calls.clone(),
+            }
+        }
     }
 
     fn sock(cookie: u64, state: TcpState) -> DiagSocket {
@@ -234,18 +257,13 @@ pub(crate) mod tests {
     /// while the worker is stuck, and answered when it gets free.
     #[test]
     fn a_slow_host_does_not_block_the_submitter() {
-        let gate = Arc::new(Mutex::new(()));
-        let calls = Arc::new(Mutex::new(0));
-        let held = gate.lock().unwrap();
-        let host = Slow {
-            gate: gate.clone(),
-            calls: calls.clone(),
-        };
-        let mut w = Worker::spawn(Box::new(host), 5).unwrap();
+        let stuck = Stuck::new();
+        let held = stuck.gate.lock().unwrap();
+        let mut w = Worker::spawn(Box::new(stuck.host()), 5).unwrap();
         assert!(w.submit(Job::Tick(job(1))));
         assert!(w.submit(Job::Tick(job(2))));
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(*calls.lock().unwrap(), 0, "the host is still blocked");
+        assert_eq!(*stuck.calls.lock().unwrap(), 0, "the host is still blocked");
         assert!(w.answers.try_recv().is_err(), "nothing answered yet");
         drop(held);
         let rt = tokio::runtime::Builder::new_current_thread()

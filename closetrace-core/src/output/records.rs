@@ -22,7 +22,7 @@ pub use crate::model::hooks::HookReport;
 use crate::model::hooks::Mode;
 use crate::model::{
     CloseVia, Container, ContainerNames, Errno, Family, Holder, MapUse, OwnerSource, Privileges,
-    SockRef, StateChange, TcpState,
+    SockError, SockRef, StateChange, TcpState,
 };
 use crate::track::closes::How;
 use crate::track::timewait::Level;
@@ -316,8 +316,10 @@ pub struct TimeWaitDest {
     pub ratio: Option<f64>,
 }
 
+/// Who failed a connect() or bind(), and how: the fields both failure
+/// records start with.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
-pub struct ConnectError<'a> {
+pub struct Caller<'a> {
     pub ts: Ts,
     pub pid: u32,
     /// When that process started (clock ticks since boot, /proc/PID/stat's
@@ -328,6 +330,25 @@ pub struct ConnectError<'a> {
     pub errno: Errno,
     #[serde(default)]
     pub family: Family,
+}
+
+impl<'a> Caller<'a> {
+    pub fn of(e: &'a SockError, clock: &WallClock) -> Self {
+        Caller {
+            ts: Ts::at(clock, e.ts_ns),
+            pid: e.task.pid,
+            pid_start: e.task.start,
+            comm: Cow::Borrowed(&e.task.comm),
+            errno: e.errno,
+            family: e.family,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct ConnectError<'a> {
+    #[serde(flatten)]
+    pub caller: Caller<'a>,
     #[serde(default = "unspecified")]
     pub daddr: IpAddr,
     #[serde(default)]
@@ -354,16 +375,8 @@ pub struct PortHolder {
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct BindError<'a> {
-    pub ts: Ts,
-    pub pid: u32,
-    /// When that process started (clock ticks since boot, /proc/PID/stat's
-    /// starttime): with `pid`, it names the process, as pids are reused.
-    /// Null when unknown.
-    pub pid_start: Option<u64>,
-    pub comm: Cow<'a, str>,
-    pub errno: Errno,
-    #[serde(default)]
-    pub family: Family,
+    #[serde(flatten)]
+    pub caller: Caller<'a>,
     #[serde(default = "unspecified")]
     pub saddr: IpAddr,
     #[serde(default)]
@@ -665,12 +678,14 @@ mod tests {
                 }],
             }),
             owned(Record::ConnectError(ConnectError {
-                ts: ts(6),
-                pid: 14,
-                pid_start: Some(1),
-                comm: "cli".into(),
-                errno: Errno::AddrNotAvail,
-                family: Family::Ipv6,
+                caller: Caller {
+                    ts: ts(6),
+                    pid: 14,
+                    pid_start: Some(1),
+                    comm: "cli".into(),
+                    errno: Errno::AddrNotAvail,
+                    family: Family::Ipv6,
+                },
                 daddr: v6,
                 dport: 80,
                 time_wait: 199,
@@ -678,12 +693,14 @@ mod tests {
                 scope: Scope::new(1, 7, &OneContainer),
             })),
             owned(Record::BindError(BindError {
-                ts: ts(7),
-                pid: 15,
-                pid_start: None,
-                comm: "srv".into(),
-                errno: Errno::AddrInUse,
-                family: Family::Ipv4,
+                caller: Caller {
+                    ts: ts(7),
+                    pid: 15,
+                    pid_start: None,
+                    comm: "srv".into(),
+                    errno: Errno::AddrInUse,
+                    family: Family::Ipv4,
+                },
                 saddr: lo,
                 sport: 8080,
                 holders: vec![PortHolder {

@@ -12,7 +12,7 @@ use crate::model::clock::WallClock;
 use crate::model::ports::PortPolicy;
 use crate::model::{Holder, SockError, SockRef, StateChange, Syscall, Task, TcpState};
 use crate::output::records::{
-    self, BindError, ConnectError, ListenOverflow, PortHolder, Record, SockFields,
+    self, BindError, Caller, ConnectError, ListenOverflow, PortHolder, Record, SockFields,
     TimeWaitPressure, Ts,
 };
 use crate::output::sink::Sink;
@@ -125,12 +125,7 @@ impl PortPressure {
                     )
                 };
                 let rec = ConnectError {
-                    ts: Ts::at(clock, e.ts_ns),
-                    pid: e.task.pid,
-                    pid_start: e.task.start,
-                    comm: Cow::Borrowed(&e.task.comm),
-                    errno: e.errno,
-                    family: e.family,
+                    caller: Caller::of(e, clock),
                     daddr: e.addr,
                     dport: e.port,
                     time_wait,
@@ -186,12 +181,7 @@ impl PortPressure {
             )
         };
         let rec = BindError {
-            ts: Ts::at(clock, e.ts_ns),
-            pid: e.task.pid,
-            pid_start: e.task.start,
-            comm: Cow::Borrowed(&e.task.comm),
-            errno: e.errno,
-            family: e.family,
+            caller: Caller::of(e, clock),
             saddr: e.addr,
             sport: e.port,
             holders,

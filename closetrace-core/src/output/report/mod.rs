@@ -13,8 +13,7 @@ use std::fmt::Write as _;
 use std::io::{self, BufRead};
 use std::time::SystemTime;
 
-use crate::model::Errno;
-use crate::output::records::{BindError, ConnectError, LeakStats, Record, Ts};
+use crate::output::records::{BindError, Caller, ConnectError, LeakStats, Record, Ts};
 
 pub use html::render as render_html;
 
@@ -166,21 +165,11 @@ impl Report {
                 }
             }
             Record::ConnectError(ConnectError {
-                ts,
-                pid,
-                comm,
-                errno,
-                suppressed,
-                ..
-            }) => self.error("connect", ts, pid, &comm, errno, suppressed),
+                caller, suppressed, ..
+            }) => self.error("connect", &caller, suppressed),
             Record::BindError(BindError {
-                ts,
-                pid,
-                comm,
-                errno,
-                suppressed,
-                ..
-            }) => self.error("bind", ts, pid, &comm, errno, suppressed),
+                caller, suppressed, ..
+            }) => self.error("bind", &caller, suppressed),
             Record::Lost(l) => self.lost += l.count,
             // What the report does not sum: counted, as are types this
             // version does not know.
@@ -203,10 +192,11 @@ impl Report {
     }
 
     /// A failure and the identical ones suppressed after it.
-    fn error(&mut self, call: &str, ts: Ts, pid: u32, comm: &str, errno: Errno, suppressed: u64) {
-        self.when(ts);
+    fn error(&mut self, call: &str, c: &Caller<'_>, suppressed: u64) {
+        self.when(c.ts);
+        let (pid, comm) = (c.pid, &c.comm);
         let n = 1 + suppressed;
-        let errno = errno.name().to_string();
+        let errno = c.errno.name().to_string();
         *self
             .errors
             .entry((call.to_string(), errno.clone()))
