@@ -60,6 +60,8 @@ pub mod owner_src {
     pub const IO: u32 = 3;
     /// Found in a process's fd table by the start-up snapshot.
     pub const SNAPSHOT: u32 = 4;
+    /// The task that accept()ed it.
+    pub const ACCEPT: u32 = 5;
 }
 
 /// Linux `AF_INET` / `AF_INET6`.
@@ -318,9 +320,22 @@ pub struct SockOffsets {
     /// `task_struct.start_boottime` (u64; `real_start_time` before 5.5), or
     /// OFFSET_ABSENT: processes then carry start 0, known by pid alone
     pub task_start: u32,
-    pub _pad: [u32; 1],
+    /// `task_struct.files` (struct files_struct *): accept()'s new fd to
+    /// its socket, with the five below
+    pub task_files: u32,
+    /// `files_struct.fdt` (struct fdtable *)
+    pub files_fdt: u32,
+    /// `fdtable.max_fds` (unsigned int)
+    pub fdt_max_fds: u32,
+    /// `fdtable.fd` (struct file **)
+    pub fdt_fd: u32,
+    /// `file.private_data` (void *: the `struct socket` of a socket file)
+    pub file_private: u32,
+    /// `socket.sk` (struct sock *)
+    pub socket_sk: u32,
+    pub _pad: [u32; 3],
 }
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 96);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 128);
 
 /// Everything userspace hands the programs at load time.
 #[repr(C)]
@@ -355,8 +370,13 @@ pub struct Config {
     /// Nanoseconds per /proc clock tick: owners seeded from /proc carry a
     /// start time rounded to it, so start times compare at this grain.
     pub tick_ns: u32,
+    /// Non-zero: refresh owners from every send and receive
+    /// (`--owner-from-io`), a per-message cost; zero: from accept(),
+    /// connect(), listen() and close only.
+    pub owner_from_io: u32,
+    pub _pad: [u32; 3],
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 128);
+const _: () = assert!(core::mem::size_of::<Config>() == 176);
 
 impl Config {
     /// Every offset absent: programs emit nothing until userspace fills it in.
@@ -385,7 +405,13 @@ impl Config {
             nsproxy_net: OFFSET_ABSENT,
             task_group_leader: OFFSET_ABSENT,
             task_start: OFFSET_ABSENT,
-            _pad: [0; 1],
+            task_files: OFFSET_ABSENT,
+            files_fdt: OFFSET_ABSENT,
+            fdt_max_fds: OFFSET_ABSENT,
+            fdt_fd: OFFSET_ABSENT,
+            file_private: OFFSET_ABSENT,
+            socket_sk: OFFSET_ABSENT,
+            _pad: [0; 3],
         },
         filter_pids: 0,
         stream_all: 0,
@@ -395,6 +421,8 @@ impl Config {
         filter_cgroups: 0,
         follow_forks: 0,
         tick_ns: 0,
+        owner_from_io: 0,
+        _pad: [0; 3],
     };
 }
 

@@ -14,13 +14,8 @@ use closetrace_common::{
 
 use crate::emit::{count, wakeup};
 use crate::filters::outside;
-use crate::kread::{current_netns, current_task};
+use crate::kread::{SYSCALL_ARG1, SYSCALL_ARG2, SYSCALL_RET, current_netns, current_task};
 use crate::maps::{CALLS, EVENTS, PIDS, config};
-
-// Offsets of the syscall tracepoints' fields (their format files, a stable ABI).
-const SYSCALL_ARG1: usize = 24;
-const SYSCALL_ARG2: usize = 32;
-const SYSCALL_RET: usize = 16;
 
 pub(crate) fn stash_call(ctx: &TracePointContext, which: u32) -> Result<(), i32> {
     let Some(slot) = CALLS.get_ptr_mut(0) else {

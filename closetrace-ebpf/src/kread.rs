@@ -11,6 +11,15 @@ use closetrace_common::{
 
 use crate::maps::config;
 
+// Offsets of the syscall tracepoints' fields (their format files, a stable ABI).
+pub(crate) const SYSCALL_ARG1: usize = 24;
+pub(crate) const SYSCALL_ARG2: usize = 32;
+pub(crate) const SYSCALL_RET: usize = 16;
+
+/// The offset that reads an array element itself rather than a field in
+/// it (for `fdtable.fd[fd]`): not a struct offset.
+pub(crate) const ELEMENT: u32 = 0;
+
 #[inline(always)]
 pub(crate) fn read<T>(base: *const u8, off: u32) -> Result<T, i32> {
     if off == OFFSET_ABSENT {
@@ -149,4 +158,23 @@ pub(crate) fn endpoints(sk: *const u8, off: &SockOffsets) -> Result<Endpoints, i
         saddr,
         daddr,
     })
+}
+
+/// The `struct sock` behind the current task's file descriptor `fd`,
+/// through its fd table: `files->fdt->fd[fd]->private_data->sk`. Only for
+/// an fd known to be a socket (accept()'s result).
+#[inline(always)]
+pub(crate) fn socket_of_fd(fd: u32, off: &SockOffsets) -> Option<*const u8> {
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let files = pointer(read(task, off.task_files))?;
+    let fdt = pointer(read(files, off.files_fdt))?;
+    let max_fds: u32 = read(fdt, off.fdt_max_fds).ok()?;
+    if fd >= max_fds {
+        return None;
+    }
+    let fds = pointer(read(fdt, off.fdt_fd))?;
+    let slot = fds.wrapping_add(fd as usize * size_of::<usize>());
+    let file = pointer(read(slot, ELEMENT))?;
+    let socket = pointer(read(file, off.file_private))?;
+    pointer(read(socket, off.socket_sk))
 }

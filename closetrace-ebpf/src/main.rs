@@ -4,8 +4,9 @@
 //! record stamped with the socket's owner. The owner is not `current`: most
 //! transitions run in softirq or in the peer's syscall, so the owner is kept
 //! per socket (by cookie) in `SOCKS` and refreshed only from process context:
-//! owner-only transitions (connect, listen, close), send/recv on the socket,
-//! and inheritance from the listener for accepted sockets.
+//! owner-only transitions (connect, listen, close), accept() for accepted
+//! sockets (their listener's owner until then), and, with
+//! `--owner-from-io`, every send and receive.
 //!
 //! Each entry point below is one line calling a `try_` function in its
 //! module: `state` (state changes), `owners` (send/recv, resets,
@@ -33,7 +34,7 @@ use closetrace_common::syscall;
 
 use calls::{finish_call, stash_call};
 use close::{try_close_fentry, try_close_kprobe};
-use owners::{shutdown_mark, try_io, try_reset};
+use owners::{shutdown_mark, try_accept, try_io, try_reset};
 use process_tree::{try_exit, try_fork};
 use state::try_state;
 
@@ -65,6 +66,16 @@ pub fn sys_enter_shutdown(_ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_shutdown")]
 pub fn sys_exit_shutdown(_ctx: TracePointContext) -> u32 {
     shutdown_mark(false).map_or_else(|e| e as u32, |()| 0)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    try_accept(&ctx).map_or_else(|e| e as u32, |()| 0)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    try_accept(&ctx).map_or_else(|e| e as u32, |()| 0)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]

@@ -1,16 +1,62 @@
-//! Owners learned outside state changes: send/recv in the caller's
-//! context, a peer's reset, and threads inside shutdown(2).
+//! Owners learned outside state changes: accept() in the acceptor's
+//! context (the default), send/recv in the caller's (`--owner-from-io`),
+//! a peer's reset, and threads inside shutdown(2).
 use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie},
-    programs::BtfTracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use closetrace_common::{SockInfo, flags, owner_src};
 
-use crate::kread::{current_start, current_task, is_tcp, same_start};
+use crate::kread::{
+    SYSCALL_RET, current_start, current_task, is_tcp, read, same_start, socket_of_fd,
+};
 use crate::maps::{IN_SHUTDOWN, SOCKS, config};
+
+/// accept() and accept4() return the new socket's fd in the acceptor's
+/// context: the acceptor owns it (each prefork worker its own sockets),
+/// learned once per connection instead of per message.
+pub(crate) fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
+    let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET)? };
+    if ret < 0 {
+        return Ok(());
+    }
+    let off = &config().offsets;
+    let Some(sk) = socket_of_fd(ret as u32, off) else {
+        return Ok(());
+    };
+    if !is_tcp(sk, off) {
+        return Ok(());
+    }
+    // The state hook asked for the cookie at the child's first transition;
+    // a classic tracepoint cannot call the helper, so read what it made.
+    let sock_id: u64 = read(sk, off.cookie)?;
+    if sock_id == 0 {
+        return Ok(());
+    }
+    let owner = current_task(off);
+    match SOCKS.get_ptr_mut(sock_id) {
+        // Known (it entered CLOSE_WAIT before it was accepted): keep when.
+        Some(p) => unsafe {
+            (*p).owner = owner;
+            (*p).owner_src = owner_src::ACCEPT;
+        },
+        None => {
+            let info = SockInfo {
+                owner,
+                owner_src: owner_src::ACCEPT,
+                state: u32::from(read::<u8>(sk, off.state)?),
+                since_ns: 0,
+                flags: 0,
+                _pad: 0,
+            };
+            let _ = SOCKS.insert(sock_id, info, BPF_ANY as u64);
+        }
+    }
+    Ok(())
+}
 
 /// send/recv on a TCP socket run in the caller's context: the caller holds it.
 pub(crate) fn try_io(ctx: &BtfTracePointContext) -> Result<(), i32> {

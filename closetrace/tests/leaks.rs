@@ -357,3 +357,80 @@ fn shutdown_is_not_a_close() {
         "no longer in CLOSE_WAIT: {summary}"
     );
 }
+
+/// A prefork server (nginx, php-fpm): the parent opens the listener and
+/// forks workers that accept on it. Each accepted socket belongs to the
+/// worker that accept()ed it, not to the parent that owns the listener:
+/// with `--states`, every CLOSE_WAIT names its worker.
+#[test]
+fn prefork_workers_own_what_they_accept() {
+    let Some(_k) = kernel_test("prefork_workers_own_what_they_accept") else {
+        return;
+    };
+    let mut server = Peer::spawn(&[
+        "server",
+        "--prefork",
+        "2",
+        "--connections",
+        "2",
+        "--never-close",
+    ]);
+    let port = server.value("LISTENING");
+    let workers: Vec<u32> = distinct_lines(&mut server, "WORKER ", 2)
+        .iter()
+        .map(|l| l[7..].parse().unwrap())
+        .collect();
+    let tracer = Tracer::start(&["--states"]);
+    for _ in 0..4 {
+        // Closed after a pause, so a worker has accepted it by then.
+        let mut c = Peer::spawn(&[
+            "client",
+            "--connect",
+            &format!("127.0.0.1:{port}"),
+            "--hold-ms",
+            "300",
+        ]);
+        c.wait_done();
+    }
+    let mut accepted_by = std::collections::HashMap::new();
+    for line in distinct_lines(&mut server, "ACCEPTED_BY ", 4) {
+        let mut it = line.split_whitespace().skip(1);
+        let (pid, peer): (u32, u16) = (
+            it.next().unwrap().parse().unwrap(),
+            it.next().unwrap().parse().unwrap(),
+        );
+        accepted_by.insert(peer, pid);
+    }
+    let out = tracer.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let close_waits: Vec<&Value> = out
+        .of_type("state")
+        .filter(|r| r["sport"] == port && r["new"] == "CLOSE_WAIT")
+        .collect();
+    assert_eq!(close_waits.len(), 4, "{close_waits:?}");
+    for r in close_waits {
+        let peer = r["dport"].as_u64().unwrap() as u16;
+        let worker = *accepted_by
+            .get(&peer)
+            .unwrap_or_else(|| panic!("no worker accepted {peer}: {accepted_by:?} {r}"));
+        assert!(workers.contains(&worker));
+        assert_eq!(r["pid"], worker, "the worker that accepted it: {r}");
+        assert_ne!(r["pid"], server.pid(), "not the parent: {r}");
+        assert_eq!(r["owner"], "accept", "{r}");
+    }
+}
+
+/// The first `n` different lines starting with `prefix` a peer printed.
+fn distinct_lines(peer: &mut Peer, prefix: &str, n: usize) -> Vec<String> {
+    let mut got: Vec<String> = Vec::new();
+    while got.len() < n {
+        let line = peer
+            .lines
+            .wait_for(Duration::from_secs(10), |l| {
+                l.starts_with(prefix) && !got.iter().any(|g| g == l)
+            })
+            .unwrap_or_else(|| panic!("only {got:?} starting with {prefix:?}"));
+        got.push(line);
+    }
+    got
+}

@@ -496,3 +496,41 @@ fn default_mode_counts_but_does_not_stream() {
         "only what findings need reaches userspace: {delivered} of {counted}"
     );
 }
+
+/// Owners come from accept(), not from every message: the send/recv hooks
+/// are attached only with --owner-from-io, and then owners come from I/O.
+#[test]
+fn owner_from_io_is_opt_in() {
+    let Some(_k) = kernel_test("owner_from_io_is_opt_in") else {
+        return;
+    };
+    let hooks = |t: &Tracer| -> Vec<String> {
+        t.ready["hooks"]
+            .as_array()
+            .expect("hooks")
+            .iter()
+            .map(|h| format!("{} {}", h["hook"], h["status"]))
+            .collect()
+    };
+    let plain = Tracer::start(&[]);
+    let listed = hooks(&plain);
+    assert!(
+        listed
+            .iter()
+            .any(|h| h.contains("sys_exit_accept") && h.contains("ok")),
+        "{listed:?}"
+    );
+    assert!(
+        !listed.iter().any(|h| h.contains("sock_send_length")),
+        "{listed:?}"
+    );
+    drop(plain);
+    let with_io = Tracer::start(&["--owner-from-io"]);
+    let listed = hooks(&with_io);
+    for hook in ["sock:sock_send_length", "sock:sock_recv_length"] {
+        assert!(
+            listed.iter().any(|h| h.contains(hook)),
+            "{hook}: {listed:?}"
+        );
+    }
+}

@@ -43,7 +43,10 @@ pub fn check(file: &str, src: &str) -> Vec<String> {
             continue;
         };
         let second = args.get(1).map(|a| a.trim()).unwrap_or("");
-        let ok = second.starts_with("off.") || second.starts_with("config().offsets.");
+        // ELEMENT (0) reads an array element itself: an index, not a field.
+        let ok = second.starts_with("off.")
+            || second.starts_with("config().offsets.")
+            || second == "ELEMENT";
         // `fn read<T>(base: *const u8, off: u32)` itself is the helper.
         let is_definition = src[..pos].trim_end().ends_with("fn");
         if !ok && !is_definition && args.len() == 2 {

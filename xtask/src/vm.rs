@@ -23,6 +23,8 @@ const TESTS: &[(&str, &str)] = &[
     ("leaks", "leaky_server_is_reported_with_its_fd"),
     ("leaks", "prompt_server_never_leaks"),
     ("leaks", "fork_names_the_child"),
+    // Owners from accept(): the fd-table offsets on each kernel.
+    ("leaks", "prefork_workers_own_what_they_accept"),
     ("leaks", "leak_from_before_startup_is_reported"),
     // The default mode's watched exit from CLOSE_WAIT, through fentry.
     ("leaks", "late_closer_is_reported_once_then_resolved"),

@@ -98,6 +98,15 @@ pub struct Cli {
     /// out).
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
     pub ring_buffer_size: Option<u32>,
+
+    /// Also learn owners from every send and receive (the sock_send_length
+    /// and sock_recv_length tracepoints, 6.3+). Off by default: owners come
+    /// from accept(), connect(), listen() and close, once per connection,
+    /// and this adds a program run to every message (see the README's
+    /// Performance section for what it costs). Useful where an fd is handed
+    /// to another process that neither accepted nor closes it.
+    #[arg(long)]
+    pub owner_from_io: bool,
 }
 
 #[derive(Debug, Subcommand)]

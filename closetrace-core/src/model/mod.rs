@@ -96,6 +96,8 @@ pub enum OwnerSource {
     Io,
     /// Found in a process's fd table at start-up.
     Snapshot,
+    /// The task that accept()ed it.
+    Accept,
 }
 
 impl OwnerSource {
@@ -106,6 +108,7 @@ impl OwnerSource {
             OwnerSource::Listener => "listener",
             OwnerSource::Io => "io",
             OwnerSource::Snapshot => "snapshot",
+            OwnerSource::Accept => "accept",
         }
     }
 }
@@ -119,6 +122,7 @@ impl TryFrom<u32> for OwnerSource {
             owner_src::LISTENER => OwnerSource::Listener,
             owner_src::IO => OwnerSource::Io,
             owner_src::SNAPSHOT => OwnerSource::Snapshot,
+            owner_src::ACCEPT => OwnerSource::Accept,
             other => return Err(other),
         })
     }

@@ -45,6 +45,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         netns: sel.netns,
         cgroups: sel.cgroup.as_ref().map(|(_, ids)| ids.as_slice()),
         follow_forks: !sel.roots.is_empty(),
+        owner_from_io: cli.owner_from_io,
     })?;
     let pids = follow_late_children(&mut kernel, &sel)?;
     kernel.hooks.push(existing.diag.clone());

@@ -95,6 +95,12 @@ struct ServeOptions {
     /// Never call accept(): connections pile up in the accept queue.
     #[arg(long)]
     no_accept: bool,
+    /// Fork this many workers after listening, each accepting
+    /// --connections on the inherited listener (a prefork server: nginx,
+    /// php-fpm); the parent only waits for them. Workers print
+    /// `WORKER <pid>` and `ACCEPTED_BY <pid> <peer port>`.
+    #[arg(long, default_value_t = 0)]
+    prefork: u32,
 }
 
 #[derive(clap::Args)]
@@ -161,6 +167,7 @@ fn serve(opts: ServeOptions, mode: ServeMode) -> anyhow::Result<()> {
         no_read,
         backlog,
         no_accept,
+        prefork,
     } = opts;
     // The blocked worker is forked first, so it holds no socket of ours.
     let worker_pipe = match mode {
@@ -179,11 +186,94 @@ fn serve(opts: ServeOptions, mode: ServeMode) -> anyhow::Result<()> {
     if no_accept {
         hold_forever(vec![l]);
     }
+    let serving = Serving {
+        connections,
+        close_delay_ms,
+        no_read,
+        worker_pipe,
+        worker: prefork > 0,
+    };
+    if prefork > 0 {
+        return prefork_workers(l, prefork, &serving, &mode);
+    }
+    let held = accept_loop(l, &serving, &mode)?;
+    say("DONE")?;
+    if !held.is_empty() {
+        hold_forever(held);
+    }
+    Ok(())
+}
+
+/// What each accept loop needs.
+struct Serving {
+    connections: u64,
+    close_delay_ms: u64,
+    no_read: bool,
+    worker_pipe: Option<(std::fs::File, std::fs::File)>,
+    /// A prefork worker: accepted connections are announced with its pid.
+    worker: bool,
+}
+
+/// `n` workers accepting on `l`, each until its connections are served;
+/// the parent waits for all, then says DONE. Workers die with the parent.
+fn prefork_workers(
+    l: TcpListener,
+    n: u32,
+    serving: &Serving,
+    mode: &ServeMode,
+) -> anyhow::Result<()> {
+    let mut workers = Vec::new();
+    for _ in 0..n {
+        // SAFETY: single-threaded process; the child runs the accept loop.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error()).context("fork");
+        }
+        if pid == 0 {
+            // SAFETY: prctl with constant arguments.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+            say(&format!("WORKER {}", std::process::id()))?;
+            let held = accept_loop(l, serving, mode)?;
+            if !held.is_empty() {
+                hold_forever(held);
+            }
+            std::process::exit(0);
+        }
+        workers.push(pid);
+    }
+    for pid in workers {
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+    }
+    Ok(say("DONE")?)
+}
+
+/// Accept and serve until `connections` are served; returns the
+/// connections it keeps open.
+fn accept_loop(
+    l: TcpListener,
+    serving: &Serving,
+    mode: &ServeMode,
+) -> anyhow::Result<Vec<TcpStream>> {
+    let Serving {
+        connections,
+        close_delay_ms,
+        no_read,
+        ref worker_pipe,
+        worker,
+    } = *serving;
     let mut held = Vec::new();
     let mut served = 0;
     while connections == 0 || served < connections {
         let (mut s, peer) = l.accept().context("accept")?;
-        if connections != 0 {
+        if worker {
+            say(&format!(
+                "ACCEPTED_BY {} {}",
+                std::process::id(),
+                peer.port()
+            ))?;
+        } else if connections != 0 {
             say(&format!("ACCEPTED {}", peer.port()))?;
             say(&format!("FD {}", s.as_raw_fd()))?;
         }
@@ -192,7 +282,7 @@ fn serve(opts: ServeOptions, mode: ServeMode) -> anyhow::Result<()> {
             while s.read(&mut buf).context("read")? > 0 {}
         }
         served += 1;
-        match &mode {
+        match mode {
             ServeMode::Plain => {
                 sleep(Duration::from_millis(close_delay_ms));
                 drop(s);
@@ -236,11 +326,7 @@ fn serve(opts: ServeOptions, mode: ServeMode) -> anyhow::Result<()> {
             }
         }
     }
-    say("DONE")?;
-    if !held.is_empty() {
-        hold_forever(held);
-    }
-    Ok(())
+    Ok(held)
 }
 
 enum ServeMode {

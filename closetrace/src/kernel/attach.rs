@@ -22,6 +22,7 @@ pub fn attach_all(
         "sock:inet_sock_set_state",
     )?;
     hooks.push(HookReport::ok("sock:inet_sock_set_state", Attach::TpBtf));
+    attach_owner_hooks(ebpf, btf, opts.owner_from_io, &mut hooks);
     attach_optional(ebpf, btf, &mut hooks);
     let (close_hook, report) = attach_close_hook(ebpf, btf, opts.close_hook);
     hooks.push(report);
@@ -36,9 +37,22 @@ fn required(result: Result<(), String>, hook: &str) -> Result<(), LoadError> {
     })
 }
 
-/// Hooks whose absence costs one detail, each said in its report.
-fn attach_optional(ebpf: &mut Ebpf, btf: &Btf, hooks: &mut Vec<HookReport>) {
-    // Owner refresh from send/recv: optional (the tracepoints are 6.3+).
+/// Where accepted sockets' owners come from: accept() by default, once a
+/// connection; every send and receive too with `--owner-from-io`.
+fn attach_owner_hooks(ebpf: &mut Ebpf, btf: &Btf, from_io: bool, hooks: &mut Vec<HookReport>) {
+    let accept =
+        attach_syscall_exit(ebpf, "accept").and_then(|()| attach_syscall_exit(ebpf, "accept4"));
+    hooks.push(optional_hook(
+        "syscalls:sys_exit_accept/sys_exit_accept4",
+        Attach::Tracepoint,
+        accept,
+        "accepted sockets are owned by their listener's owner until the acceptor closes or \
+         shuts them down",
+    ));
+    if !from_io {
+        return;
+    }
+    // The tracepoints are 6.3+.
     for (prog, hook) in [
         ("sock_send_length", "sock:sock_send_length"),
         ("sock_recv_length", "sock:sock_recv_length"),
@@ -47,10 +61,13 @@ fn attach_optional(ebpf: &mut Ebpf, btf: &Btf, hooks: &mut Vec<HookReport>) {
             hook,
             Attach::TpBtf,
             attach_btf_tp(ebpf, btf, prog, hook),
-            "owners of accepted sockets come from their listener until the acceptor closes or \
-             shuts them down",
+            "owners are not refreshed from I/O (--owner-from-io)",
         ));
     }
+}
+
+/// Hooks whose absence costs one detail, each said in its report.
+fn attach_optional(ebpf: &mut Ebpf, btf: &Btf, hooks: &mut Vec<HookReport>) {
     hooks.push(optional_hook(
         "tcp:tcp_receive_reset",
         Attach::TpBtf,
@@ -108,6 +125,12 @@ fn optional_hook(hook: &str, attach: Attach, result: Result<(), String>, cost: &
         Ok(()) => HookReport::ok(hook, attach),
         Err(reason) => HookReport::unavailable(hook, format!("{reason}; {cost}")),
     }
+}
+
+/// A syscall's exit tracepoint (program `sys_exit_NAME`).
+fn attach_syscall_exit(ebpf: &mut Ebpf, call: &str) -> Result<(), String> {
+    let exit = format!("sys_exit_{call}");
+    attach_tracepoint(ebpf, &exit, "syscalls", &exit)
 }
 
 /// A syscall's enter and exit tracepoints (programs `sys_enter_NAME` and

@@ -136,6 +136,8 @@ fn config(opts: &LoadOptions<'_>) -> Result<Config, LoadError> {
         filter_cgroups: u32::from(opts.cgroups.is_some()),
         follow_forks: u32::from(opts.follow_forks),
         tick_ns: procs::tick_ns() as u32,
+        owner_from_io: u32::from(opts.owner_from_io),
+        _pad: [0; 3],
     })
 }
 

@@ -57,6 +57,8 @@ pub struct LoadOptions<'a> {
     pub cgroups: Option<&'a [u64]>,
     /// `--pid-tree`: children of followed processes are followed.
     pub follow_forks: bool,
+    /// `--owner-from-io`: refresh owners on every send and receive.
+    pub owner_from_io: bool,
 }
 
 /// How application closes are observed.

@@ -84,7 +84,15 @@ pub fn resolve(btf: &Btf) -> Result<SockOffsets, OffsetError> {
             OFFSET_ABSENT => optional(field_offset(btf, "task_struct", "real_start_time", 8))?,
             off => off,
         },
-        _pad: [0; 1],
+        // An accepted socket's owner is whoever accept()ed it: the new fd
+        // leads to the socket through these.
+        task_files: field_offset(btf, "task_struct", "files", 8)?,
+        files_fdt: field_offset(btf, "files_struct", "fdt", 8)?,
+        fdt_max_fds: field_offset(btf, "fdtable", "max_fds", 4)?,
+        fdt_fd: field_offset(btf, "fdtable", "fd", 8)?,
+        file_private: field_offset(btf, "file", "private_data", 8)?,
+        socket_sk: field_offset(btf, "socket", "sk", 8)?,
+        _pad: [0; 3],
     })
 }
 
