@@ -25,6 +25,7 @@ const TESTS: &[(&str, &str)] = &[
     ("leaks", "fork_names_the_child"),
     // Owners from accept(): the fd-table offsets on each kernel.
     ("leaks", "prefork_workers_own_what_they_accept"),
+    ("state_stream", "owner_from_io_is_opt_in"),
     ("leaks", "leak_from_before_startup_is_reported"),
     // The default mode's watched exit from CLOSE_WAIT, through fentry.
     ("leaks", "late_closer_is_reported_once_then_resolved"),
