@@ -20,6 +20,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::bench_report::markdown;
+use crate::bench_servers;
 use crate::measure::{
     BpfStats, BpfStatsEnabled, Netns, RssSampler, bpf_stats, cpu_seconds, ensure_tracefs,
     interrupt_and_reap, machine, median, peak_rss_kib, tail,
@@ -36,7 +37,7 @@ pub(crate) enum Tracer {
 }
 
 impl Tracer {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Tracer::Untraced => "untraced",
             Tracer::Default => "closetrace (default)",
@@ -95,9 +96,9 @@ pub(crate) struct Trial {
     pub events: Option<u64>,
     pub lost: Option<u64>,
     /// Tracer CPU while the churn ran (user + sys).
-    cpu_s: Option<f64>,
+    pub cpu_s: Option<f64>,
     pub max_rss_kib: Option<u64>,
-    bpf: Option<BpfStats>,
+    pub bpf: Option<BpfStats>,
     pub summary: Option<Value>,
 }
 
@@ -139,6 +140,7 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     }
     let connections = if opts.quick { 1_000_000 } else { 5_000_000 };
     let bounded = bounded_run(&plan.bins, &plan.scratch, connections, &mut checks)?;
+    let servers = real_servers(&plan, &tracers, opts.quick)?;
     let report = json!({
         "closetrace": env!("CARGO_PKG_VERSION"),
         "date": today(),
@@ -147,6 +149,7 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         "rounds": plan.rounds,
         "seconds_per_trial": plan.seconds,
         "workloads": results,
+        "servers": servers,
         "bounded": bounded,
         "checks": checks.iter().map(|(n, ok, d)| json!({"check": n, "ok": ok, "detail": d})).collect::<Vec<_>>(),
         "bench_seconds": started.elapsed().as_secs(),
@@ -160,6 +163,29 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     });
     write_report(&report, &out)?;
     verdict(&checks)
+}
+
+/// The real-server loads (quick: the first, redis kept alive).
+fn real_servers(plan: &Plan, tracers: &[Tracer], quick: bool) -> anyhow::Result<Vec<Value>> {
+    bench_servers::ensure_packages()?;
+    let loads = if quick {
+        &bench_servers::LOADS[..1]
+    } else {
+        bench_servers::LOADS
+    };
+    loads
+        .iter()
+        .map(|l| {
+            bench_servers::load(
+                &plan.bins,
+                &plan.scratch,
+                tracers,
+                l,
+                plan.rounds,
+                plan.seconds,
+            )
+        })
+        .collect()
 }
 
 /// What every trial shares.

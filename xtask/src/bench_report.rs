@@ -74,6 +74,28 @@ pub fn markdown(r: &Value) -> String {
             );
         }
     }
+    for l in r["servers"].as_array().into_iter().flatten() {
+        s += &format!(
+            "\n**{}** (untraced: {} requests/s)\n\n",
+            l["load"].as_str().unwrap_or(""),
+            opt(&l["untraced_req_per_s"])
+        );
+        s += "| tracer | req/s | of untraced | BPF ns / run | BPF runs / request | CPU s |\n";
+        s += "|---|---:|---:|---:|---:|---:|\n";
+        for row in l["results"].as_array().into_iter().flatten() {
+            s += &format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                row["tracer"].as_str().unwrap_or(""),
+                opt(&row["req_per_s"]),
+                row["ratio"]
+                    .as_f64()
+                    .map_or("-".into(), |v| format!("{:.0} %", v * 100.0)),
+                opt(&row["bpf_ns_per_run"]),
+                opt(&row["bpf_runs_per_req"]),
+                opt(&row["cpu_s"]),
+            );
+        }
+    }
     let b = &r["bounded"];
     s += &format!(
         "\nBounded run: {} connections (client-close, 0.1% leaked) through closetrace: peak RSS {} MiB, \

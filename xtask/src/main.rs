@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 
 mod bench;
 mod bench_report;
+mod bench_servers;
 mod demo;
 mod fuzz;
 mod layers;
