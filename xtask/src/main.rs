@@ -69,7 +69,7 @@ enum Task {
         #[arg(long)]
         target: Option<String>,
     },
-    /// Churn benchmark: no tracer, closetrace (default and --states JSON),
+    /// Churn and real-server benchmark: no tracer, closetrace (default and --states JSON),
     /// and libbpf-tools tcpstates, side by side. Writes bench/results.json.
     Bench {
         /// CI subset (under 3 minutes): fails on loss at half rate or

@@ -111,6 +111,17 @@ impl LeakDetector {
         self.socks.contains_key(&sock_id)
     }
 
+    /// The kernel's account shows the socket in CLOSE_WAIT again: an
+    /// absence seen before was a dump that missed it (dumps of a busy hash
+    /// table skip sockets that move), not its end. Without this, two such
+    /// misses a grace period apart ended a live leak as `unknown`, and the
+    /// next scan found it again as a new one.
+    pub fn present(&mut self, sock_id: u64) {
+        if let Some(t) = self.socks.get_mut(&sock_id) {
+            t.absent_since_ns = None;
+        }
+    }
+
     /// A socket a scan found in CLOSE_WAIT, in it since `since_ns` (or, if
     /// `from_startup`, at least since then). Already tracked: unchanged.
     pub fn found(&mut self, sock: SockRef, owner: Option<Task>, since_ns: u64, from_startup: bool) {
@@ -388,5 +399,24 @@ mod tests {
             blame(Some(owner.clone()), &[holder(10, "srv", 4)]),
             Some(owner)
         );
+    }
+
+    #[test]
+    fn a_leak_missed_by_two_dumps_apart_stays_one_leak() {
+        let mut d = LeakDetector::new(S, 10);
+        d.on_state(&enter(7, 0));
+        assert!(!d.due(2 * S).is_empty());
+        // A busy dump misses it, the next one sees it again...
+        assert_eq!(d.absent(7, 3 * S), None, "within the grace period");
+        d.present(7);
+        // ...and one much later misses it once more: a new absence, not
+        // the end of the first one.
+        assert_eq!(d.absent(7, 3 * S + ABSENCE_GRACE_NS + 1), None);
+        assert!(d.is_tracked(7), "still the same leak");
+        // Really gone: absent for a whole grace period.
+        let r = d
+            .absent(7, 3 * S + 2 * ABSENCE_GRACE_NS + 2)
+            .expect("ended");
+        assert_eq!(r.how, How::Unknown);
     }
 }

@@ -41,6 +41,7 @@ impl Monitor {
         let present: HashSet<u64> = found.iter().map(|s| s.cookie).collect();
         for s in found {
             if self.leaks.is_tracked(s.cookie) {
+                self.leaks.present(s.cookie);
                 continue;
             }
             let (since, owner) = kernel.entered(s.cookie).unwrap_or((0, None));
@@ -119,6 +120,9 @@ impl Monitor {
                 self.resolve(&r, sink)?;
             }
             return Ok(());
+        }
+        if diag.is_some() {
+            self.leaks.present(id);
         }
         let holders: &[Holder] = view.map_or(&[], |v| v.holders_of(id));
         let owner = blame(d.tracked.owner.clone(), holders);
