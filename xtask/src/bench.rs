@@ -329,9 +329,7 @@ fn run_trial(
     // TIME_WAIT sockets (the kernel drops them with the namespace).
     let ns = &Netns::new(NETNS)?;
     let running = start_tracer(ns, bins, scratch, tracer, &[])?;
-    let pid = running.as_ref().map(|r| r.child.id());
-    let cpu_before = pid.and_then(cpu_seconds);
-    let bpf_before = pid.map(bpf_stats);
+    let base = Baseline::take(running.as_ref());
     let mut churn = ns.exec(&bins.churn.to_string_lossy());
     churn
         .args(w.churn)
@@ -345,18 +343,49 @@ fn run_trial(
         connections: churned["connections"].as_u64().unwrap_or(0),
         ..Trial::default()
     };
-    if let (Some(pid), Some(running)) = (pid, running) {
-        trial.cpu_s = cpu_seconds(pid).zip(cpu_before).map(|(a, b)| a - b);
-        if want_bpf {
-            let (a, b) = (bpf_stats(pid), bpf_before.unwrap_or_default());
-            trial.bpf = Some(BpfStats {
-                run_cnt: a.run_cnt - b.run_cnt,
-                run_time_ns: a.run_time_ns - b.run_time_ns,
-            });
-        }
-        finish_tracer(tracer, running, &mut trial)?;
-    }
+    settle(tracer, running, base, want_bpf, &mut trial)?;
     Ok(trial)
+}
+
+/// A tracer's CPU time and BPF counters before a load.
+pub(crate) struct Baseline {
+    pid: u32,
+    cpu_s: Option<f64>,
+    bpf: BpfStats,
+}
+
+impl Baseline {
+    pub(crate) fn take(running: Option<&Running>) -> Option<Baseline> {
+        let pid = running?.child.id();
+        Some(Baseline {
+            pid,
+            cpu_s: cpu_seconds(pid),
+            bpf: bpf_stats(pid),
+        })
+    }
+}
+
+/// After a load: what the tracer spent on it (CPU, and BPF counters when
+/// `want_bpf`), then stop it and read its summary, all into `trial`.
+pub(crate) fn settle(
+    tracer: Tracer,
+    running: Option<Running>,
+    base: Option<Baseline>,
+    want_bpf: bool,
+    trial: &mut Trial,
+) -> anyhow::Result<()> {
+    let (Some(running), Some(base)) = (running, base) else {
+        return Ok(());
+    };
+    trial.cpu_s = cpu_seconds(base.pid).zip(base.cpu_s).map(|(a, b)| a - b);
+    if want_bpf {
+        let now = bpf_stats(base.pid);
+        trial.bpf = Some(BpfStats {
+            run_cnt: now.run_cnt - base.bpf.run_cnt,
+            run_time_ns: now.run_time_ns - base.bpf.run_time_ns,
+        });
+    }
+    finish_tracer(tracer, running, trial)
 }
 
 pub(crate) fn run_churn(cmd: &mut Command) -> anyhow::Result<Value> {

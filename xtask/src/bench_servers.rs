@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::bench::{Bins, Tracer, Trial, finish_tracer, start_tracer};
-use crate::measure::{BpfStats, BpfStatsEnabled, Netns, bpf_stats, cpu_seconds, median};
+use crate::bench::{Baseline, Bins, Tracer, Trial, settle, start_tracer};
+use crate::measure::{BpfStatsEnabled, Netns, median};
 
 const NETNS: &str = "closetrace-bench-srv";
 const PORT: u16 = 16379;
@@ -236,21 +236,10 @@ pub fn trial(
     let ns = &Netns::new(NETNS)?;
     let _server = start_server(ns, load.server, scratch)?;
     let running = start_tracer(ns, bins, scratch, tracer, &[])?;
-    let pid = running.as_ref().map(|r| r.child.id());
-    let (cpu_before, bpf_before) = (pid.and_then(cpu_seconds), pid.map(bpf_stats));
+    let base = Baseline::take(running.as_ref());
     let req_per_s = drive(ns, load, seconds)?;
     let mut trial = Trial::default();
-    if let (Some(pid), Some(running)) = (pid, running) {
-        trial.cpu_s = cpu_seconds(pid).zip(cpu_before).map(|(a, b)| a - b);
-        if want_bpf {
-            let (a, b) = (bpf_stats(pid), bpf_before.unwrap_or_default());
-            trial.bpf = Some(BpfStats {
-                run_cnt: a.run_cnt - b.run_cnt,
-                run_time_ns: a.run_time_ns - b.run_time_ns,
-            });
-        }
-        finish_tracer(tracer, running, &mut trial)?;
-    }
+    settle(tracer, running, base, want_bpf, &mut trial)?;
     Ok(ServerTrial { req_per_s, trial })
 }
 

@@ -152,6 +152,14 @@ impl Summary {
             "closetrace: {} events in {:.1} s, {} lost, {} undecodable\n",
             self.events, duration_s, self.lost, self.undecodable
         );
+        if self.host_ticks_skipped > 0 {
+            let _ = writeln!(
+                s,
+                "  {} ticks asked the host nothing: its previous scan was still running \
+                 (findings came later; no event was lost to it)",
+                self.host_ticks_skipped
+            );
+        }
         if !self.time_wait_top.is_empty() {
             s += "  TIME_WAIT top destinations:\n";
             for (d, n, _) in &self.time_wait_top {
