@@ -44,8 +44,8 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     lines.wait_for(Duration::from_secs(15), |l| l.contains("CLOSE_WAIT LEAK"));
     let _ = interrupt_and_reap(tracer, Duration::from_secs(30));
     let Cast {
-        mut server,
-        mut api,
+        server: (mut server, _server_out),
+        api: (mut api, _api_out),
         fpm,
         restart,
     } = cast;
@@ -115,26 +115,28 @@ impl Stage {
         Ok((c, out))
     }
 
-    /// A peer, once it printed a line starting with `until`.
+    /// A peer, once it printed a line starting with `until`, with its
+    /// output: the reader must live as long as the peer, or the peer dies
+    /// of a closed pipe at its next line.
     fn peer_until(
         &self,
         comm: &str,
         args: &[&str],
         until: &str,
         secs: u64,
-    ) -> anyhow::Result<Child> {
+    ) -> anyhow::Result<(Child, Lines)> {
         let (child, mut out) = self.peer(comm, args)?;
         out.wait_for(Duration::from_secs(secs), |l| l.starts_with(until))
             .with_context(|| format!("{comm} never printed {until}"))?;
-        Ok(child)
+        Ok((child, out))
     }
 }
 
-/// The servers still running after the three acts, and the pids the
-/// checks name.
+/// The servers still running after the three acts (with their output
+/// readers), and the pids the checks name.
 struct Cast {
-    server: Child,
-    api: Child,
+    server: (Child, Lines),
+    api: (Child, Lines),
     fpm: u32,
     restart: u32,
 }
@@ -148,7 +150,7 @@ fn play(stage: &Stage) -> anyhow::Result<Cast> {
         "LISTENING",
         10,
     )?;
-    let mut client =
+    let (mut client, _out) =
         stage.peer_until("php-client", &["client", "--connect", SERVER], "DONE", 10)?;
     let _ = client.wait();
 
@@ -167,11 +169,11 @@ fn play(stage: &Stage) -> anyhow::Result<Cast> {
         "1000",
         "--until-error",
     ];
-    let mut fpm = stage.peer_until("php-fpm", &fpm_args, "ERROR", 20)?;
+    let (mut fpm, _out) = stage.peer_until("php-fpm", &fpm_args, "ERROR", 20)?;
     let _ = fpm.wait();
 
     say("3/3 a restart binds the port swoole-server still holds");
-    let mut restart =
+    let (mut restart, _out) =
         stage.peer_until("swoole-restart", &["bind", "--addr", SERVER], "ERROR", 10)?;
     let _ = restart.wait();
     Ok(Cast {

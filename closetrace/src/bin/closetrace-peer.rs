@@ -196,7 +196,9 @@ fn serve(opts: ServeOptions, mode: ServeMode) -> anyhow::Result<()> {
     if prefork > 0 {
         return prefork_workers(l, prefork, &serving, &mode);
     }
-    let held = accept_loop(l, &serving, &mode)?;
+    // By reference: the listener stays open while the leaked connections
+    // are held, as a real server's does.
+    let held = accept_loop(&l, &serving, &mode)?;
     say("DONE")?;
     if !held.is_empty() {
         hold_forever(held);
@@ -233,7 +235,7 @@ fn prefork_workers(
             // SAFETY: prctl with constant arguments.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
             say(&format!("WORKER {}", std::process::id()))?;
-            let held = accept_loop(l, serving, mode)?;
+            let held = accept_loop(&l, serving, mode)?;
             if !held.is_empty() {
                 hold_forever(held);
             }
@@ -252,7 +254,7 @@ fn prefork_workers(
 /// Accept and serve until `connections` are served; returns the
 /// connections it keeps open.
 fn accept_loop(
-    l: TcpListener,
+    l: &TcpListener,
     serving: &Serving,
     mode: &ServeMode,
 ) -> anyhow::Result<Vec<TcpStream>> {
@@ -301,7 +303,10 @@ fn accept_loop(
                 }
                 if pid == 0 {
                     say(&format!("CHILD {}", std::process::id()))?;
-                    drop(l);
+                    // The child holds the connection only, not the
+                    // listener; it never returns, so nothing closes it twice.
+                    // SAFETY: our own descriptor, closed once.
+                    unsafe { libc::close(l.as_raw_fd()) };
                     hold_forever(vec![s]);
                 }
                 drop(s);
