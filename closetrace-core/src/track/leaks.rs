@@ -6,7 +6,7 @@
 //! leaks ended. Reports back off (at ages T, 3T, 7T, 15T, ...) so a long
 //! leak is re-reported at most once per threshold period and ever more
 //! rarely, never flooding. Bounded: at capacity the oldest is dropped.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::model::{Holder, SockRef, StateChange, Task, TcpState};
 use crate::track::closes::{How, how_left_close_wait};
@@ -57,6 +57,9 @@ pub struct LeakDetector {
     socks: HashMap<u64, Tracked>,
     capacity: usize,
     dropped: u64,
+    /// Sockets whose CLOSE_WAIT ended since `mark`: a scan taken before
+    /// they ended may still list them, and must not bring them back.
+    ended_since_mark: HashSet<u64>,
 }
 
 impl LeakDetector {
@@ -66,7 +69,15 @@ impl LeakDetector {
             socks: HashMap::new(),
             capacity: capacity.max(1),
             dropped: 0,
+            ended_since_mark: HashSet::new(),
         }
+    }
+
+    /// A scan of the kernel's sockets is asked for now: what ends from
+    /// here on is remembered until the next mark, so that scan's answer,
+    /// older than the events seen by the time it arrives, cannot revive it.
+    pub fn mark(&mut self) {
+        self.ended_since_mark.clear();
     }
 
     /// Sockets in CLOSE_WAIT now.
@@ -125,7 +136,7 @@ impl LeakDetector {
     /// A socket a scan found in CLOSE_WAIT, in it since `since_ns` (or, if
     /// `from_startup`, at least since then). Already tracked: unchanged.
     pub fn found(&mut self, sock: SockRef, owner: Option<Task>, since_ns: u64, from_startup: bool) {
-        if !self.is_tracked(sock.id) {
+        if !self.is_tracked(sock.id) && !self.ended_since_mark.contains(&sock.id) {
             self.track(sock, owner, since_ns, from_startup);
         }
     }
@@ -144,6 +155,7 @@ impl LeakDetector {
         // Any other transition of a tracked socket means it left CLOSE_WAIT
         // (possibly through a transition whose event was lost).
         let tracked = self.socks.remove(&ev.sock.id)?;
+        self.ended_since_mark.insert(ev.sock.id);
         let how = if ev.old == TcpState::CloseWait {
             how_left_close_wait(ev)
         } else {
@@ -165,6 +177,7 @@ impl LeakDetector {
             return None;
         }
         let tracked = self.socks.remove(&sock_id)?;
+        self.ended_since_mark.insert(sock_id);
         self.resolved(tracked, now_ns, How::Unknown, None)
     }
 
@@ -418,5 +431,26 @@ mod tests {
             .absent(7, 3 * S + 2 * ABSENCE_GRACE_NS + 2)
             .expect("ended");
         assert_eq!(r.how, How::Unknown);
+    }
+
+    /// The scan's dump predates the reset that ended this leak: the leak
+    /// stays ended (it was counted twice, as a new one, before).
+    #[test]
+    fn a_stale_scan_does_not_revive_an_ended_leak() {
+        let mut d = LeakDetector::new(S, 10);
+        let ev = enter(9, 0);
+        let sock = ev.sock.clone();
+        d.on_state(&ev);
+        d.mark();
+        let mut rst = change(9, 9501, CloseWait, Close);
+        rst.context.reset = true;
+        assert!(d.on_state(&rst).is_some() || !d.is_tracked(9));
+        d.found(sock.clone(), None, S, false);
+        assert!(!d.is_tracked(9), "revived from a dump older than its end");
+        // The next scan is asked after the end: a socket of that id in
+        // CLOSE_WAIT then is news.
+        d.mark();
+        d.found(sock, None, 2 * S, false);
+        assert!(d.is_tracked(9));
     }
 }

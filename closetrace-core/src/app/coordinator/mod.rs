@@ -201,6 +201,7 @@ impl Monitor {
             cgroups: self.due.iter().map(|d| d.tracked.sock.cgroup).collect(),
         };
         self.tick_in_flight = true;
+        self.leaks.mark();
         self.jobs.push(Job::Tick(job));
     }
 
