@@ -380,10 +380,7 @@ pub(crate) fn settle(
     trial.cpu_s = cpu_seconds(base.pid).zip(base.cpu_s).map(|(a, b)| a - b);
     if want_bpf {
         let now = bpf_stats(base.pid);
-        trial.bpf = Some(BpfStats {
-            run_cnt: now.run_cnt - base.bpf.run_cnt,
-            run_time_ns: now.run_time_ns - base.bpf.run_time_ns,
-        });
+        trial.bpf = Some(now.since(&base.bpf));
     }
     finish_tracer(tracer, running, trial)
 }
@@ -558,11 +555,12 @@ fn summarize(
         "lost_pct": events.zip(lost).map(|(e, l)| round(100.0 * l / (e + l).max(1.0), 3)),
         "cpu_s": m(&|x| x.cpu_s).map(|v| round(v, 2)),
         "cpu_s_per_100k_events": cpu_per_100k.map(|v| round(v, 3)),
-        "bpf_ns_per_run": cost.and_then(|c| c.bpf?.ns_per_run()).map(f64::round),
+        "bpf_ns_per_run": cost.and_then(|c| c.bpf.as_ref()?.total().ns_per_run()).map(f64::round),
         "bpf_runs_per_conn": cost.and_then(|c| {
-            let b = c.bpf?;
+            let b = c.bpf.as_ref()?.total();
             (c.connections > 0).then(|| round(b.run_cnt as f64 / c.connections as f64, 1))
         }),
+        "bpf_programs": cost.and_then(|c| Some(programs_json(c.bpf.as_ref()?, c.connections as f64))),
         "peak_rss_mib": m(&|x| x.max_rss_kib.map(|k| k as f64 / 1024.0)).map(|v| round(v, 1)),
         "half_rate": half.map(|h| json!({
             "conn_per_s": h.conn_per_s.round(),
@@ -570,6 +568,24 @@ fn summarize(
             "lost": h.lost,
         })),
     })
+}
+
+/// Each program's ns per run and runs per unit of work (connection or
+/// request), the busiest first.
+pub(crate) fn programs_json(bpf: &BpfStats, units: f64) -> Value {
+    let mut programs: Vec<_> = bpf.programs.iter().filter(|(_, r)| r.run_cnt > 0).collect();
+    programs.sort_by_key(|(_, r)| std::cmp::Reverse(r.run_time_ns));
+    let rows: Vec<Value> = programs
+        .into_iter()
+        .map(|(name, r)| {
+            json!({
+                "program": name,
+                "ns_per_run": r.ns_per_run().map(f64::round),
+                "runs_per_unit": (units > 0.0).then(|| (r.run_cnt as f64 / units * 100.0).round() / 100.0),
+            })
+        })
+        .collect();
+    Value::Array(rows)
 }
 
 /// closetrace (default mode, 2 s leak threshold) through `connections`

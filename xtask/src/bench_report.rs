@@ -73,6 +73,7 @@ pub fn markdown(r: &Value) -> String {
                 opt(&row["half_rate"]["lost"]),
             );
         }
+        s += &per_program(w, "conn");
     }
     for l in r["servers"].as_array().into_iter().flatten() {
         s += &format!(
@@ -95,6 +96,7 @@ pub fn markdown(r: &Value) -> String {
                 opt(&row["cpu_s"]),
             );
         }
+        s += &per_program(l, "request");
     }
     let b = &r["bounded"];
     s += &format!(
@@ -108,6 +110,38 @@ pub fn markdown(r: &Value) -> String {
         opt(&b["leaks_reported"]),
         opt(&b["leaks_created"]),
     );
+    s
+}
+
+fn num(v: &Value) -> String {
+    v.as_f64().map_or("-".into(), |f| f.to_string())
+}
+
+/// One line per traced row: each BPF program's ns per run and runs per
+/// `unit`, the busiest first.
+fn per_program(load: &Value, unit: &str) -> String {
+    let mut s = String::new();
+    for row in load["results"].as_array().into_iter().flatten() {
+        let Some(programs) = row["bpf_programs"].as_array().filter(|p| !p.is_empty()) else {
+            continue;
+        };
+        let parts: Vec<String> = programs
+            .iter()
+            .map(|p| {
+                format!(
+                    "`{}` {} ns × {}",
+                    p["program"].as_str().unwrap_or("?"),
+                    num(&p["ns_per_run"]),
+                    num(&p["runs_per_unit"])
+                )
+            })
+            .collect();
+        s += &format!(
+            "\n{}, BPF ns per run × runs per {unit}: {}.\n",
+            row["tracer"].as_str().unwrap_or(""),
+            parts.join(", ")
+        );
+    }
     s
 }
 
@@ -127,7 +161,9 @@ mod tests {
                 {"tracer": "closetrace (default)", "conn_per_s": 45000.0, "retained": 0.9,
                  "events": 4.0, "lost": 0.0, "cpu_s": 0.01, "cpu_s_per_100k_events": 250.0,
                  "bpf_ns_per_run": 233.0, "bpf_runs_per_conn": 10.0, "peak_rss_mib": 49.2,
-                 "half_rate": {"lost": 0}},
+                 "half_rate": {"lost": 0},
+                 "bpf_programs": [{"program": "inet_sock_set_s", "ns_per_run": 90.0,
+                                   "runs_per_unit": 7.0}]},
             ]}],
             "bounded": {"connections": 1000, "peak_rss_mib": 49.0,
                         "rss_growth_after_first_quarter_mib": 0.1, "events": 10,
@@ -144,5 +180,11 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("1 of 1 leaks reported"), "{t}");
+        assert!(
+            t.contains(
+                "closetrace (default), BPF ns per run × runs per conn: `inet_sock_set_s` 90 ns × 7."
+            ),
+            "{t}"
+        );
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+use crate::bench::programs_json;
 use crate::bench::{Baseline, Bins, Tracer, Trial, settle, start_tracer};
 use crate::measure::{BpfStatsEnabled, Netns, median};
 
@@ -279,16 +280,17 @@ pub fn load(
             let _stats = BpfStatsEnabled::new()?;
             Some(trial(bins, scratch, t, load, seconds, true)?)
         };
-        let bpf = cost.as_ref().and_then(|c| c.trial.bpf);
+        let bpf = cost.as_ref().and_then(|c| c.trial.bpf.clone());
+        let reqs = cost.as_ref().map_or(0.0, |c| c.req_per_s) * seconds as f64;
         rows.push(json!({
             "tracer": t.name(),
             "req_per_s": rate.round(),
             "ratio": (rate / untraced * 1000.0).round() / 1000.0,
-            "bpf_ns_per_run": bpf.and_then(|b| b.ns_per_run()).map(f64::round),
-            "bpf_runs_per_req": bpf.map(|b| {
-                let reqs = cost.as_ref().map_or(0.0, |c| c.req_per_s) * seconds as f64;
-                ((b.run_cnt as f64 / reqs.max(1.0)) * 100.0).round() / 100.0
+            "bpf_ns_per_run": bpf.as_ref().and_then(|b| b.total().ns_per_run()).map(f64::round),
+            "bpf_runs_per_req": bpf.as_ref().map(|b| {
+                ((b.total().run_cnt as f64 / reqs.max(1.0)) * 100.0).round() / 100.0
             }),
+            "bpf_programs": bpf.as_ref().map(|b| programs_json(b, reqs)),
             "cpu_s": cost.as_ref().and_then(|c| c.trial.cpu_s).map(|c| (c * 100.0).round() / 100.0),
         }));
     }

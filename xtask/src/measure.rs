@@ -3,6 +3,7 @@
 //! memory, which a vfork-style spawn shares until exec), BPF program run
 //! time from the program fds' fdinfo (kernel.bpf_stats_enabled), and the
 //! network namespace the churn runs in.
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -41,46 +42,81 @@ pub fn interrupt_and_reap(child: Child, timeout: Duration) -> anyhow::Result<Opt
     }
 }
 
-/// Run count and run time summed over the BPF programs `pid` holds open.
+/// Run count and run time of one BPF program, or summed over several.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct BpfStats {
+pub struct RunStats {
     pub run_cnt: u64,
     pub run_time_ns: u64,
 }
 
-impl BpfStats {
+impl RunStats {
     pub fn ns_per_run(&self) -> Option<f64> {
         (self.run_cnt > 0).then(|| self.run_time_ns as f64 / self.run_cnt as f64)
     }
 }
 
+/// The BPF programs a process holds open, by program name (the kernel
+/// keeps 15 bytes of it), each program once.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BpfStats {
+    pub programs: BTreeMap<String, RunStats>,
+}
+
+impl BpfStats {
+    pub fn total(&self) -> RunStats {
+        self.programs
+            .values()
+            .fold(RunStats::default(), |a, p| RunStats {
+                run_cnt: a.run_cnt + p.run_cnt,
+                run_time_ns: a.run_time_ns + p.run_time_ns,
+            })
+    }
+
+    /// What ran between `earlier` and `self`.
+    pub fn since(&self, earlier: &BpfStats) -> BpfStats {
+        let programs = self
+            .programs
+            .iter()
+            .map(|(name, now)| {
+                let was = earlier.programs.get(name).copied().unwrap_or_default();
+                let run = RunStats {
+                    run_cnt: now.run_cnt.saturating_sub(was.run_cnt),
+                    run_time_ns: now.run_time_ns.saturating_sub(was.run_time_ns),
+                };
+                (name.clone(), run)
+            })
+            .collect();
+        BpfStats { programs }
+    }
+}
+
+/// The counters of every BPF program `pid` holds a descriptor for. Ids
+/// come from the fds' fdinfo, names from the kernel's program list.
 pub fn bpf_stats(pid: u32) -> BpfStats {
-    let mut seen = std::collections::HashSet::new();
-    let mut total = BpfStats::default();
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return total;
-    };
-    for entry in dir.flatten() {
-        let Ok(text) = fs::read_to_string(entry.path()) else {
-            continue;
-        };
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
-        // Program fds only, each program once (a program may have two fds).
-        let (Some(id), Some(cnt), Some(ns)) =
-            (field("prog_id:"), field("run_cnt:"), field("run_time_ns:"))
-        else {
-            continue;
-        };
-        if seen.insert(id) {
-            total.run_cnt += cnt;
-            total.run_time_ns += ns;
+    let mut ids = HashSet::new();
+    if let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) {
+        for entry in dir.flatten() {
+            let Ok(text) = fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            let id = text
+                .lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse::<u32>().ok());
+            ids.extend(id);
         }
     }
-    total
+    let mut stats = BpfStats::default();
+    for info in aya::programs::loaded_programs().flatten() {
+        if !ids.contains(&info.id()) {
+            continue;
+        }
+        let name = info.name_as_str().unwrap_or("?").to_string();
+        let run = stats.programs.entry(name).or_default();
+        run.run_cnt += info.run_count();
+        run.run_time_ns += info.run_time().as_nanos() as u64;
+    }
+    stats
 }
 
 /// `kernel.bpf_stats_enabled` set for as long as this lives.
@@ -302,11 +338,23 @@ mod tests {
         assert!(peak_rss_kib(me) >= now);
         // This process holds no BPF programs.
         assert_eq!(bpf_stats(me), BpfStats::default());
-        assert_eq!(BpfStats::default().ns_per_run(), None);
-        let s = BpfStats {
-            run_cnt: 4,
-            run_time_ns: 1000,
+        assert_eq!(BpfStats::default().total().ns_per_run(), None);
+        let run = |run_cnt, run_time_ns| RunStats {
+            run_cnt,
+            run_time_ns,
         };
-        assert_eq!(s.ns_per_run(), Some(250.0));
+        let before = BpfStats {
+            programs: [("a".to_string(), run(1, 100)), ("b".to_string(), run(0, 0))].into(),
+        };
+        let after = BpfStats {
+            programs: [
+                ("a".to_string(), run(5, 1100)),
+                ("b".to_string(), run(2, 60)),
+            ]
+            .into(),
+        };
+        let diff = after.since(&before);
+        assert_eq!(diff.programs["a"].ns_per_run(), Some(250.0));
+        assert_eq!(diff.total(), run(6, 1060));
     }
 }
