@@ -10,33 +10,36 @@ use closetrace_common::{CloseRecord, LOST_RINGBUF, RECORD_CLOSE, close_src, flag
 
 use crate::emit::{count, wakeup};
 use crate::filters::{outside, scanned, watched};
-use crate::kread::{current_exiting, current_task, endpoints, is_tcp, netns_of, read, sock_cgroup};
+use crate::kread::{
+    Btf, Mem, Probe, current_exiting, current_task, endpoints, is_tcp, netns_of, read, sock_cgroup,
+};
 use crate::maps::{EVENTS, PIDS, config};
 
 pub(crate) fn try_close_fentry(ctx: &FEntryContext) -> Result<(), i32> {
     let sk: *const u8 = ctx.arg(0);
     let sock_id = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-    emit_close(sk, sock_id, close_src::FENTRY)
+    emit_close::<Btf>(sk, sock_id, close_src::FENTRY)
 }
 
 pub(crate) fn try_close_kprobe(ctx: &ProbeContext) -> Result<(), i32> {
     let sk: *const u8 = ctx.arg(0).ok_or(1)?;
     // No cookie helper for kprobes: read the cookie the state hook generated.
     let sock_id: u64 = read(sk, config().offsets.cookie)?;
-    emit_close(sk, sock_id, close_src::KPROBE)
+    emit_close::<Probe>(sk, sock_id, close_src::KPROBE)
 }
 
-/// The application dropped its last reference to a TCP socket.
+/// The application dropped its last reference to a TCP socket. `M`: how
+/// `sk` may be read (a BTF pointer from fentry, a plain one from kprobe).
 #[inline(always)]
-pub(crate) fn emit_close(sk: *const u8, sock_id: u64, src: u32) -> Result<(), i32> {
+pub(crate) fn emit_close<M: Mem>(sk: *const u8, sock_id: u64, src: u32) -> Result<(), i32> {
     let cfg = config();
     let off = &cfg.offsets;
-    if sock_id == 0 || !is_tcp(sk, off) {
+    if sock_id == 0 || !is_tcp::<M>(sk, off) {
         return Ok(());
     }
-    let state = read::<u8>(sk, off.state)? as u32;
-    let netns = netns_of(sk, off);
-    let cgroup = sock_cgroup(sk, off);
+    let state = M::get::<u8>(sk, off.state)? as u32;
+    let netns = netns_of::<M>(sk, off);
+    let cgroup = sock_cgroup::<M>(sk, off);
     if outside(cfg, netns, cgroup) {
         return Ok(());
     }
@@ -49,7 +52,7 @@ pub(crate) fn emit_close(sk: *const u8, sock_id: u64, src: u32) -> Result<(), i3
     if state != CLOSE_WAIT && cfg.filter_pids != 0 && unsafe { PIDS.get(task.tgid) }.is_none() {
         return Ok(());
     }
-    let ep = endpoints(sk, off)?;
+    let ep = endpoints::<M>(sk, off)?;
     let fl = if current_exiting(off) {
         flags::CTX_EXITING
     } else {

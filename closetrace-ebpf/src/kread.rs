@@ -22,10 +22,46 @@ pub(crate) const ELEMENT: u32 = 0;
 
 #[inline(always)]
 pub(crate) fn read<T>(base: *const u8, off: u32) -> Result<T, i32> {
-    if off == OFFSET_ABSENT {
-        return Err(1);
+    Probe::get(base, off)
+}
+
+/// How a program reads kernel memory. The socket readers below take one,
+/// so each program uses the cheapest its arguments allow.
+pub(crate) trait Mem {
+    fn get<T>(base: *const u8, off: u32) -> Result<T, i32>;
+}
+
+/// `bpf_probe_read_kernel`: any pointer, in any program (a helper call,
+/// 30–50 ns here).
+pub(crate) struct Probe;
+
+/// A plain load through a BTF-typed pointer (a `tp_btf` or `fentry`
+/// argument, or a pointer field loaded through one): the verifier checks
+/// it against the kernel's BTF and turns it into a fault-guarded load, with
+/// no helper call. Only for fields of the pointer's own type: `inet_sport`,
+/// in `inet_sock` beyond `struct sock`, is refused by the verifier. Offsets
+/// come from `config()`, which the verifier reads as constants (.rodata is
+/// frozen).
+pub(crate) struct Btf;
+
+impl Mem for Probe {
+    #[inline(always)]
+    fn get<T>(base: *const u8, off: u32) -> Result<T, i32> {
+        if off == OFFSET_ABSENT {
+            return Err(1);
+        }
+        unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T) }
     }
-    unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T) }
+}
+
+impl Mem for Btf {
+    #[inline(always)]
+    fn get<T>(base: *const u8, off: u32) -> Result<T, i32> {
+        if off == OFFSET_ABSENT {
+            return Err(1);
+        }
+        Ok(unsafe { core::ptr::read_volatile(base.wrapping_add(off as usize) as *const T) })
+    }
 }
 
 /// The current task as an owner or caller: with its process's start time.
@@ -78,13 +114,13 @@ pub(crate) fn current_exiting(off: &SockOffsets) -> bool {
 }
 
 #[inline(always)]
-pub(crate) fn is_tcp(sk: *const u8, off: &SockOffsets) -> bool {
-    matches!(read::<u16>(sk, off.protocol), Ok(IPPROTO_TCP))
+pub(crate) fn is_tcp<M: Mem>(sk: *const u8, off: &SockOffsets) -> bool {
+    matches!(M::get::<u16>(sk, off.protocol), Ok(IPPROTO_TCP))
 }
 
 #[inline(always)]
-pub(crate) fn netns_of(sk: *const u8, off: &SockOffsets) -> u32 {
-    net_inum(pointer(read(sk, off.net)), off)
+pub(crate) fn netns_of<M: Mem>(sk: *const u8, off: &SockOffsets) -> u32 {
+    net_inum::<M>(pointer(M::get(sk, off.net)), off)
 }
 
 /// A pointer field; `None` when the kernel lacks the field or it is null.
@@ -95,17 +131,17 @@ pub(crate) fn pointer(field: Result<*const u8, i32>) -> Option<*const u8> {
 
 /// The inode of a `struct net`; 0 when unknown.
 #[inline(always)]
-pub(crate) fn net_inum(net: Option<*const u8>, off: &SockOffsets) -> u32 {
-    net.and_then(|n| read::<u32>(n, off.net_inum).ok())
+pub(crate) fn net_inum<M: Mem>(net: Option<*const u8>, off: &SockOffsets) -> u32 {
+    net.and_then(|n| M::get::<u32>(n, off.net_inum).ok())
         .unwrap_or(0)
 }
 
 /// The cgroup (v2) id a socket belongs to; 0 when unknown.
 #[inline(always)]
-pub(crate) fn sock_cgroup(sk: *const u8, off: &SockOffsets) -> u64 {
-    pointer(read(sk, off.sk_cgroup))
-        .and_then(|cgrp| pointer(read(cgrp, off.cgroup_kn)))
-        .and_then(|kn| read::<u64>(kn, off.kn_id).ok())
+pub(crate) fn sock_cgroup<M: Mem>(sk: *const u8, off: &SockOffsets) -> u64 {
+    pointer(M::get(sk, off.sk_cgroup))
+        .and_then(|cgrp| pointer(M::get(cgrp, off.cgroup_kn)))
+        .and_then(|kn| M::get::<u64>(kn, off.kn_id).ok())
         .unwrap_or(0)
 }
 
@@ -115,13 +151,14 @@ pub(crate) fn current_netns(off: &SockOffsets) -> u32 {
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let net = pointer(read(task, off.task_nsproxy))
         .and_then(|nsproxy| pointer(read(nsproxy, off.nsproxy_net)));
-    net_inum(net, off)
+    net_inum::<Probe>(net, off)
 }
 
-/// The local port: `skc_num`, or for sockets not yet hashed `inet_sport`.
+/// The local port: `skc_num`, or for sockets not yet hashed `inet_sport`
+/// (beyond `struct sock`, so always probed).
 #[inline(always)]
-pub(crate) fn local_port(sk: *const u8, off: &SockOffsets) -> u16 {
-    match read::<u16>(sk, off.num) {
+pub(crate) fn local_port<M: Mem>(sk: *const u8, off: &SockOffsets) -> u16 {
+    match M::get::<u16>(sk, off.num) {
         Ok(num) if num != 0 => num,
         _ => u16::from_be(read(sk, off.inet_sport).unwrap_or(0)),
     }
@@ -136,25 +173,25 @@ pub(crate) struct Endpoints {
 }
 
 #[inline(always)]
-pub(crate) fn endpoints(sk: *const u8, off: &SockOffsets) -> Result<Endpoints, i32> {
-    let family: u16 = read(sk, off.family)?;
+pub(crate) fn endpoints<M: Mem>(sk: *const u8, off: &SockOffsets) -> Result<Endpoints, i32> {
+    let family: u16 = M::get(sk, off.family)?;
     let mut saddr = [0u8; 16];
     let mut daddr = [0u8; 16];
     match family {
         AF_INET => {
-            saddr[..4].copy_from_slice(&read::<[u8; 4]>(sk, off.rcv_saddr)?);
-            daddr[..4].copy_from_slice(&read::<[u8; 4]>(sk, off.daddr)?);
+            saddr[..4].copy_from_slice(&M::get::<[u8; 4]>(sk, off.rcv_saddr)?);
+            daddr[..4].copy_from_slice(&M::get::<[u8; 4]>(sk, off.daddr)?);
         }
         AF_INET6 => {
-            saddr = read(sk, off.v6_rcv_saddr)?;
-            daddr = read(sk, off.v6_daddr)?;
+            saddr = M::get(sk, off.v6_rcv_saddr)?;
+            daddr = M::get(sk, off.v6_daddr)?;
         }
         _ => return Err(1),
     }
     Ok(Endpoints {
         family,
-        sport: local_port(sk, off),
-        dport: u16::from_be(read(sk, off.dport)?),
+        sport: local_port::<M>(sk, off),
+        dport: u16::from_be(M::get(sk, off.dport)?),
         saddr,
         daddr,
     })

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use closetrace_common::{SockInfo, flags, owner_src};
 
 use crate::kread::{
-    SYSCALL_RET, current_start, current_task, is_tcp, read, same_start, socket_of_fd,
+    Btf, Probe, SYSCALL_RET, current_start, current_task, is_tcp, read, same_start, socket_of_fd,
 };
 use crate::maps::{IN_SHUTDOWN, SOCKS, config};
 
@@ -27,7 +27,7 @@ pub(crate) fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
     let Some(sk) = socket_of_fd(ret as u32, off) else {
         return Ok(());
     };
-    if !is_tcp(sk, off) {
+    if !is_tcp::<Probe>(sk, off) {
         return Ok(());
     }
     // The state hook asked for the cookie at the child's first transition;
@@ -66,7 +66,7 @@ pub(crate) fn try_io(ctx: &BtfTracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let off = &config().offsets;
-    if !is_tcp(sk, off) {
+    if !is_tcp::<Btf>(sk, off) {
         return Ok(());
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;

@@ -19,8 +19,8 @@ use closetrace_common::{
 use crate::emit::{count, count_transition, wakeup};
 use crate::filters::{caused_by_owner, outside, scanned, watched};
 use crate::kread::{
-    current_exiting, current_task, current_thread, endpoints, is_tcp, local_port, netns_of, read,
-    sock_cgroup,
+    Btf, Mem, current_exiting, current_task, current_thread, endpoints, is_tcp, local_port,
+    netns_of, sock_cgroup,
 };
 use crate::maps::{EVENTS, IN_SHUTDOWN, LISTENERS, PIDS, SOCKS, config};
 
@@ -54,11 +54,11 @@ pub(crate) fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let (old, new) = (old as u32, new as u32);
     let cfg = config();
     let off = &cfg.offsets;
-    if !is_tcp(sk, off) {
+    if !is_tcp::<Btf>(sk, off) {
         return Ok(());
     }
     let filtered = cfg.filter_netns != 0 || cfg.filter_cgroups != 0;
-    if filtered && outside(cfg, netns_of(sk, off), sock_cgroup(sk, off)) {
+    if filtered && outside(cfg, netns_of::<Btf>(sk, off), sock_cgroup::<Btf>(sk, off)) {
         return Ok(());
     }
     // Hot path: ~7 transitions per connection. In the default mode most of
@@ -93,8 +93,8 @@ pub(crate) fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         TaskId::EMPTY
     };
     let listen_key = ListenKey {
-        netns: netns_of(sk, off),
-        port: local_port(sk, off),
+        netns: netns_of::<Btf>(sk, off),
+        port: local_port::<Btf>(sk, off),
         _pad: 0,
     };
     let o = owner_of(&t, &listen_key, &task);
@@ -263,7 +263,7 @@ fn sent(cfg: &Config, t: &Transition, o: &Owned, netns: u32) -> bool {
 fn context_flags(cfg: &Config, t: &Transition, o: &Owned, ctx_task: &TaskId) -> u16 {
     let off = &cfg.offsets;
     let mut fl = (o.known.flags as u16) & flags::SOCK_RESET;
-    if matches!(read::<i32>(t.sk, off.sk_err), Ok(e) if e != 0) {
+    if matches!(Btf::get::<i32>(t.sk, off.sk_err), Ok(e) if e != 0) {
         fl |= flags::SOCK_ERROR;
     }
     if t.tgid != 0 {
@@ -291,7 +291,7 @@ fn emit_state(
     now: u64,
 ) -> Result<(), i32> {
     let off = &cfg.offsets;
-    let ep = endpoints(t.sk, off)?;
+    let ep = endpoints::<Btf>(t.sk, off)?;
     let ctx_task = if t.by_owner { *task } else { current_thread() };
     let old_since_ns = if !o.known_ptr.is_null() && o.known.state == t.old {
         o.known.since_ns
@@ -299,7 +299,7 @@ fn emit_state(
         0
     };
     let fl = context_flags(cfg, t, o, &ctx_task);
-    let cgroup = sock_cgroup(t.sk, off);
+    let cgroup = sock_cgroup::<Btf>(t.sk, off);
     let Some(mut entry) = EVENTS.reserve::<StateRecord>(0) else {
         count(LOST_RINGBUF);
         return Ok(());
