@@ -14,8 +14,9 @@ use crate::kernel::RingMsg;
 use crate::model::clock::monotonic_ns;
 use crate::output::sink::Sink;
 
-/// Messages waiting between the ring-buffer reader and the coordinator.
-pub const CHANNEL_DEPTH: usize = 8192;
+/// Batches (of up to `RING_BATCH` messages) waiting between the
+/// ring-buffer reader and the coordinator.
+pub const CHANNEL_DEPTH: usize = 32;
 
 /// Undecodable records warned about one by one; the rest are counted.
 const UNDECODABLE_SHOWN: u64 = 5;
@@ -26,7 +27,7 @@ const LAST_ANSWER_WAIT: Duration = Duration::from_secs(2);
 
 /// Run until every sender is gone or the output fails.
 pub async fn consume(
-    mut rx: mpsc::Receiver<RingMsg>,
+    mut rx: mpsc::Receiver<Vec<RingMsg>>,
     worker: &mut Worker,
     monitor: &mut Monitor,
     sink: &mut Sink,
@@ -91,14 +92,16 @@ async fn last_answer(
 
 /// `first` and whatever else is already queued, then one flush.
 fn handle_batch(
-    first: RingMsg,
-    rx: &mut mpsc::Receiver<RingMsg>,
+    first: Vec<RingMsg>,
+    rx: &mut mpsc::Receiver<Vec<RingMsg>>,
     monitor: &mut Monitor,
     sink: &mut Sink,
 ) -> io::Result<()> {
     let mut next = Some(first);
-    while let Some(msg) = next {
-        handle(msg, monitor, sink)?;
+    while let Some(batch) = next {
+        for msg in batch {
+            handle(msg, monitor, sink)?;
+        }
         next = rx.try_recv().ok();
     }
     sink.flush()
@@ -138,7 +141,7 @@ mod tests {
     fn a_stuck_scan_does_not_stall_events() {
         let stuck = Stuck::new();
         let held = stuck.gate.lock().unwrap();
-        let mut worker = Worker::spawn(Box::new(stuck.host()), 1).unwrap();
+        let mut worker = Worker::spawn(Box::new(stuck.host())).unwrap();
         let mut monitor = Monitor::new(
             Settings {
                 threshold_ns: 1_000_000_000,
@@ -146,8 +149,8 @@ mod tests {
                 pids: vec![],
                 infer_closes: false,
                 stream_all: true,
-                own_netns: 1,
-                port_policy: None,
+                reach: crate::model::netns::NetnsReach::Own(1),
+                port_policies: Default::default(),
             },
             WallClock::from_offset(0),
         );
@@ -164,9 +167,15 @@ mod tests {
         assert!(monitor.awaits_answer());
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         let n = 1000;
-        for id in 0..n {
-            let ev = change(id, 9000, TcpState::Established, TcpState::FinWait1);
-            tx.try_send(RingMsg::Event(KernelEvent::State(ev))).unwrap();
+        for batch in (0..n).collect::<Vec<_>>().chunks(crate::kernel::RING_BATCH) {
+            let msgs = batch
+                .iter()
+                .map(|&id| {
+                    let ev = change(id, 9000, TcpState::Established, TcpState::FinWait1);
+                    RingMsg::Event(KernelEvent::State(ev))
+                })
+                .collect();
+            tx.try_send(msgs).unwrap();
         }
         drop(tx);
         let rt = tokio::runtime::Builder::new_current_thread()

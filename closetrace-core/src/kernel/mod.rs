@@ -3,6 +3,12 @@
 //! attaching and the ring buffer live in the `closetrace` crate's `kernel`.
 pub mod decode;
 
+/// Messages travel from the ring buffer to the coordinator in batches of
+/// up to this many: one channel operation per batch rather than per event
+/// (each is a semaphore, a lock and a wakeup), at no cost in latency since
+/// a batch is sent as soon as the ring buffer is empty.
+pub const RING_BATCH: usize = 256;
+
 /// Which tcp_close methods to try (`--close-hook`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum CloseHookChoice {

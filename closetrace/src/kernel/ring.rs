@@ -11,8 +11,8 @@ use closetrace_common::{LOST_RINGBUF, STATE_SLOTS, TRANSITION_SLOTS};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 
-use closetrace_core::kernel::RingMsg;
 use closetrace_core::kernel::decode::decode;
+use closetrace_core::kernel::{RING_BATCH, RingMsg};
 
 const LOST_POLL: Duration = Duration::from_millis(250);
 /// The kernel wakes the reader only once the ring is an eighth full (see
@@ -21,7 +21,7 @@ const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 pub async fn read_ring(
     ring: RingBuf<MapData>,
-    tx: mpsc::Sender<RingMsg>,
+    tx: mpsc::Sender<Vec<RingMsg>>,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     // SAFETY: the ring buffer owns its map fd and keeps it open, unreplaced,
@@ -51,20 +51,26 @@ pub async fn read_ring(
     }
 }
 
-/// Forward every record now in the ring buffer; false once nobody listens.
-async fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<RingMsg>) -> bool {
+/// Forward every record now in the ring buffer, in batches of up to
+/// `RING_BATCH`; false once nobody listens.
+async fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Vec<RingMsg>>) -> bool {
     loop {
-        // Decode while the item borrows the ring, then release it before
+        // Decode while each item borrows the ring, then release it before
         // awaiting channel space (which is where backpressure happens).
-        let msg = match ring.next() {
-            Some(item) => match decode(&item) {
+        let mut batch = Vec::with_capacity(RING_BATCH);
+        while batch.len() < RING_BATCH {
+            let Some(item) = ring.next() else { break };
+            batch.push(match decode(&item) {
                 Ok(ev) => RingMsg::Event(ev),
                 Err(e) => RingMsg::Undecodable(e),
-            },
-            None => return true,
-        };
-        if tx.send(msg).await.is_err() {
+            });
+        }
+        let emptied = batch.len() < RING_BATCH;
+        if !batch.is_empty() && tx.send(batch).await.is_err() {
             return false;
+        }
+        if emptied {
+            return true;
         }
     }
 }
@@ -110,7 +116,7 @@ impl Counters<'_> {
 
 pub async fn poll_lost(
     counters: Counters<'_>,
-    tx: mpsc::Sender<RingMsg>,
+    tx: mpsc::Sender<Vec<RingMsg>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut reported = 0u64;
@@ -124,7 +130,7 @@ pub async fn poll_lost(
         if total > reported {
             let count = total - reported;
             reported = total;
-            if tx.send(RingMsg::Lost { count, total }).await.is_err() {
+            if tx.send(vec![RingMsg::Lost { count, total }]).await.is_err() {
                 return;
             }
         }
