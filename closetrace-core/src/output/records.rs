@@ -11,9 +11,10 @@
 //! an age, an errno); every other field defaults when absent, so older
 //! files and trimmed lines still read.
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -510,8 +511,39 @@ impl Ts {
 
 impl Serialize for Ts {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_micros(self.0))
+        let Ok(since_epoch) = self.0.duration_since(UNIX_EPOCH) else {
+            return s.collect_str(&humantime::format_rfc3339_micros(self.0));
+        };
+        let mut text = [0u8; 27];
+        rfc3339_micros(since_epoch, &mut text);
+        // Only ASCII digits and separators were written.
+        s.serialize_str(std::str::from_utf8(&text).unwrap_or_default())
     }
+}
+
+/// `2026-11-30T09:03:55.511361Z` into `out`. The date and time of day
+/// are formatted once per second and kept: a busy stream stamps thousands
+/// of records within one.
+fn rfc3339_micros(since_epoch: Duration, out: &mut [u8; 27]) {
+    thread_local! {
+        static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+    }
+    let secs = since_epoch.as_secs();
+    SECOND.with_borrow_mut(|(cached, prefix)| {
+        if *cached != secs {
+            let whole = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs));
+            prefix.copy_from_slice(&whole.to_string().as_bytes()[..19]);
+            *cached = secs;
+        }
+        out[..19].copy_from_slice(prefix);
+    });
+    out[19] = b'.';
+    let mut micros = since_epoch.subsec_micros();
+    for digit in out[20..26].iter_mut().rev() {
+        *digit = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    out[26] = b'Z';
 }
 
 impl<'de> Deserialize<'de> for Ts {
@@ -577,6 +609,27 @@ mod tests {
                 runtime: crate::model::Runtime::CriO,
                 id: "ab".repeat(32),
             })
+        }
+    }
+
+    /// The cached per-second prefix never shows a stale second: the same
+    /// text as humantime's, for times within, across and back over seconds.
+    #[test]
+    fn timestamps_match_humantime() {
+        let base = 1_764_000_000_000_000u64;
+        for micros in [
+            0,
+            999_999,
+            1_000_000,
+            1_000_001,
+            86_400_000_000,
+            5,
+            59_999_999,
+        ] {
+            let t = UNIX_EPOCH + Duration::from_micros(base + micros);
+            let ours = serde_json::to_string(&Ts(t)).unwrap();
+            let theirs = format!("\"{}\"", humantime::format_rfc3339_micros(t));
+            assert_eq!(ours, theirs);
         }
     }
 
