@@ -4,6 +4,7 @@
 //! directory in the cgroup2 file system. Paths come from walking that file
 //! system, cached, so events stay cheap; container runtimes are recognised
 //! from the path alone.
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -181,17 +182,18 @@ pub fn container(id: u64) -> Option<Container> {
 }
 
 /// The container of cgroup `id` as far as the cache knows, without any
-/// I/O; an unknown id is looked up by the next `rescan_missed`.
-pub fn known_container(id: u64) -> Option<Container> {
+/// I/O; an unknown id is looked up by the next `rescan_missed`. `Err`:
+/// not known yet.
+fn known_container(id: u64) -> Result<Option<Container>, ()> {
     if id == 0 {
-        return None;
+        return Ok(None);
     }
-    let mut k = known().lock().ok()?;
+    let mut k = known().lock().map_err(|_| ())?;
     match k.containers.get(&id) {
-        Some(c) => c.clone(),
+        Some(c) => Ok(c.clone()),
         None => {
             k.missed = true;
-            None
+            Err(())
         }
     }
 }
@@ -203,12 +205,24 @@ pub fn rescan_missed() {
     }
 }
 
-/// Container names for records, from the cache only (see `Known`).
-pub struct CgroupContainers;
+/// Container names for records, from the cache only (see `Known`). The
+/// last answer the cache knew is kept here: a busy stream names the same
+/// few cgroups over and over, and a known id's answer never changes.
+#[derive(Default)]
+pub struct CgroupContainers {
+    last: RefCell<Option<(u64, Option<Container>)>>,
+}
 
 impl ContainerNames for CgroupContainers {
     fn container(&self, cgroup: u64) -> Option<Container> {
-        known_container(cgroup)
+        if let Some((id, c)) = self.last.borrow().as_ref()
+            && *id == cgroup
+        {
+            return c.clone();
+        }
+        let answer = known_container(cgroup).ok()?;
+        *self.last.borrow_mut() = Some((cgroup, answer.clone()));
+        answer
     }
 }
 
