@@ -352,9 +352,10 @@ pub struct Config {
     /// bytes wait in the ring buffer; the reader also drains on a timer.
     /// Zero: wake on every record the reader has not caught up with.
     pub wakeup_bytes: u32,
-    /// closetrace's own network namespace (inode). In the default mode its
-    /// CLOSE_WAIT sockets are found by sock_diag scans, not events: only
-    /// the ends of those userspace watches (`WATCH`) are sent. Zero: none.
+    /// The network namespace (inode) userspace scans. In the default mode
+    /// the CLOSE_WAIT sockets of a scanned namespace are found by sock_diag
+    /// scans, not events: only the ends of those userspace watches
+    /// (`WATCH`) are sent. Zero: none (unless `scan_all_netns`).
     pub own_netns: u32,
     /// Non-zero: only sockets (and callers) of this network namespace
     /// (inode) are seen at all, `--netns`.
@@ -374,7 +375,10 @@ pub struct Config {
     /// (`--owner-from-io`), a per-message cost; zero: from accept(),
     /// connect(), listen() and close only.
     pub owner_from_io: u32,
-    pub _pad: [u32; 3],
+    /// Non-zero: userspace scans every network namespace (it can enter
+    /// them), so every namespace counts as scanned (see `own_netns`).
+    pub scan_all_netns: u32,
+    pub _pad: [u32; 2],
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 176);
 
@@ -422,7 +426,8 @@ impl Config {
         follow_forks: 0,
         tick_ns: 0,
         owner_from_io: 0,
-        _pad: [0; 3],
+        scan_all_netns: 0,
+        _pad: [0; 2],
     };
 }
 

@@ -13,6 +13,7 @@ use closetrace_common::{
 use closetrace_core::app::coordinator::{Monitor, Settings};
 use closetrace_core::kernel::decode::decode;
 use closetrace_core::model::clock::WallClock;
+use closetrace_core::model::netns::NetnsReach;
 use closetrace_core::output::sink::{Format, Sink};
 
 const CONNECTIONS: u64 = 20_000;
@@ -111,8 +112,8 @@ fn round(records: &[Vec<u8>]) -> f64 {
         pids: vec![],
         infer_closes: false,
         stream_all: true,
-        own_netns: 4026531840,
-        port_policy: None,
+        reach: NetnsReach::Own(4026531840),
+        port_policies: Default::default(),
     };
     let clock = WallClock::sample();
     let mut monitor = Monitor::new(settings, clock);

@@ -15,7 +15,7 @@ pub(crate) fn outside(cfg: &Config, netns: u32, cgroup: u64) -> bool {
 /// CLOSE_WAIT sockets in this namespace are found by userspace scans.
 #[inline(always)]
 pub(crate) fn scanned(cfg: &Config, netns: u32) -> bool {
-    cfg.own_netns != 0 && netns == cfg.own_netns
+    cfg.scan_all_netns != 0 || (cfg.own_netns != 0 && netns == cfg.own_netns)
 }
 
 #[inline(always)]

@@ -126,7 +126,15 @@ fn the_units_capabilities_are_enough() {
         0,
         "closetrace has more than the unit grants: {eff:x}"
     );
-    assert_eq!(eff & (1 << cap_bit("CAP_SYS_ADMIN")), 0);
+    // After attaching it keeps what naming holders and entering other
+    // network namespaces need, and says why.
+    let kept = &tracer.ready["privileges"];
+    assert_eq!(
+        kept["kept"],
+        serde_json::json!(["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE", "CAP_SYS_ADMIN"]),
+        "{kept}"
+    );
+    assert!(kept["note"].as_str().unwrap().contains("setns"), "{kept}");
     let hooks = tracer.ready["hooks"].as_array().expect("hooks");
     assert!(
         hooks
@@ -146,4 +154,44 @@ fn the_units_capabilities_are_enough() {
     assert_eq!(leak["holders"][0]["pid"], server.pid(), "{leak}");
     let done = tracer.stop();
     assert!(done.status.success(), "{}", done.stderr);
+}
+
+/// Without CAP_SYS_ADMIN only closetrace's own namespace is read: it says
+/// so, and a leak in another namespace is still reported, from events.
+#[test]
+fn without_sys_admin_other_namespaces_come_from_events() {
+    let Some(_k) = kernel_test("without_sys_admin_other_namespaces_come_from_events") else {
+        return;
+    };
+    let set: Vec<String> = unit_caps()
+        .iter()
+        .filter(|c| *c != "CAP_SYS_ADMIN")
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let mut setpriv = Command::new("setpriv");
+    setpriv.arg(format!("--bounding-set=-all,{}", set.join(",")));
+    let mut tracer = Tracer::start_wrapped(setpriv, &["--close-wait-threshold", "1s"]);
+    let ns = support::Netns::new("nosysadmin");
+    let mut server = Peer::spawn_in(
+        &ns,
+        &["server", "--listen", "127.0.0.1:9501", "--never-close"],
+    );
+    server.value("LISTENING");
+    support::connect_once_in(&ns, 9501);
+    let leak = tracer.wait_record(Duration::from_secs(6), |r| {
+        r["type"] == "close_wait_leak" && r["sport"] == 9501
+    });
+    let done = tracer.stop();
+    let leak = leak.unwrap_or_else(|| panic!("no leak from events: {}", done.stderr));
+    assert_eq!(
+        leak["pid"],
+        server.pid(),
+        "the owner, from the kernel: {leak}"
+    );
+    assert!(
+        done.stderr
+            .contains("cannot enter other network namespaces"),
+        "{}",
+        done.stderr
+    );
 }

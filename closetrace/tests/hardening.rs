@@ -329,9 +329,10 @@ fn full_output_filesystem_is_a_clear_error() {
     }
 }
 
-/// Once attached, closetrace holds only the two capabilities naming leak
-/// holders needs, and still does its whole job with them: map updates
-/// (the CLOSE_WAIT watch), sock_diag, and another user's fd table.
+/// Once attached, closetrace holds only the capabilities naming leak
+/// holders and entering other network namespaces need, and still does its
+/// whole job with them: map updates (the CLOSE_WAIT watch), sock_diag, and
+/// another user's fd table.
 #[test]
 fn capabilities_are_dropped_after_attach() {
     let Some(_k) = kernel_test("capabilities_are_dropped_after_attach") else {
@@ -344,7 +345,10 @@ fn capabilities_are_dropped_after_attach() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert_eq!(kept, ["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"]);
+    assert_eq!(
+        kept,
+        ["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE", "CAP_SYS_ADMIN"]
+    );
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", tracer.child.id())).expect("status");
     let field = |name: &str| {
@@ -354,9 +358,9 @@ fn capabilities_are_dropped_after_attach() {
             .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
             .expect(name)
     };
-    let two = (1u64 << 2) | (1u64 << 19);
-    assert_eq!(field("CapEff:"), two, "{status}");
-    assert_eq!(field("CapPrm:"), two);
+    let three = (1u64 << 2) | (1u64 << 19) | (1u64 << 21);
+    assert_eq!(field("CapEff:"), three, "{status}");
+    assert_eq!(field("CapPrm:"), three);
     assert_eq!(field("CapAmb:"), 0);
     assert_eq!(field("NoNewPrivs:"), 1);
 

@@ -20,11 +20,11 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::bench_report::markdown;
-use crate::bench_servers;
 use crate::measure::{
     BpfStats, BpfStatsEnabled, Netns, RssSampler, bpf_stats, cpu_seconds, ensure_tracefs,
     interrupt_and_reap, machine, median, peak_rss_kib, tail,
 };
+use crate::{bench_scale, bench_servers};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Tracer {
@@ -74,6 +74,8 @@ pub struct Options {
     pub rounds: Option<usize>,
     pub seconds: Option<u64>,
     pub out: Option<PathBuf>,
+    /// Only the node-scale run.
+    pub scale_only: bool,
 }
 
 pub(crate) struct Bins {
@@ -85,8 +87,8 @@ pub(crate) struct Bins {
 /// A tracer while it runs, and where its output goes.
 pub(crate) struct Running {
     pub child: Child,
-    out: PathBuf,
-    err: PathBuf,
+    pub out: PathBuf,
+    pub err: PathBuf,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -134,12 +136,28 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     fs::create_dir_all(&plan.scratch)?;
     let started = Instant::now();
     let mut checks: Vec<(String, bool, String)> = Vec::new();
+    let size = if opts.quick {
+        &bench_scale::QUICK
+    } else {
+        &bench_scale::FULL
+    };
+    if opts.scale_only {
+        let scale = bench_scale::run(&plan.bins, &plan.scratch, size, &mut checks)?;
+        let out = opts
+            .out
+            .clone()
+            .unwrap_or_else(|| plan.scratch.join("scale.json"));
+        fs::write(&out, serde_json::to_string_pretty(&scale)?)?;
+        println!("{}", bench_scale::markdown(&scale));
+        return verdict(&checks);
+    }
     let mut results = Vec::new();
     for w in workloads {
         results.push(workload(&plan, &tracers, w, &mut checks)?);
     }
     let connections = if opts.quick { 1_000_000 } else { 5_000_000 };
     let bounded = bounded_run(&plan.bins, &plan.scratch, connections, &mut checks)?;
+    let scale = bench_scale::run(&plan.bins, &plan.scratch, size, &mut checks)?;
     let servers = real_servers(&plan, &tracers, opts.quick)?;
     let report = json!({
         "closetrace": env!("CARGO_PKG_VERSION"),
@@ -151,6 +169,7 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         "workloads": results,
         "servers": servers,
         "bounded": bounded,
+        "scale": scale,
         "checks": checks.iter().map(|(n, ok, d)| json!({"check": n, "ok": ok, "detail": d})).collect::<Vec<_>>(),
         "bench_seconds": started.elapsed().as_secs(),
     });
@@ -435,39 +454,43 @@ pub(crate) fn start_tracer(
         }
     };
     cmd.args(extra).stderr(File::create(&err)?);
-    let mut child = cmd
+    let child = cmd
         .spawn()
         .with_context(|| format!("starting {}", tracer.name()))?;
+    wait_ready(tracer, Running { child, out, err }).map(Some)
+}
+
+/// `r` once it is tracing: closetrace's `ready` record is out (tcpstates
+/// says nothing until its first event: it gets two seconds to attach).
+pub(crate) fn wait_ready(tracer: Tracer, mut r: Running) -> anyhow::Result<Running> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(st) = child.try_wait()? {
+        if let Some(st) = r.child.try_wait()? {
             bail!(
                 "{} exited early ({st}): {}",
                 tracer.name(),
-                fs::read_to_string(&err).unwrap_or_default()
+                fs::read_to_string(&r.err).unwrap_or_default()
             );
         }
         let ready = match tracer {
-            // tcpstates says nothing until its first event: give it time
-            // to attach.
             Tracer::Tcpstates => {
                 thread::sleep(Duration::from_secs(2));
                 // It must still be running: an attach failure exits.
-                if let Some(st) = child.try_wait()? {
+                if let Some(st) = r.child.try_wait()? {
                     bail!(
                         "tcpstates exited ({st}): {}",
-                        fs::read_to_string(&err).unwrap_or_default()
+                        fs::read_to_string(&r.err).unwrap_or_default()
                     );
                 }
                 true
             }
-            _ => fs::read_to_string(&out).is_ok_and(|t| t.contains("\"type\":\"ready\"")),
+            _ => fs::read_to_string(&r.out).is_ok_and(|t| t.contains("\"type\":\"ready\"")),
         };
         if ready {
-            return Ok(Some(Running { child, out, err }));
+            return Ok(r);
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
+            let _ = r.child.kill();
             bail!("{} never became ready", tracer.name());
         }
         thread::sleep(Duration::from_millis(50));

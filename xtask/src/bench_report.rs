@@ -110,6 +110,9 @@ pub fn markdown(r: &Value) -> String {
         opt(&b["leaks_reported"]),
         opt(&b["leaks_created"]),
     );
+    if r["scale"].is_object() {
+        s += &crate::bench_scale::markdown(&r["scale"]);
+    }
     s
 }
 

@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 
 mod bench;
 mod bench_report;
+mod bench_scale;
 mod bench_servers;
 mod demo;
 mod fuzz;
@@ -88,6 +89,11 @@ enum Task {
         /// Only write the .md table again from this results file.
         #[arg(long, value_name = "RESULTS_JSON", conflicts_with_all = ["quick", "rounds", "seconds", "out"])]
         render: Option<PathBuf>,
+        /// Only the node-scale run (many namespaces, sockets, TIME_WAIT and
+        /// processes), at the quick or full size; results to
+        /// target/bench/scale.json.
+        #[arg(long)]
+        scale_only: bool,
     },
     /// Bootstrap, check formatting and lints, run every test.
     Test {
@@ -370,6 +376,7 @@ fn main() -> anyhow::Result<()> {
             seconds,
             out,
             render: None,
+            scale_only,
         } => {
             bootstrap()?;
             build_release(&["closetrace", "closetrace-churn"])?;
@@ -380,6 +387,7 @@ fn main() -> anyhow::Result<()> {
                     rounds,
                     seconds,
                     out,
+                    scale_only,
                 },
             )?;
         }

@@ -3,7 +3,7 @@
 //! dump or /proc walk never stalls event consumption. The coordinator
 //! sends jobs and carries on; answers come back on a channel that the
 //! consume loop selects on, like the ring buffer's messages.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::mpsc as std_mpsc;
 use std::thread::{self, JoinHandle};
@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::host::Host;
 use crate::host::sockets::{DiagSocket, KernelView, SnapshotError};
+use crate::model::ports::PortPolicy;
 use crate::model::{Holder, SockError};
 use crate::track::timewait::{Dest, Tuple};
 
@@ -48,11 +49,18 @@ pub struct TickAnswer {
     pub job: TickJob,
     pub close_wait: Option<Result<Vec<DiagSocket>, SnapshotError>>,
     pub holders: Option<Result<KernelView, SnapshotError>>,
-    /// Timewait sockets by tuple, in closetrace's namespace.
+    /// Timewait sockets by tuple, in every namespace read.
     pub time_wait: Option<Result<Vec<Tuple>, SnapshotError>>,
+    /// The namespaces the CLOSE_WAIT and timewait lists cover (None: every
+    /// one the host reads).
+    pub read: Option<HashSet<u32>>,
     pub listeners: Option<Result<Vec<DiagSocket>, SnapshotError>>,
+    /// Each namespace's port sysctls, read with the timewait sockets.
+    pub policies: Option<HashMap<u32, PortPolicy>>,
     /// `--pid`, `--pid-tree`: the processes followed now.
     pub followed: Option<Vec<crate::track::followed::Process>>,
+    /// How long the reads took.
+    pub took_ms: f64,
 }
 
 #[derive(Debug)]
@@ -77,15 +85,15 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Start the thread. `netns` is the namespace `host` describes.
-    pub fn spawn(mut host: Box<dyn Host>, netns: u32) -> io::Result<Worker> {
+    /// Start the thread.
+    pub fn spawn(mut host: Box<dyn Host>) -> io::Result<Worker> {
         let (jobs, queue) = std_mpsc::channel::<Job>();
         let (answer, answers) = mpsc::unbounded_channel();
         let thread = thread::Builder::new()
             .name("closetrace-host".into())
             .spawn(move || {
                 while let Ok(job) = queue.recv() {
-                    if answer.send(run(host.as_mut(), job, netns)).is_err() {
+                    if answer.send(run(host.as_mut(), job)).is_err() {
                         return;
                     }
                 }
@@ -114,9 +122,9 @@ impl Drop for Worker {
     }
 }
 
-fn run(host: &mut dyn Host, job: Job, netns: u32) -> Answer {
+fn run(host: &mut dyn Host, job: Job) -> Answer {
     match job {
-        Job::Tick(job) => Answer::Tick(tick(host, job, netns)),
+        Job::Tick(job) => Answer::Tick(tick(host, job)),
         Job::BindHolders { error, suppressed } => Answer::BindHolders {
             error,
             suppressed,
@@ -129,30 +137,90 @@ fn run(host: &mut dyn Host, job: Job, netns: u32) -> Answer {
     }
 }
 
-fn tick(host: &mut dyn Host, job: TickJob, netns: u32) -> TickAnswer {
+fn tick(host: &mut dyn Host, job: TickJob) -> TickAnswer {
+    let started = std::time::Instant::now();
     host.learn_containers(&job.cgroups);
+    let dump = dump(host, &job);
+    let read = dump.as_ref().and_then(|_| host.namespaces_read());
+    let listeners = job.ports.then(|| host.listeners());
+    let policies = job.ports.then(|| host.port_policies());
+    let (mut close_wait, mut time_wait, mut holders) = (None, None, None);
+    match dump {
+        None => {}
+        Some(Err(e)) => {
+            close_wait = job.close_wait.then(|| failed(&e));
+            holders = job.holders.then(|| failed(&e));
+            time_wait = job.ports.then(|| failed(&e));
+        }
+        Some(Ok(d)) => {
+            if job.holders {
+                let by_cookie = d.close_wait.iter().map(|s| (s.cookie, s.clone())).collect();
+                let view = KernelView {
+                    by_cookie,
+                    holders: host.holders(),
+                };
+                holders = Some(Ok(view));
+            }
+            close_wait = job.close_wait.then_some(Ok(d.close_wait));
+            time_wait = job.ports.then_some(Ok(d.time_wait));
+        }
+    }
     TickAnswer {
-        time_wait: job.ports.then(|| time_wait(host, netns)),
-        listeners: job.ports.then(|| host.listeners()),
-        close_wait: job.close_wait.then(|| host.close_wait()),
-        holders: job.holders.then(|| host.close_wait_holders()),
+        close_wait,
+        holders,
+        time_wait,
+        read,
+        listeners,
+        policies,
         followed: host.followed(),
+        took_ms: started.elapsed().as_secs_f64() * 1000.0,
         job,
     }
 }
 
-/// Timewait sockets as tuples, taken one by one from the dump.
-fn time_wait(host: &mut dyn Host, netns: u32) -> Result<Vec<Tuple>, SnapshotError> {
-    let mut tuples = Vec::new();
-    host.visit_time_wait(&mut |s| tuples.push(timewait_tuple(netns, &s)))?;
-    Ok(tuples)
+/// The one dump's failure, for each part that needed it.
+fn failed<T>(e: &SnapshotError) -> Result<T, SnapshotError> {
+    Err(SnapshotError::Netlink(io::Error::other(e.to_string())))
 }
 
-/// A timewait socket from the dump, in namespace `netns`.
-pub fn timewait_tuple(netns: u32, s: &DiagSocket) -> Tuple {
+/// One tick's sockets, from one dump per namespace and family: CLOSE_WAIT
+/// (for the scan and the holders), and timewait sockets as tuples.
+struct Dump {
+    close_wait: Vec<DiagSocket>,
+    time_wait: Vec<Tuple>,
+}
+
+fn dump(host: &mut dyn Host, job: &TickJob) -> Option<Result<Dump, SnapshotError>> {
+    use closetrace_common::tcp_state::{CLOSE_WAIT, FIN_WAIT2, TIME_WAIT};
+    let mut states = 0u32;
+    if job.close_wait || job.holders {
+        states |= 1 << CLOSE_WAIT;
+    }
+    if job.ports {
+        states |= (1 << TIME_WAIT) | (1 << FIN_WAIT2);
+    }
+    if states == 0 {
+        return None;
+    }
+    let mut d = Dump {
+        close_wait: Vec::new(),
+        time_wait: Vec::new(),
+    };
+    let result = host.visit_sockets(states, &mut |s| {
+        if s.is_timewait() {
+            d.time_wait.push(timewait_tuple(&s));
+        } else if s.state == crate::model::TcpState::CloseWait {
+            d.close_wait.push(s);
+        }
+    });
+    Some(result.map(|()| d))
+}
+
+/// A timewait socket from the dump.
+pub fn timewait_tuple(s: &DiagSocket) -> Tuple {
     (
         Dest {
-            netns,
+            netns: s.netns,
             saddr: s.saddr,
             daddr: s.daddr,
             dport: s.dport,
@@ -213,23 +281,29 @@ pub(crate) mod tests {
             wqueue: 0,
             drops: None,
             cgroup: 0,
+            netns: 5,
         }
     }
 
     impl Host for Slow {
-        fn close_wait(&mut self) -> Result<Vec<DiagSocket>, SnapshotError> {
-            let _wait = self.gate.lock().unwrap();
-            *self.calls.lock().unwrap() += 1;
-            Ok(vec![sock(7, TcpState::CloseWait)])
-        }
-        fn close_wait_holders(&mut self) -> Result<KernelView, SnapshotError> {
-            Ok(KernelView::empty())
-        }
-        fn visit_time_wait(
+        /// Every state asked for, in one dump: a CLOSE_WAIT socket, a
+        /// TIME_WAIT one, and a full FIN_WAIT2 one (not a timewait socket).
+        fn visit_sockets(
             &mut self,
+            states: u32,
             visit: &mut dyn FnMut(DiagSocket),
         ) -> Result<(), SnapshotError> {
-            visit(sock(8, TcpState::TimeWait));
+            let _wait = self.gate.lock().unwrap();
+            *self.calls.lock().unwrap() += 1;
+            for s in [
+                sock(7, TcpState::CloseWait),
+                sock(8, TcpState::TimeWait),
+                sock(9, TcpState::FinWait2),
+            ] {
+                if states & (1 << s.state as u32) != 0 {
+                    visit(s);
+                }
+            }
             Ok(())
         }
         fn listeners(&mut self) -> Result<Vec<DiagSocket>, SnapshotError> {
@@ -259,7 +333,7 @@ pub(crate) mod tests {
     fn a_slow_host_does_not_block_the_submitter() {
         let stuck = Stuck::new();
         let held = stuck.gate.lock().unwrap();
-        let mut w = Worker::spawn(Box::new(stuck.host()), 5).unwrap();
+        let mut w = Worker::spawn(Box::new(stuck.host())).unwrap();
         assert!(w.submit(Job::Tick(job(1))));
         assert!(w.submit(Job::Tick(job(2))));
         std::thread::sleep(Duration::from_millis(50));
@@ -274,8 +348,14 @@ pub(crate) mod tests {
                 panic!("no tick answer");
             };
             assert_eq!(a.job.now_ns, want);
-            assert_eq!(a.close_wait.unwrap().unwrap()[0].cookie, 7);
+            let cw = a.close_wait.unwrap().unwrap();
+            assert_eq!(cw.iter().map(|s| s.cookie).collect::<Vec<_>>(), [7]);
             let tw = a.time_wait.unwrap().unwrap();
+            assert_eq!(
+                tw.len(),
+                1,
+                "a full FIN_WAIT2 socket holds no timewait slot"
+            );
             assert_eq!((tw[0].0.netns, tw[0].1), (5, 9000));
             assert!(a.holders.is_none(), "not asked for");
         }

@@ -3,33 +3,49 @@
 //! coordinator reaches it through the `Host` trait, from a worker thread.
 pub mod cgroups;
 pub mod filters;
+pub mod netns;
 pub mod privileges;
 pub mod procs;
 pub mod sockets;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use crate::model::Holder;
+use crate::model::netns::NetnsReach;
 use crate::model::ports::PortPolicy;
+use netns::{Namespace, NetnsError, Switcher};
 use sockets::{DiagSocket, KernelView, SnapshotError};
 
-/// What the coordinator asks of the running system. Every call blocks
+/// What the coordinator asks of the running system, in every network
+/// namespace it reads (each socket says which). Every call blocks
 /// (netlink dumps, walks of /proc), so the coordinator never calls these
 /// itself: a worker thread does, and hands back the answers.
 pub trait Host: Send {
-    /// This namespace's CLOSE_WAIT sockets.
-    fn close_wait(&mut self) -> Result<Vec<DiagSocket>, SnapshotError>;
-    /// This namespace's CLOSE_WAIT sockets with the processes holding them.
-    fn close_wait_holders(&mut self) -> Result<KernelView, SnapshotError>;
-    /// Every timewait socket (TIME_WAIT, and FIN_WAIT2 handed over early),
-    /// one at a time: there can be a hundred thousand.
-    fn visit_time_wait(&mut self, visit: &mut dyn FnMut(DiagSocket)) -> Result<(), SnapshotError>;
+    /// TCP sockets whose state is in `states` (bit N is state N), one at a
+    /// time: there can be a hundred thousand TIME_WAIT sockets. Each dump
+    /// walks the kernel's whole established hash (it is shared by every
+    /// namespace), so a tick asks once for all the states it needs.
+    fn visit_sockets(
+        &mut self,
+        states: u32,
+        visit: &mut dyn FnMut(DiagSocket),
+    ) -> Result<(), SnapshotError>;
     /// Listeners, with their drop counters.
     fn listeners(&mut self) -> Result<Vec<DiagSocket>, SnapshotError>;
     /// Socket inode -> every process holding it.
     fn holders(&mut self) -> HashMap<u32, Vec<Holder>>;
     /// Every socket, with its holders (who holds a port a bind() wanted).
     fn everything(&mut self) -> Result<KernelView, SnapshotError>;
+    /// Each namespace's ephemeral ports, by namespace inode.
+    fn port_policies(&mut self) -> HashMap<u32, PortPolicy> {
+        HashMap::new()
+    }
+    /// The namespaces the last call read (a namespace skipped, or gone,
+    /// says nothing about its sockets); None: every one it covers.
+    fn namespaces_read(&self) -> Option<HashSet<u32>> {
+        None
+    }
     /// Make sure the container names of these cgroups are known to whoever
     /// names containers in records (rescanning cgroupfs if one is new).
     fn learn_containers(&mut self, _cgroups: &[u64]) {}
@@ -54,30 +70,164 @@ pub fn port_policy() -> Result<PortPolicy, String> {
     )
 }
 
-/// The running system, as closetrace's own namespace shows it.
-pub struct System;
+/// The running system, read in every namespace `reach` covers: each is
+/// entered on the calling thread (the host worker's, or start-up's) and
+/// left again, and every socket listed is tagged with its namespace.
+pub struct System {
+    reach: NetnsReach,
+    /// The namespace this process is in, readable without switching.
+    own: u32,
+    /// Made on first use, on the thread that reads (namespaces are per
+    /// thread); None until then, or when it cannot be made.
+    switcher: Option<Switcher>,
+    /// The namespaces found, and when: found again at most every
+    /// `REDISCOVER`, so one tick's reads share one list.
+    found: Option<(Instant, Vec<Namespace>)>,
+    /// A namespace could not be left: every later read would be wrong, so
+    /// none is made again.
+    stranded: bool,
+    /// The namespaces the last `each` read.
+    read: HashSet<u32>,
+}
+
+/// How long one discovery of namespaces serves: below a tick, so that a
+/// namespace created while tracing is read by the next tick or the one after.
+const REDISCOVER: Duration = Duration::from_millis(500);
+
+impl System {
+    pub fn new(reach: NetnsReach) -> System {
+        System {
+            reach,
+            own: sockets::own_netns().unwrap_or(0),
+            switcher: None,
+            found: None,
+            stranded: false,
+            read: HashSet::new(),
+        }
+    }
+
+    pub fn reach(&self) -> NetnsReach {
+        self.reach
+    }
+
+    /// The namespaces to read now.
+    fn namespaces(&mut self) -> Vec<Namespace> {
+        let home = self.reach.home();
+        let only_home = || {
+            vec![Namespace {
+                inode: home,
+                path: "/proc/thread-self/ns/net".into(),
+            }]
+        };
+        let wanted = match self.reach {
+            NetnsReach::Own(_) => return only_home(),
+            NetnsReach::All { .. } => None,
+            NetnsReach::One(n) => Some(n),
+        };
+        let fresh = self
+            .found
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < REDISCOVER);
+        if !fresh {
+            self.found = Some((Instant::now(), netns::discover()));
+        }
+        let all = self.found.as_ref().map_or(&[][..], |(_, v)| v.as_slice());
+        all.iter()
+            .filter(|n| wanted.is_none_or(|w| w == n.inode))
+            .cloned()
+            .collect()
+    }
+
+    /// `read` run inside each namespace, with its inode: the answers of
+    /// those that could be read. Only the home namespace failing is an
+    /// error; others come and go, and are skipped when gone.
+    fn each<T>(
+        &mut self,
+        mut read: impl FnMut(u32) -> Result<T, SnapshotError>,
+    ) -> Result<Vec<T>, SnapshotError> {
+        let home = self.reach.home();
+        let namespaces = self.namespaces();
+        if self.switcher.is_none() && self.reach.switches(self.own) {
+            self.switcher = Switcher::new()
+                .inspect_err(|e| log::warn!("cannot enter other network namespaces: {e}"))
+                .ok();
+        }
+        let mut out = Vec::with_capacity(namespaces.len());
+        self.read.clear();
+        for ns in &namespaces {
+            let answer = match (&self.switcher, self.stranded) {
+                (_, true) => continue,
+                (Some(s), false) => s.within(ns, || read(ns.inode)),
+                (None, false) if ns.inode == self.own => Ok(read(ns.inode)),
+                (None, false) => continue,
+            };
+            match answer {
+                Ok(Ok(v)) => {
+                    self.read.insert(ns.inode);
+                    out.push(v);
+                }
+                Ok(Err(e)) if ns.inode == home => return Err(e),
+                Ok(Err(e)) => log::debug!("network namespace {}: {e}", ns.inode),
+                Err(NetnsError::Return(e)) => {
+                    log::error!(
+                        "cannot return to closetrace's network namespace ({e}): no more reads"
+                    );
+                    self.stranded = true;
+                }
+                Err(e) => log::debug!("{e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sockets in `states` in every namespace read, tagged.
+    fn sockets(&mut self, states: u32, meminfo: bool) -> Result<Vec<DiagSocket>, SnapshotError> {
+        let per_ns = self.each(|netns| {
+            let mut v = sockets::tcp_sockets_both(states, meminfo)?;
+            v.iter_mut().for_each(|s| s.netns = netns);
+            Ok(v)
+        })?;
+        Ok(per_ns.into_iter().flatten().collect())
+    }
+
+    /// Every socket a process can hold, with its holders: the start-up
+    /// snapshot.
+    pub fn snapshot(&mut self) -> Result<KernelView, SnapshotError> {
+        self.view(sockets::states::HELD)
+    }
+
+    /// Sockets in `states` with their holders (fd tables are global:
+    /// socket inodes are unique across namespaces).
+    fn view(&mut self, states: u32) -> Result<KernelView, SnapshotError> {
+        let by_cookie = self
+            .sockets(states, false)?
+            .into_iter()
+            .map(|s| (s.cookie, s))
+            .collect();
+        Ok(KernelView {
+            by_cookie,
+            holders: sockets::socket_holders(),
+        })
+    }
+}
 
 impl Host for System {
-    fn close_wait(&mut self) -> Result<Vec<DiagSocket>, SnapshotError> {
-        sockets::tcp_sockets_both(sockets::states::CLOSE_WAIT_ONLY, false)
-    }
-
-    fn close_wait_holders(&mut self) -> Result<KernelView, SnapshotError> {
-        KernelView::take(sockets::states::CLOSE_WAIT_ONLY)
-    }
-
-    fn visit_time_wait(&mut self, visit: &mut dyn FnMut(DiagSocket)) -> Result<(), SnapshotError> {
-        use closetrace_common::tcp_state::{FIN_WAIT2, TIME_WAIT};
-        let states = (1 << TIME_WAIT) | (1 << FIN_WAIT2);
-        sockets::visit_tcp_sockets_both(states, false, &mut |s| {
-            if s.is_timewait() {
+    fn visit_sockets(
+        &mut self,
+        states: u32,
+        visit: &mut dyn FnMut(DiagSocket),
+    ) -> Result<(), SnapshotError> {
+        self.each(|netns| {
+            sockets::visit_tcp_sockets_both(states, false, &mut |mut s| {
+                s.netns = netns;
                 visit(s);
-            }
-        })
+            })
+        })?;
+        Ok(())
     }
 
     fn listeners(&mut self) -> Result<Vec<DiagSocket>, SnapshotError> {
-        sockets::tcp_sockets_both(1 << closetrace_common::tcp_state::LISTEN, true)
+        self.sockets(1 << closetrace_common::tcp_state::LISTEN, true)
     }
 
     fn holders(&mut self) -> HashMap<u32, Vec<Holder>> {
@@ -85,7 +235,21 @@ impl Host for System {
     }
 
     fn everything(&mut self) -> Result<KernelView, SnapshotError> {
-        KernelView::take(sockets::states::ALL)
+        self.view(sockets::states::ALL)
+    }
+
+    fn port_policies(&mut self) -> HashMap<u32, PortPolicy> {
+        let per_ns = self
+            .each(|netns| Ok((netns, port_policy())))
+            .unwrap_or_default();
+        per_ns
+            .into_iter()
+            .filter_map(|(netns, p)| {
+                p.inspect_err(|e| log::debug!("ports of network namespace {netns}: {e}"))
+                    .ok()
+                    .map(|p| (netns, p))
+            })
+            .collect()
     }
 
     fn learn_containers(&mut self, ids: &[u64]) {
@@ -93,5 +257,9 @@ impl Host for System {
             cgroups::container(id);
         }
         cgroups::rescan_missed();
+    }
+
+    fn namespaces_read(&self) -> Option<HashSet<u32>> {
+        Some(self.read.clone())
     }
 }

@@ -5,7 +5,8 @@
 //! descriptors already open, which needs no capability on 5.19 and later.
 //! What remains is naming leak holders: reading other users'
 //! /proc/PID/fd (CAP_DAC_READ_SEARCH to list the directory,
-//! CAP_SYS_PTRACE to read its links). Every other capability is dropped
+//! CAP_SYS_PTRACE to read its links); and, when every network namespace is
+//! read, entering them (setns needs CAP_SYS_ADMIN). Every other capability is dropped
 //! from the effective, permitted, inheritable and ambient sets, so a bug
 //! in the daemon cannot load programs, read kernel memory or write files
 //! it could not write as any process.
@@ -36,6 +37,12 @@ pub fn can_load_bpf() -> bool {
         || (eff.contains(&Capability::CAP_BPF) && eff.contains(&Capability::CAP_PERFMON))
 }
 
+/// Whether this thread may enter other network namespaces (setns(2)
+/// needs CAP_SYS_ADMIN), to read their sockets and sysctls.
+pub fn can_enter_namespaces() -> bool {
+    caps::has_cap(None, CapSet::Effective, Capability::CAP_SYS_ADMIN).unwrap_or(false)
+}
+
 /// Map operations on existing fds are refused without CAP_BPF before 5.19
 /// when unprivileged BPF is disabled.
 fn fd_ops_need_bpf(release: &str, unprivileged_disabled: bool) -> bool {
@@ -47,29 +54,45 @@ fn fd_ops_need_bpf(release: &str, unprivileged_disabled: bool) -> bool {
     unprivileged_disabled && (major, minor) < (5, 19)
 }
 
-/// The set to keep out of `held`, and why CAP_BPF stays when it does.
-fn keep_set(held: &CapsHashSet, release: &str, disabled: bool) -> (CapsHashSet, Option<String>) {
+/// The set to keep out of `held`, and why CAP_BPF or CAP_SYS_ADMIN stays
+/// when it does. `namespaces`: other network namespaces are read.
+fn keep_set(
+    held: &CapsHashSet,
+    release: &str,
+    disabled: bool,
+    namespaces: bool,
+) -> (CapsHashSet, Option<String>) {
     let mut wanted = vec![Capability::CAP_DAC_READ_SEARCH, Capability::CAP_SYS_PTRACE];
-    let mut note = None;
+    let mut notes = Vec::new();
+    if namespaces {
+        wanted.push(Capability::CAP_SYS_ADMIN);
+        notes.push(
+            "CAP_SYS_ADMIN is kept to enter other network namespaces (setns) and read their \
+             sockets and port sysctls"
+                .to_string(),
+        );
+    }
     if fd_ops_need_bpf(release, disabled) {
         // CAP_SYS_ADMIN stands in for CAP_BPF before 5.8.
         wanted.extend([Capability::CAP_BPF, Capability::CAP_SYS_ADMIN]);
-        note = Some(format!(
+        notes.push(format!(
             "kernel {release} with unprivileged BPF disabled needs CAP_BPF for map access"
         ));
     }
     let keep = wanted.into_iter().filter(|c| held.contains(c)).collect();
+    let note = (!notes.is_empty()).then(|| notes.join("; "));
     (keep, note)
 }
 
-/// Drop every capability but those needed from here on.
-pub fn drop_after_attach() -> Result<Privileges, PrivilegeError> {
+/// Drop every capability but those needed from here on. `namespaces`:
+/// other network namespaces are read (keeps CAP_SYS_ADMIN).
+pub fn drop_after_attach(namespaces: bool) -> Result<Privileges, PrivilegeError> {
     let held = caps::read(None, CapSet::Permitted).map_err(PrivilegeError::Get)?;
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let disabled = std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
         .map(|s| s.trim() != "0")
         .unwrap_or(true);
-    let (keep, note) = keep_set(&held, release.trim(), disabled);
+    let (keep, note) = keep_set(&held, release.trim(), disabled, namespaces);
     // Ambient capabilities would survive into anything exec'd; effective
     // must shrink before permitted can.
     caps::clear(None, CapSet::Ambient).map_err(PrivilegeError::Set)?;
@@ -98,7 +121,7 @@ mod tests {
 
     #[test]
     fn keeps_only_what_naming_holders_needs() {
-        let (keep, note) = keep_set(&all(), "6.18.0", true);
+        let (keep, note) = keep_set(&all(), "6.18.0", true, false);
         let want: CapsHashSet = [Capability::CAP_DAC_READ_SEARCH, Capability::CAP_SYS_PTRACE]
             .into_iter()
             .collect();
@@ -106,16 +129,27 @@ mod tests {
         assert_eq!(note, None);
         // Never adds what was not held.
         let ptrace: CapsHashSet = [Capability::CAP_SYS_PTRACE].into_iter().collect();
-        assert_eq!(keep_set(&ptrace, "6.1.0-56-cloud-amd64", true).0, ptrace);
+        assert_eq!(
+            keep_set(&ptrace, "6.1.0-56-cloud-amd64", true, false).0,
+            ptrace
+        );
+    }
+
+    #[test]
+    fn reading_other_namespaces_keeps_sys_admin_and_says_why() {
+        let (keep, note) = keep_set(&all(), "6.18.0", true, true);
+        assert!(keep.contains(&Capability::CAP_SYS_ADMIN));
+        assert!(!keep.contains(&Capability::CAP_BPF));
+        assert!(note.unwrap().contains("setns"));
     }
 
     #[test]
     fn old_kernels_keep_cap_bpf_for_map_access() {
-        let (keep, note) = keep_set(&all(), "5.15.0-91-generic", true);
+        let (keep, note) = keep_set(&all(), "5.15.0-91-generic", true, false);
         assert!(keep.contains(&Capability::CAP_BPF));
         assert!(note.unwrap().contains("5.15.0"));
         assert!(
-            !keep_set(&all(), "5.15.0", false)
+            !keep_set(&all(), "5.15.0", false, false)
                 .0
                 .contains(&Capability::CAP_BPF)
         );

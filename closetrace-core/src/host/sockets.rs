@@ -42,6 +42,9 @@ pub struct DiagSocket {
     /// The socket's cgroup (v2) id (INET_DIAG_CGROUP_ID, sent unasked by
     /// 5.7+ kernels for full sockets); 0 when absent.
     pub cgroup: u64,
+    /// The network namespace (inode) it was listed in: set by whoever
+    /// asked sock_diag, since the reply does not say.
+    pub netns: u32,
 }
 
 pub use crate::model::Holder;
@@ -180,6 +183,7 @@ fn parse_diag_msg(m: &[u8]) -> Result<Option<DiagSocket>, SnapshotError> {
         rqueue: u32_at(56),
         wqueue: u32_at(60),
         inode: u32_at(68),
+        netns: 0,
     }))
 }
 
@@ -187,11 +191,11 @@ fn parse_diag_msg(m: &[u8]) -> Result<Option<DiagSocket>, SnapshotError> {
 pub const TIMER_TIME_WAIT: u8 = 3;
 
 impl DiagSocket {
-    /// As the event model names sockets, in network namespace `netns`.
-    pub fn sock_ref(&self, netns: u32) -> SockRef {
+    /// As the event model names sockets.
+    pub fn sock_ref(&self) -> SockRef {
         SockRef {
             id: self.cookie,
-            netns,
+            netns: self.netns,
             cgroup: self.cgroup,
             family: self.family,
             saddr: self.saddr,

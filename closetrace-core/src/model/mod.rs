@@ -3,6 +3,7 @@
 //! facts the host layer finds (holders, containers, privileges).
 pub mod clock;
 pub mod hooks;
+pub mod netns;
 pub mod ports;
 
 use std::fmt;
@@ -374,6 +375,17 @@ pub enum Runtime {
     CriO,
     #[serde(rename = "podman")]
     Podman,
+}
+
+impl Runtime {
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Docker => "docker",
+            Runtime::Containerd => "containerd",
+            Runtime::CriO => "cri-o",
+            Runtime::Podman => "podman",
+        }
+    }
 }
 
 /// A container, recognised from its cgroup path.

@@ -56,6 +56,12 @@ impl PortPolicy {
             .max(1)
     }
 
+    /// Whether connect() and bind(port 0) pick `port` by themselves: a
+    /// socket on another port (a service port) uses up no ephemeral port.
+    pub fn is_ephemeral(&self, port: u16) -> bool {
+        (self.lo..=self.hi).contains(&port)
+    }
+
     /// Whether connect() may reuse a TIME_WAIT port toward `daddr`.
     pub fn reuse_applies(&self, daddr: IpAddr) -> bool {
         match self.tw_reuse {

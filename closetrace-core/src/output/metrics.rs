@@ -7,7 +7,7 @@
 //! errno) (2 x 2), hooks by name. Gauges are replaced whole at each update,
 //! so a process or destination that drops out of the top disappears rather
 //! than going stale.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::atomic::AtomicU64;
 
@@ -33,9 +33,9 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 pub struct View {
     /// Reported, still open leaks per process, most first.
     pub leaks: Vec<LeakStats>,
-    /// TIME_WAIT per destination: (daddr, dport, sockets, share of the
-    /// ephemeral ports, if known).
-    pub time_wait: Vec<(String, u16, u32, Option<f64>)>,
+    /// TIME_WAIT per destination: (netns, daddr, dport, sockets, share of
+    /// the ephemeral ports, if known).
+    pub time_wait: Vec<(u32, String, u16, u32, Option<f64>)>,
     /// connect/bind failures so far, by (syscall, errno).
     pub errors: Vec<(&'static str, &'static str, u64)>,
 }
@@ -160,11 +160,26 @@ impl Metrics {
         }
         self.time_wait.clear();
         self.tw_ratio.clear();
-        for (daddr, dport, n, ratio) in v.time_wait.iter().take(MAX_DESTINATIONS) {
-            let l = vec![("daddr", daddr.clone()), ("dport", dport.to_string())];
-            self.time_wait.get_or_create(&l).set(i64::from(*n));
+        // Local addresses are not a label: one series per namespace and
+        // remote end, summed over them.
+        let mut by_dest: BTreeMap<(u32, &str, u16), (u32, Option<f64>)> = BTreeMap::new();
+        for (netns, daddr, dport, n, ratio) in v.time_wait.iter().take(MAX_DESTINATIONS) {
+            let e = by_dest.entry((*netns, daddr, *dport)).or_default();
+            e.0 += n;
+            e.1 = match (e.1, *ratio) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        for ((netns, daddr, dport), (n, ratio)) in by_dest {
+            let l = vec![
+                ("netns", netns.to_string()),
+                ("daddr", daddr.to_string()),
+                ("dport", dport.to_string()),
+            ];
+            self.time_wait.get_or_create(&l).set(i64::from(n));
             if let Some(r) = ratio {
-                self.tw_ratio.get_or_create(&l).set(*r);
+                self.tw_ratio.get_or_create(&l).set(r);
             }
         }
         for (call, errno, n) in &v.errors {
@@ -287,7 +302,10 @@ mod tests {
             .collect();
         m.update(&View {
             leaks: many,
-            time_wait: vec![("10.0.0.1".into(), 80, 120, Some(0.25))],
+            time_wait: vec![
+                (7, "10.0.0.1".into(), 80, 100, Some(0.25)),
+                (7, "10.0.0.1".into(), 80, 20, Some(0.1)),
+            ],
             errors: vec![("connect", "EADDRNOTAVAIL", 3)],
         });
         m.update_kernel(&[(1, 8, 5), (8, 9, 4)], 7);
@@ -296,8 +314,8 @@ mod tests {
             "closetrace_state_transitions_total{old=\"ESTABLISHED\",new=\"CLOSE_WAIT\"} 5",
             "closetrace_close_wait_leaks{pid=\"1000\",pid_start=\"77\",comm=\"w0\"} 1",
             "closetrace_close_wait_leak_oldest_seconds{pid=\"1000\",pid_start=\"77\",comm=\"w0\"} 2.5",
-            "closetrace_time_wait_sockets{daddr=\"10.0.0.1\",dport=\"80\"} 120",
-            "closetrace_time_wait_pressure_ratio{daddr=\"10.0.0.1\",dport=\"80\"} 0.25",
+            "closetrace_time_wait_sockets{netns=\"7\",daddr=\"10.0.0.1\",dport=\"80\"} 120",
+            "closetrace_time_wait_pressure_ratio{netns=\"7\",daddr=\"10.0.0.1\",dport=\"80\"} 0.25",
             "closetrace_socket_errors_total{syscall=\"connect\",errno=\"EADDRNOTAVAIL\"} 3",
             "closetrace_events_lost_total 7",
             "closetrace_hook_attached{hook=\"tcp_close\",attach=\"transitions\"} 0",

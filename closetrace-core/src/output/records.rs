@@ -296,6 +296,10 @@ pub struct TimeWaitPressure {
     /// Processes whose active closes put these sockets in TIME_WAIT.
     #[serde(default)]
     pub pids: Vec<u32>,
+    /// The namespace (inode) whose ports these are: pressure is per
+    /// namespace and destination.
+    #[serde(default)]
+    pub netns: u32,
 }
 
 /// The busiest TIME_WAIT destinations, every 10 s while there are any:
@@ -304,6 +308,19 @@ pub struct TimeWaitPressure {
 pub struct TimeWaitTop {
     pub ts: Ts,
     pub top: Vec<TimeWaitDest>,
+    /// TIME_WAIT on service ports (a listener's, or outside the ephemeral
+    /// range): the server closed first. It uses up no ephemeral port, so
+    /// it is kept out of `top`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_side: Vec<ServerTimeWait>,
+}
+
+/// Server-side TIME_WAIT on one local port of one namespace.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServerTimeWait {
+    pub netns: u32,
+    pub port: u16,
+    pub time_wait: u32,
 }
 
 /// A destination's TIME_WAIT sockets (in `time_wait_top` and the summary).
@@ -315,6 +332,9 @@ pub struct TimeWaitDest {
     pub time_wait: u32,
     /// Share of the ephemeral ports; null when the port range is unknown.
     pub ratio: Option<f64>,
+    /// The namespace (inode) the sockets are in.
+    #[serde(default)]
+    pub netns: u32,
 }
 
 /// Who failed a connect() or bind(), and how: the fields both failure
@@ -444,6 +464,24 @@ pub struct SummaryRecord {
     pub transitions: BTreeMap<String, u64>,
     /// Kernel map -> entries and capacity at exit.
     pub kernel_maps: BTreeMap<Cow<'static, str>, MapUse>,
+    /// How long the host worker's reads took per tick.
+    #[serde(default)]
+    pub host_scans: HostScans,
+}
+
+/// The host worker's reads of the running system, per tick (sock_diag in
+/// every namespace read, fd tables, sysctls): off the event path, but
+/// they decide how late a finding can be.
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct HostScans {
+    /// Ticks answered.
+    pub ticks: u64,
+    /// Ticks that asked nothing: the previous tick's reads were still running.
+    pub skipped: u64,
+    pub mean_ms: f64,
+    pub max_ms: f64,
+    /// The most network namespaces one tick's CLOSE_WAIT scan read.
+    pub namespaces: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -719,6 +757,7 @@ mod tests {
                 exhaustion_s: None,
                 tw_reuse: true,
                 pids: vec![12, 13],
+                netns: 4026532401,
             }),
             Record::TimeWaitTop(TimeWaitTop {
                 ts: ts(5),
@@ -728,6 +767,12 @@ mod tests {
                     dport: 80,
                     time_wait: 50,
                     ratio: None,
+                    netns: 4026531840,
+                }],
+                server_side: vec![ServerTimeWait {
+                    netns: 4026532401,
+                    port: 8080,
+                    time_wait: 31,
                 }],
             }),
             owned(Record::ConnectError(ConnectError {
@@ -810,6 +855,13 @@ mod tests {
                     oldest_ms: 30_001.5,
                 }],
                 transitions: [("ESTABLISHED->CLOSE_WAIT".into(), 4)].into(),
+                host_scans: HostScans {
+                    ticks: 4,
+                    skipped: 1,
+                    mean_ms: 2.5,
+                    max_ms: 7.25,
+                    namespaces: 3,
+                },
                 kernel_maps: [(
                     "SOCKS".into(),
                     MapUse {

@@ -8,7 +8,7 @@ use crate::output::records::{
     Close, CloseWaitLeak, CloseWaitResolved, Lost, Ready, Record, State, SummaryRecord,
 };
 use crate::output::text::{
-    close_text, leak_text, paint, ready_text, resolved_text, text_header, text_line,
+    close_text, leak_text, paint, place, ready_text, resolved_text, text_header, text_line,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -29,6 +29,9 @@ pub struct Sink {
     line: Vec<u8>,
     /// Names the container of each socket's cgroup in records.
     names: Box<dyn ContainerNames>,
+    /// The namespace closetrace runs in: lines about sockets elsewhere
+    /// name their container or namespace (see `place`).
+    home_netns: u32,
 }
 
 impl Sink {
@@ -41,7 +44,18 @@ impl Sink {
             header_done: false,
             line: Vec::with_capacity(512),
             names: Box::new(NoContainers),
+            home_netns: 0,
         }
+    }
+
+    /// Lines about sockets outside namespace `netns` say where they are.
+    pub fn with_home_netns(mut self, netns: u32) -> Self {
+        self.home_netns = netns;
+        self
+    }
+
+    pub fn home_netns(&self) -> u32 {
+        self.home_netns
     }
 
     /// Name containers in records with `names` (none by default).
@@ -88,11 +102,17 @@ impl Sink {
 
     /// `process_leaks`: this process's leaks so far, for the running count.
     pub fn leak(&mut self, rec: CloseWaitLeak<'_>, process_leaks: u64) -> io::Result<()> {
-        self.emit(rec, Record::CloseWaitLeak, |r| leak_text(r, process_leaks))
+        let home = self.home_netns;
+        self.emit(rec, Record::CloseWaitLeak, |r| {
+            leak_text(r, process_leaks) + &place(&r.sock.scope, home)
+        })
     }
 
     pub fn resolved(&mut self, rec: CloseWaitResolved<'_>) -> io::Result<()> {
-        self.emit(rec, Record::CloseWaitResolved, resolved_text)
+        let home = self.home_netns;
+        self.emit(rec, Record::CloseWaitResolved, |r| {
+            resolved_text(r) + &place(&r.sock.scope, home)
+        })
     }
 
     /// A record of type `T`: as JSON, wrapped by `wrap`, or as the one line

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::model::{MapUse, Task, TcpState};
 use crate::output::records::{
-    LeakStats, SummaryRecord, TimeWaitDest, TimeWaitProcess, TimeWaitSummary,
+    HostScans, LeakStats, SummaryRecord, TimeWaitDest, TimeWaitProcess, TimeWaitSummary,
 };
 
 #[derive(Debug, Default)]
@@ -34,6 +34,12 @@ pub struct Summary {
     /// Ticks that asked the host worker nothing because the previous
     /// tick's reads were still under way (a slow system, not lost events).
     pub host_ticks_skipped: u64,
+    /// Ticks answered, their reads' total and longest time (ms), and the
+    /// most namespaces one tick read.
+    host_ticks: u64,
+    host_ms_total: f64,
+    host_ms_max: f64,
+    host_namespaces: u64,
     /// Kernel map occupancy at exit, by map name.
     pub kernel_maps: BTreeMap<&'static str, MapUse>,
     transitions: BTreeMap<(TcpState, TcpState), u64>,
@@ -88,6 +94,27 @@ impl Summary {
         v
     }
 
+    /// One tick's reads took `ms`, over `namespaces` namespaces (if known).
+    pub fn host_scan(&mut self, ms: f64, namespaces: Option<usize>) {
+        self.host_ticks += 1;
+        self.host_ms_total += ms;
+        self.host_ms_max = self.host_ms_max.max(ms);
+        if let Some(n) = namespaces {
+            self.host_namespaces = self.host_namespaces.max(n as u64);
+        }
+    }
+
+    fn host_scans(&self) -> HostScans {
+        let round = |v: f64| (v * 100.0).round() / 100.0;
+        HostScans {
+            ticks: self.host_ticks,
+            skipped: self.host_ticks_skipped,
+            mean_ms: round(self.host_ms_total / self.host_ticks.max(1) as f64),
+            max_ms: round(self.host_ms_max),
+            namespaces: self.host_namespaces,
+        }
+    }
+
     pub fn to_record(&self, duration_s: f64) -> SummaryRecord {
         SummaryRecord {
             duration_s: (duration_s * 1000.0).round() / 1000.0,
@@ -108,6 +135,7 @@ impl Summary {
                         dport: d.dport,
                         time_wait: *n,
                         ratio: *ratio,
+                        netns: d.netns,
                     })
                     .collect(),
                 by_process: self
@@ -143,6 +171,7 @@ impl Summary {
                 .iter()
                 .map(|(k, v)| (Cow::Borrowed(*k), *v))
                 .collect(),
+            host_scans: self.host_scans(),
         }
     }
 
@@ -152,6 +181,14 @@ impl Summary {
             "closetrace: {} events in {:.1} s, {} lost, {} undecodable\n",
             self.events, duration_s, self.lost, self.undecodable
         );
+        if self.host_ticks > 0 {
+            let h = self.host_scans();
+            let _ = writeln!(
+                s,
+                "  host reads: {} ticks, {:.1} ms mean, {:.1} ms max, up to {} network namespaces",
+                h.ticks, h.mean_ms, h.max_ms, h.namespaces
+            );
+        }
         if self.host_ticks_skipped > 0 {
             let _ = writeln!(
                 s,

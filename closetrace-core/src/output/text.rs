@@ -7,7 +7,7 @@ use crate::model::StateChange;
 use crate::model::clock::WallClock;
 use crate::model::hooks::Mode;
 use crate::output::records::{
-    Close, CloseWaitLeak, CloseWaitResolved, ClosedBy, HookReport, LeakSince,
+    Close, CloseWaitLeak, CloseWaitResolved, ClosedBy, HookReport, LeakSince, Scope,
 };
 
 /// When the text view uses colour.
@@ -148,6 +148,19 @@ pub fn close_text(rec: &Close<'_>) -> String {
     )
 }
 
+/// Where a socket lives, for a line about it: nothing in `home` (the
+/// namespace closetrace runs in), else its container (runtime and short
+/// id) or, failing that, its namespace inode.
+pub fn place(scope: &Scope, home: u32) -> String {
+    if scope.netns == 0 || scope.netns == home {
+        return String::new();
+    }
+    match &scope.container {
+        Some(c) => format!(" [{} {}]", c.runtime.name(), &c.id[..c.id.len().min(12)]),
+        None => format!(" [netns {}]", scope.netns),
+    }
+}
+
 pub fn leak_text(rec: &CloseWaitLeak<'_>, process_leaks: u64) -> String {
     let who = match (rec.pid, &rec.comm) {
         (Some(p), Some(c)) => format!("{}({p})", printable(c)),
@@ -233,6 +246,25 @@ mod tests {
     use super::*;
     use crate::model::fixtures::change;
     use crate::model::*;
+
+    /// Sockets outside closetrace's namespace say where they are: their
+    /// container, else their namespace; at home, nothing.
+    #[test]
+    fn place_names_container_or_namespace() {
+        let scope = |netns, container| Scope {
+            netns,
+            cgroup: 7,
+            container,
+        };
+        assert_eq!(place(&scope(5, None), 5), "");
+        assert_eq!(place(&scope(0, None), 5), "");
+        assert_eq!(place(&scope(9, None), 5), " [netns 9]");
+        let c = Container {
+            runtime: Runtime::Containerd,
+            id: "4f6c".repeat(16),
+        };
+        assert_eq!(place(&scope(9, Some(c)), 5), " [containerd 4f6c4f6c4f6c]");
+    }
 
     fn ev(owner: Option<Task>) -> StateChange {
         let mut ev = change(1, 9501, TcpState::Established, TcpState::CloseWait);

@@ -8,7 +8,7 @@
 //! that the state tracepoint never reports). Expiries are not guessed: the
 //! counts are replaced by the kernel's own (sock_diag) at each
 //! reconciliation. Pure: events, dumps and the clock come in as arguments.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use crate::model::ports::PortPolicy;
@@ -132,12 +132,20 @@ pub struct Pressure {
 pub struct Reconciliation {
     generation: u64,
     counts: HashMap<Dest, u32>,
+    /// The namespaces the dump covered; None: all. Counts elsewhere stand.
+    read: Option<HashSet<u32>>,
 }
 
 impl Reconciliation {
     /// One timewait socket the kernel holds.
     pub fn saw(&mut self, tw: &mut TimeWaitCounter, tuple: &Tuple) {
         *self.counts.entry(tuple.0.clone()).or_default() += 1;
+        self.still_there(tw, tuple);
+    }
+
+    /// One the kernel holds that no destination counts (see `credit`):
+    /// its closer stays credited.
+    pub fn still_there(&mut self, tw: &mut TimeWaitCounter, tuple: &Tuple) {
         if let Some(t) = tw.tuples.get_mut(tuple) {
             t.2 = self.generation;
         }
@@ -188,9 +196,16 @@ impl TimeWaitCounter {
         st.rate.add(ts_ns);
         if let Some(c) = closer {
             st.pids.insert(c.pid, c.comm.clone());
-            if self.tuples.len() < TUPLE_CAPACITY || self.tuples.contains_key(&tuple) {
-                self.tuples.insert(tuple, (c, ts_ns, self.generation));
-            }
+            self.credit(tuple, c, ts_ns);
+        }
+    }
+
+    /// A socket entered TIME_WAIT that uses up no ephemeral port (a
+    /// server's, on its service port): its closer is credited in
+    /// `by_process`, but no destination counts it.
+    pub fn credit(&mut self, tuple: Tuple, closer: Task, ts_ns: u64) {
+        if self.tuples.len() < TUPLE_CAPACITY || self.tuples.contains_key(&tuple) {
+            self.tuples.insert(tuple, (closer, ts_ns, self.generation));
         }
     }
 
@@ -208,23 +223,34 @@ impl TimeWaitCounter {
     /// A reconciliation in three steps, so the kernel's dump can be fed in
     /// socket by socket as it is parsed (see `Reconciliation`).
     pub fn begin_reconcile(&mut self) -> Reconciliation {
+        self.begin_reconcile_of(None)
+    }
+
+    /// A reconciliation from a dump of only the namespaces in `read` (one
+    /// that could not be read that time keeps its counts).
+    pub fn begin_reconcile_of(&mut self, read: Option<HashSet<u32>>) -> Reconciliation {
         self.generation += 1;
         Reconciliation {
             generation: self.generation,
             counts: HashMap::new(),
+            read,
         }
     }
 
     pub fn end_reconcile(&mut self, r: Reconciliation, now_ns: u64) {
-        for st in self.dests.values_mut() {
-            st.count = 0;
+        let covered = |netns: u32| r.read.as_ref().is_none_or(|read| read.contains(&netns));
+        for (d, st) in self.dests.iter_mut() {
+            if covered(d.netns) {
+                st.count = 0;
+            }
         }
         for (d, n) in r.counts {
             self.dests.entry(d).or_default().count = n;
         }
         // Sockets gone from TIME_WAIT no longer count for their closer.
-        self.tuples
-            .retain(|_, (_, ts, seen)| *ts > now_ns || *seen == r.generation);
+        self.tuples.retain(|(d, _), (_, ts, seen)| {
+            *ts > now_ns || *seen == r.generation || !covered(d.netns)
+        });
         self.dests
             .retain(|_, st| st.count > 0 || st.raised.is_some() || st.rate.in_window(now_ns) > 0);
         for st in self.dests.values_mut() {
@@ -272,13 +298,18 @@ impl TimeWaitCounter {
         })
     }
 
-    /// Evaluate every destination (after a reconciliation).
-    pub fn evaluate_all(&mut self, now_ns: u64, policy: &PortPolicy) -> Vec<Pressure> {
+    /// Evaluate every destination (after a reconciliation), each against
+    /// its namespace's ports (`policy_of` its netns; None: not evaluated).
+    pub fn evaluate_all(
+        &mut self,
+        now_ns: u64,
+        policy_of: &dyn Fn(u32) -> Option<PortPolicy>,
+    ) -> Vec<Pressure> {
         let mut dests: Vec<Dest> = self.dests.keys().cloned().collect();
         dests.sort();
         dests
             .iter()
-            .filter_map(|d| self.evaluate(d, now_ns, policy))
+            .filter_map(|d| self.evaluate(d, now_ns, &policy_of(d.netns)?))
             .collect()
     }
 
@@ -374,6 +405,29 @@ mod tests {
         )));
     }
 
+    /// A dump that skipped a namespace (gone, or not enterable that time)
+    /// changes nothing there; the namespaces it read are replaced.
+    #[test]
+    fn reconciling_some_namespaces_keeps_the_others() {
+        let mut c = TimeWaitCounter::new(0.5);
+        let here = dest(80);
+        let there = Dest {
+            netns: 2,
+            ..dest(80)
+        };
+        let closer = task(7, "cli");
+        c.entered((here.clone(), 40001), Some(closer.clone()), S);
+        c.entered((there.clone(), 40001), Some(closer.clone()), S);
+        c.entered((there.clone(), 40002), Some(closer), S);
+        let mut r = c.begin_reconcile_of(Some([1].into()));
+        r.saw(&mut c, &(here.clone(), 40001));
+        r.saw(&mut c, &(here.clone(), 40005));
+        c.end_reconcile(r, 2 * S);
+        assert_eq!(c.toward(1, here.daddr, 80), 2, "read: the kernel's count");
+        assert_eq!(c.toward(2, there.daddr, 80), 2, "not read: kept");
+        assert_eq!(c.by_process()[0].1, 3, "the closer keeps all three");
+    }
+
     #[test]
     fn warn_worse_and_clear_with_a_fake_clock() {
         let p = policy(200, 0);
@@ -416,11 +470,14 @@ mod tests {
         );
         // 60 s later the kernel has expired them: cleared.
         c.reconcile(&[], 62 * S);
-        let cleared = c.evaluate_all(62 * S, &p);
+        let cleared = c.evaluate_all(62 * S, &|_| Some(p));
         assert_eq!(cleared.len(), 1);
         assert_eq!(cleared[0].level, Level::Cleared);
         assert_eq!(cleared[0].time_wait, 0);
-        assert!(c.evaluate_all(63 * S, &p).is_empty(), "cleared once");
+        assert!(
+            c.evaluate_all(63 * S, &|_| Some(p)).is_empty(),
+            "cleared once"
+        );
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The running system as the host worker reads it during a run: the core
 //! `System`, plus `--pid-tree`/`--cgroup` upkeep of the kernel's selection
 //! maps (a cgroup walk and a map read, so off the event path too).
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use closetrace_core::host::sockets::{DiagSocket, KernelView, SnapshotError};
 use closetrace_core::host::{Host, System};
 use closetrace_core::model::Holder;
+use closetrace_core::model::ports::PortPolicy;
 
 use crate::kernel::selection::Upkeep;
 
@@ -20,16 +21,12 @@ pub struct RunHost {
 }
 
 impl Host for RunHost {
-    fn close_wait(&mut self) -> Result<Vec<DiagSocket>, SnapshotError> {
-        self.system.close_wait()
-    }
-
-    fn close_wait_holders(&mut self) -> Result<KernelView, SnapshotError> {
-        self.system.close_wait_holders()
-    }
-
-    fn visit_time_wait(&mut self, visit: &mut dyn FnMut(DiagSocket)) -> Result<(), SnapshotError> {
-        self.system.visit_time_wait(visit)
+    fn visit_sockets(
+        &mut self,
+        states: u32,
+        visit: &mut dyn FnMut(DiagSocket),
+    ) -> Result<(), SnapshotError> {
+        self.system.visit_sockets(states, visit)
     }
 
     fn listeners(&mut self) -> Result<Vec<DiagSocket>, SnapshotError> {
@@ -42,6 +39,14 @@ impl Host for RunHost {
 
     fn everything(&mut self) -> Result<KernelView, SnapshotError> {
         self.system.everything()
+    }
+
+    fn port_policies(&mut self) -> HashMap<u32, PortPolicy> {
+        self.system.port_policies()
+    }
+
+    fn namespaces_read(&self) -> Option<HashSet<u32>> {
+        self.system.namespaces_read()
     }
 
     fn learn_containers(&mut self, cgroups: &[u64]) {

@@ -2,6 +2,7 @@
 //! at the sockets already there, load and attach, start the coordinator,
 //! announce `ready`, trace until stopped, then report the summary.
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::net::TcpListener;
@@ -12,9 +13,11 @@ use closetrace_core::app::cli::Cli;
 use closetrace_core::app::coordinator::{Monitor, Settings};
 use closetrace_core::app::worker::Worker;
 use closetrace_core::host::sockets::{self, KernelView};
-use closetrace_core::host::{self, System, cgroups, privileges, procs};
+use closetrace_core::host::{Host, System, cgroups, privileges, procs};
 use closetrace_core::model::clock::{self, WallClock};
 use closetrace_core::model::hooks::{Attach, HookReport, Mode};
+use closetrace_core::model::netns::NetnsReach;
+use closetrace_core::model::ports::PortPolicy;
 use closetrace_core::output::records::{Ready, SCHEMA_VERSION};
 use closetrace_core::output::sink::Sink;
 
@@ -34,20 +37,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(note) = load::ensure_tracefs() {
         log::info!("{note}");
     }
-    let existing = Existing::look();
+    let reach = reach(&sel);
+    let existing = Existing::look(reach);
     let scan = scans_close_wait(&cli, &sel, &existing);
     let mut kernel = load::load(&LoadOptions {
         pids: &sel.pids,
         ring_bytes: cli.ring_bytes(),
         close_hook: cli.close_hook,
         stream_all: cli.states,
-        scan_netns: if scan { existing.netns } else { 0 },
+        scan: scan.then_some(reach),
         netns: sel.netns,
         cgroups: sel.cgroup.as_ref().map(|(_, ids)| ids.as_slice()),
         follow_forks: !sel.roots.is_empty(),
         owner_from_io: cli.owner_from_io,
     })?;
     let pids = follow_late_children(&mut kernel, &sel)?;
+    let enters_namespaces = existing.readable && reach.switches(existing.own);
     kernel.hooks.push(existing.diag.clone());
     let clock = WallClock::sample();
     let (mut monitor, seeded, upkeep) =
@@ -56,14 +61,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     release_startup_memory();
     // Everything is loaded and attached: keep only what naming leak
     // holders needs.
-    let privileges = privileges::drop_after_attach()
+    let privileges = privileges::drop_after_attach(enters_namespaces)
         .inspect_err(|e| {
             log::warn!("{e}; running with the capabilities it started with");
         })
         .ok();
     let color = cli.color.enabled(cli.output.is_none());
     let mut sink = Sink::new(cli.format, out, clock, color)
-        .with_containers(Box::<cgroups::CgroupContainers>::default());
+        .with_containers(Box::<cgroups::CgroupContainers>::default())
+        .with_home_netns(sockets::own_netns().unwrap_or(0));
     let ready = Ready {
         version: SCHEMA_VERSION,
         closetrace: env!("CARGO_PKG_VERSION").into(),
@@ -85,7 +91,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .and_then(|()| sink.flush())
         .context("writing output")?;
     let host = RunHost {
-        system: System,
+        system: System::new(reach),
         upkeep,
     };
     let started = Instant::now();
@@ -158,29 +164,71 @@ fn open_output(cli: &Cli) -> anyhow::Result<Box<dyn Write + Send>> {
     })
 }
 
-/// The sockets already there at start-up, in closetrace's own namespace,
-/// and whether sock_diag could list them.
+/// Which network namespaces the host reads: `--netns`'s alone, else every
+/// one when this process may enter them, else its own.
+fn reach(sel: &Selection) -> NetnsReach {
+    let own = sockets::own_netns().unwrap_or(0);
+    if sel.netns != 0 {
+        NetnsReach::One(sel.netns)
+    } else if privileges::can_enter_namespaces() {
+        NetnsReach::All { own }
+    } else {
+        log::warn!(
+            "cannot enter other network namespaces (no CAP_SYS_ADMIN): only this one is \
+             scanned; other namespaces' leaks are still reported from events, without \
+             pre-existing ones, holders or TIME_WAIT reconciliation"
+        );
+        NetnsReach::Own(own)
+    }
+}
+
+/// The sockets already there at start-up, in every namespace read, and
+/// whether sock_diag could list them.
 struct Existing {
-    /// The namespace sock_diag and the port sysctls describe.
-    netns: u32,
+    /// closetrace's own namespace.
+    own: u32,
+    /// The namespaces read.
+    reach: NetnsReach,
+    /// Whether the namespaces `reach` names can all be read from here.
+    readable: bool,
     view: KernelView,
+    /// Each namespace's port sysctls.
+    policies: HashMap<u32, PortPolicy>,
     diag: HookReport,
 }
 
 impl Existing {
     /// sock_diag can be missing (tcp_diag is a module on distribution
     /// kernels, and may be absent): trace anyway, and say what that costs.
-    fn look() -> Existing {
-        let netns = sockets::own_netns().unwrap_or(0);
-        match KernelView::take(sockets::states::HELD) {
+    fn look(reach: NetnsReach) -> Existing {
+        let own = sockets::own_netns().unwrap_or(0);
+        let readable = !reach.switches(own) || privileges::can_enter_namespaces();
+        let mut system = System::new(reach);
+        let policies = if readable {
+            system.port_policies()
+        } else {
+            HashMap::new()
+        };
+        let view = if readable {
+            system.snapshot()
+        } else {
+            Ok(KernelView::empty())
+        };
+        match view {
             Ok(view) => Existing {
-                netns,
+                own,
+                reach,
+                readable,
                 view,
+                policies,
                 diag: HookReport::ok("sock_diag", Attach::Netlink),
             },
             Err(e) => Existing {
-                netns,
+                own,
+                reach,
+                readable,
                 view: KernelView::empty(),
+                policies,
                 diag: HookReport::unavailable(
                     "sock_diag",
                     format!(
@@ -194,15 +242,16 @@ impl Existing {
     }
 }
 
-/// Default mode with sock_diag: CLOSE_WAIT sockets here are found by
-/// scanning, so a prompt close costs no record (see `CloseWaitKernel`).
-/// With --netns elsewhere or --cgroup, CLOSE_WAIT sockets come from
-/// events, which the kernel filters; the scan could not.
+/// Default mode with sock_diag: CLOSE_WAIT sockets are found by scanning
+/// every namespace read, so a prompt close costs no record (see
+/// `CloseWaitKernel`). With --cgroup, or a --netns this process cannot
+/// enter, CLOSE_WAIT sockets come from events, which the kernel filters;
+/// the scan could not.
 fn scans_close_wait(cli: &Cli, sel: &Selection, existing: &Existing) -> bool {
     !cli.states
         && existing.diag.attached()
-        && existing.netns != 0
-        && (sel.netns == 0 || sel.netns == existing.netns)
+        && existing.own != 0
+        && existing.readable
         && sel.cgroup.is_none()
 }
 
@@ -235,7 +284,6 @@ fn start_coordinator(
     pids: &[u32],
     clock: WallClock,
 ) -> anyhow::Result<(Monitor, usize, Option<Upkeep>)> {
-    let netns = existing.netns;
     let mut monitor = Monitor::new(
         Settings {
             threshold_ns: cli.close_wait_threshold.as_nanos().min(u64::MAX as u128) as u64,
@@ -246,20 +294,16 @@ fn start_coordinator(
                 .collect(),
             infer_closes: kernel.close_hook == CloseHook::Transitions,
             stream_all: cli.states,
-            own_netns: netns,
-            port_policy: host::port_policy()
-                .inspect_err(|e| {
-                    log::warn!("ephemeral port range unknown ({e}); no TIME_WAIT pressure ratios")
-                })
-                .ok(),
+            reach: existing.reach,
+            port_policies: existing.policies.clone(),
         },
         clock,
     );
-    let seeded = maps::seed_existing(&mut kernel.ebpf, &existing.view, netns)?;
+    let seeded = maps::seed_existing(&mut kernel.ebpf, &existing.view)?;
     for s in &seeded {
         monitor
             .table_mut()
-            .seed(s.cookie, netns, s.sport, s.state, s.owner.clone());
+            .seed(s.cookie, s.netns, s.sport, s.state, s.owner.clone());
     }
     if scan {
         // The first tick's scan finds the CLOSE_WAIT sockets already here.
@@ -270,7 +314,7 @@ fn start_coordinator(
             .as_ref()
             .map(|(_, ids)| ids.iter().copied().collect());
         let keep = |s: &sockets::DiagSocket| {
-            (sel.netns == 0 || sel.netns == netns)
+            (sel.netns == 0 || sel.netns == s.netns)
                 && cgroup_ids
                     .as_ref()
                     .is_none_or(|ids| ids.contains(&s.cgroup))
@@ -333,7 +377,7 @@ fn trace(
     let tick = tick_for(cli.close_wait_threshold);
     // Spawned after privileges were dropped: a thread keeps the
     // capabilities it was created with.
-    let mut worker = Worker::spawn(Box::new(host), monitor.own_netns())?;
+    let mut worker = Worker::spawn(Box::new(host))?;
     let result = runtime.block_on(trace::trace(
         events,
         counters,

@@ -10,6 +10,7 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use closetrace_common::{Config, OFFSET_ABSENT};
 use closetrace_core::host::{privileges, procs};
 use closetrace_core::model::hooks::HookReport;
+use closetrace_core::model::netns::NetnsReach;
 
 use super::attach::{self, brief};
 use super::maps::{take_hash, take_map};
@@ -131,13 +132,14 @@ fn config(opts: &LoadOptions<'_>) -> Result<Config, LoadError> {
         // drains on its own timer. One wakeup per record costs more than the
         // record under churn.
         wakeup_bytes: opts.ring_bytes / 8,
-        own_netns: opts.scan_netns,
+        own_netns: opts.scan.map_or(0, |r| r.home()),
         filter_netns: opts.netns,
         filter_cgroups: u32::from(opts.cgroups.is_some()),
         follow_forks: u32::from(opts.follow_forks),
         tick_ns: procs::tick_ns() as u32,
         owner_from_io: u32::from(opts.owner_from_io),
-        _pad: [0; 3],
+        scan_all_netns: u32::from(matches!(opts.scan, Some(NetnsReach::All { .. }))),
+        _pad: [0; 2],
     })
 }
 

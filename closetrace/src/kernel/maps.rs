@@ -45,6 +45,7 @@ pub fn hash_mut<'a, K: aya::Pod, V: aya::Pod>(
 /// A socket that predates start-up, and the owner found for it in /proc.
 pub struct Seeded {
     pub cookie: u64,
+    pub netns: u32,
     pub sport: u16,
     pub state: TcpState,
     pub owner: Task,
@@ -54,11 +55,7 @@ pub struct Seeded {
 /// the kernel maps, so the programs report them right. Never overwrites
 /// what the programs already learned since attaching. Returns what was
 /// seeded, for userspace's own tables.
-pub fn seed_existing(
-    ebpf: &mut Ebpf,
-    view: &KernelView,
-    netns: u32,
-) -> Result<Vec<Seeded>, LoadError> {
+pub fn seed_existing(ebpf: &mut Ebpf, view: &KernelView) -> Result<Vec<Seeded>, LoadError> {
     let [Some(sock_map), Some(listen_map)] = ebpf.maps_disjoint_mut(["SOCKS", "LISTENERS"]) else {
         return Err(LoadError::Map("SOCKS", "missing".into()));
     };
@@ -78,7 +75,7 @@ pub fn seed_existing(
         let _ = sock_map.insert(s.cookie, seed_info(&owner, s.state), BPF_NOEXIST);
         if s.state == TcpState::Listen {
             let key = ListenKey {
-                netns,
+                netns: s.netns,
                 port: s.sport,
                 _pad: 0,
             };
@@ -90,6 +87,7 @@ pub fn seed_existing(
         }
         seeded.push(Seeded {
             cookie: s.cookie,
+            netns: s.netns,
             sport: s.sport,
             state: s.state,
             owner,

@@ -10,6 +10,7 @@ pub mod ring;
 pub mod selection;
 
 use closetrace_core::kernel::CloseHookChoice;
+use closetrace_core::model::netns::NetnsReach;
 use thiserror::Error;
 
 use offsets::OffsetError;
@@ -47,10 +48,10 @@ pub struct LoadOptions<'a> {
     pub close_hook: CloseHookChoice,
     /// `--states`: every transition and close, not only what findings need.
     pub stream_all: bool,
-    /// In the default mode, the namespace whose CLOSE_WAIT sockets
+    /// In the default mode, the namespaces whose CLOSE_WAIT sockets
     /// userspace finds by sock_diag scans rather than events (see
-    /// `Config::own_netns`); 0 when it cannot scan.
-    pub scan_netns: u32,
+    /// `Config::own_netns`); None when it cannot scan.
+    pub scan: Option<NetnsReach>,
     /// `--netns`: the only namespace seen (inode); 0 for all.
     pub netns: u32,
     /// `--cgroup`: the cgroup ids seen (a subtree); `None` for all.

@@ -165,6 +165,13 @@ impl Netns {
         Netns { name }
     }
 
+    /// The namespace's inode, as closetrace reports it in `netns`.
+    pub fn inode(&self) -> u64 {
+        std::fs::metadata(format!("/run/netns/{}", self.name))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .expect("the namespace's bind mount")
+    }
+
     /// Write /proc/sys/<key> (slashes) inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) {
         let st = self

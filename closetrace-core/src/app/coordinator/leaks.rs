@@ -18,11 +18,13 @@ impl Monitor {
     /// Track every CLOSE_WAIT socket the scan `found` not yet tracked,
     /// watched in the kernel from now on. Those tracked that are no longer
     /// in CLOSE_WAIT left it before the watch took, or their transition is
-    /// still in flight or lost: see `LeakDetector::absent`.
+    /// still in flight or lost: see `LeakDetector::absent`. Only sockets of
+    /// namespaces the scan read (`read`; None: all it covers) can be absent.
     pub(super) fn scan_close_wait(
         &mut self,
         now_ns: u64,
         found: Result<Vec<DiagSocket>, SnapshotError>,
+        read: Option<&HashSet<u32>>,
         sink: &mut Sink,
     ) -> io::Result<()> {
         let Some(kernel) = self.scan.as_mut() else {
@@ -37,7 +39,6 @@ impl Monitor {
                 return Ok(());
             }
         };
-        let netns = self.own_netns;
         let present: HashSet<u64> = found.iter().map(|s| s.cookie).collect();
         for s in found {
             if self.leaks.is_tracked(s.cookie) {
@@ -48,12 +49,16 @@ impl Monitor {
             let known = since != 0 && since <= now_ns;
             kernel.watch(s.cookie);
             let since = if known { since } else { now_ns };
-            self.leaks.found(s.sock_ref(netns), owner, since, !known);
+            self.leaks.found(s.sock_ref(), owner, since, !known);
         }
         let gone: Vec<u64> = self
             .leaks
             .tracked()
-            .filter(|t| t.sock.netns == netns && !present.contains(&t.sock.id))
+            .filter(|t| {
+                let netns = t.sock.netns;
+                let was_read = read.is_none_or(|r| r.contains(&netns) || netns == 0);
+                self.reach.covers(netns) && was_read && !present.contains(&t.sock.id)
+            })
             .map(|t| t.sock.id)
             .collect();
         for id in gone {
@@ -79,7 +84,7 @@ impl Monitor {
             if s.state != TcpState::CloseWait || !keep(s) {
                 continue;
             }
-            let sock = s.sock_ref(self.own_netns);
+            let sock = s.sock_ref();
             let owner = blame(None, view.holders_of(s.cookie));
             self.leaks.seed(sock, owner, now_ns);
         }
@@ -102,15 +107,20 @@ impl Monitor {
         })
     }
 
+    /// A leak due now, checked against `view` (the namespaces in `read`;
+    /// None: all covered) before it is reported.
     pub(super) fn report(
         &mut self,
         d: Due,
         view: Option<&KernelView>,
+        read: Option<&HashSet<u32>>,
         now_ns: u64,
         sink: &mut Sink,
     ) -> io::Result<()> {
         let id = d.tracked.sock.id;
-        let local = d.tracked.sock.netns == self.own_netns || d.tracked.sock.netns == 0;
+        let netns = d.tracked.sock.netns;
+        let local =
+            self.reach.covers(netns) && read.is_none_or(|r| r.contains(&netns) || netns == 0);
         let diag = view.and_then(|v| v.by_cookie.get(&id));
         let gone = view.is_some() && local && diag.is_none_or(|s| s.state != TcpState::CloseWait);
         if gone {

@@ -13,6 +13,7 @@ use std::io;
 use crate::app::worker::{Answer, Job, TickAnswer, TickJob};
 use crate::kernel::CloseWaitKernel;
 use crate::model::clock::WallClock;
+use crate::model::netns::NetnsReach;
 use crate::model::ports::PortPolicy;
 use crate::model::{Close, KernelEvent, TcpState};
 use crate::output::records::{self, ClosedBy, SockFields, Ts};
@@ -38,9 +39,11 @@ pub struct Settings {
     pub infer_closes: bool,
     /// `--states`: write every state change and close.
     pub stream_all: bool,
-    pub own_netns: u32,
-    /// This namespace's ephemeral ports; None when unknown (no ratios).
-    pub port_policy: Option<PortPolicy>,
+    /// The namespaces whose sockets and sysctls the host worker reads.
+    pub reach: NetnsReach,
+    /// Each namespace's ephemeral ports known at start, by inode (an
+    /// unknown one gets no ratios until a scan reads it).
+    pub port_policies: HashMap<u32, PortPolicy>,
 }
 
 pub struct Monitor {
@@ -54,7 +57,7 @@ pub struct Monitor {
     /// No exact tcp_close hook: closes are inferred from transitions.
     infer_closes: bool,
     stream_all: bool,
-    own_netns: u32,
+    reach: NetnsReach,
     /// Leaks that were displayed, so their resolution is displayed too.
     shown: HashSet<u64>,
     ports: PortPressure,
@@ -85,9 +88,9 @@ impl Monitor {
             followed: (!s.pids.is_empty()).then(|| Followed::new(s.pids)),
             infer_closes: s.infer_closes,
             stream_all: s.stream_all,
-            own_netns: s.own_netns,
+            reach: s.reach,
             shown: HashSet::new(),
-            ports: PortPressure::new(s.tw_warn, s.own_netns, s.port_policy),
+            ports: PortPressure::new(s.tw_warn, s.reach, s.port_policies),
             diag_warned: false,
             scan: None,
             tick_in_flight: false,
@@ -98,14 +101,15 @@ impl Monitor {
         }
     }
 
-    /// Find this namespace's CLOSE_WAIT sockets by scanning from now on.
+    /// Find CLOSE_WAIT sockets by scanning (every namespace `reach`
+    /// covers) from now on.
     pub fn scan_close_wait_with(&mut self, kernel: Box<dyn CloseWaitKernel>) {
         self.scan = Some(kernel);
     }
 
-    /// The namespace whose sockets the scans list.
-    pub fn own_netns(&self) -> u32 {
-        self.own_netns
+    /// The namespaces whose sockets the scans list.
+    pub fn reach(&self) -> NetnsReach {
+        self.reach
     }
 
     pub fn table_mut(&mut self) -> &mut OwnerTable {
@@ -239,6 +243,8 @@ impl Monitor {
     fn on_tick_answer(&mut self, a: TickAnswer, sink: &mut Sink) -> io::Result<()> {
         self.tick_in_flight = false;
         let now_ns = a.job.now_ns;
+        let namespaces = a.read.as_ref().map(HashSet::len);
+        self.summary.host_scan(a.took_ms, namespaces);
         if let (Some(now), Some(f)) = (a.followed, self.followed.as_mut())
             && f.refresh(now)
         {
@@ -247,12 +253,16 @@ impl Monitor {
                  reported as they end, and a new process reusing a pid is not followed"
             );
         }
+        if let Some(policies) = a.policies {
+            self.ports.set_policies(policies);
+        }
         if let (Some(tw), Some(listeners)) = (a.time_wait, a.listeners) {
+            let dump = tw.map(|t| (t, a.read.clone()));
             self.ports
-                .on_scan(now_ns, tw, listeners, sink, &self.clock)?;
+                .on_scan(now_ns, dump, listeners, sink, &self.clock)?;
         }
         if let Some(found) = a.close_wait {
-            self.scan_close_wait(now_ns, found, sink)?;
+            self.scan_close_wait(now_ns, found, a.read.as_ref(), sink)?;
         }
         if let Some(m) = &self.metrics {
             m.borrow_mut().update(&self.metrics_view(now_ns));
@@ -268,7 +278,7 @@ impl Monitor {
         for d in std::mem::take(&mut self.due) {
             // Ended while the worker looked: its resolution was written.
             if self.leaks.is_tracked(d.tracked.sock.id) {
-                self.report(d, view.as_ref(), now_ns, sink)?;
+                self.report(d, view.as_ref(), a.read.as_ref(), now_ns, sink)?;
             }
         }
         Ok(())
@@ -282,7 +292,10 @@ impl Monitor {
             .ports
             .top(crate::output::metrics::MAX_DESTINATIONS)
             .into_iter()
-            .map(|(d, n)| (d.daddr.to_string(), d.dport, n, self.ports.ratio(n)))
+            .map(|(d, n)| {
+                let ratio = self.ports.ratio(d.netns, n);
+                (d.netns, d.daddr.to_string(), d.dport, n, ratio)
+            })
             .collect();
         let errors = self
             .ports
@@ -312,7 +325,10 @@ impl Monitor {
             .collect();
         self.summary.set_open_leaks(&open);
         self.summary.time_wait_top = (self.ports.top(10).into_iter())
-            .map(|(d, n)| (d, n, self.ports.ratio(n)))
+            .map(|(d, n)| {
+                let ratio = self.ports.ratio(d.netns, n);
+                (d, n, ratio)
+            })
             .collect();
         self.summary.time_wait_by_process = self.ports.by_process();
         self.summary.errors = self.ports.errors.clone();

@@ -3,12 +3,13 @@
 //! from the stream, reconciles it with the kernel (sock_diag) once a second,
 //! polls listeners' drop counters, and turns it all into records.
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 
 use crate::app::worker::Job;
 use crate::host::sockets::{DiagSocket, KernelView, SnapshotError};
 use crate::model::clock::WallClock;
+use crate::model::netns::NetnsReach;
 use crate::model::ports::PortPolicy;
 use crate::model::{Holder, SockError, SockRef, StateChange, Syscall, Task, TcpState};
 use crate::output::records::{
@@ -28,8 +29,14 @@ const TOP_RECORDED: usize = 10;
 
 pub struct PortPressure {
     tw: TimeWaitCounter,
-    policy: Option<PortPolicy>,
-    own_netns: u32,
+    /// Each namespace's ephemeral ports, by inode (refreshed each scan).
+    policies: HashMap<u32, PortPolicy>,
+    reach: NetnsReach,
+    /// Listening (netns, port)s at the last scan: TIME_WAIT on them is the
+    /// server side of a connection, which uses up no ephemeral port.
+    listening: HashSet<(u32, u16)>,
+    /// Server-side TIME_WAIT per (netns, local port), from the last scan.
+    server_side: BTreeMap<(u32, u16), u32>,
     limiter: ErrorLimiter,
     /// Last drop count per listener cookie.
     listen_drops: HashMap<u64, u32>,
@@ -54,12 +61,15 @@ fn tuple(s: &SockRef) -> Tuple {
 }
 
 impl PortPressure {
-    /// `policy`: this namespace's ports; None when unknown (no ratios).
-    pub fn new(warn: f64, own_netns: u32, policy: Option<PortPolicy>) -> Self {
+    /// `policies`: the ports of each namespace known at start (none known:
+    /// no ratios until a scan reads them).
+    pub fn new(warn: f64, reach: NetnsReach, policies: HashMap<u32, PortPolicy>) -> Self {
         PortPressure {
             tw: TimeWaitCounter::new(warn),
-            policy,
-            own_netns,
+            policies,
+            reach,
+            listening: HashSet::new(),
+            server_side: BTreeMap::new(),
             limiter: ErrorLimiter::default(),
             listen_drops: HashMap::new(),
             last_reconcile_ns: 0,
@@ -70,8 +80,25 @@ impl PortPressure {
         }
     }
 
-    fn local(&self, netns: u32) -> bool {
-        netns == self.own_netns || netns == 0
+    /// The ports of namespace `netns` (0, unnamed, is closetrace's own).
+    fn policy(&self, netns: u32) -> Option<PortPolicy> {
+        let netns = if netns == 0 { self.reach.home() } else { netns };
+        self.policies.get(&netns).copied()
+    }
+
+    /// A TIME_WAIT socket on a port its namespace does not hand out (a
+    /// service port, or one outside the ephemeral range): it blocks no
+    /// client's connect(), so it is no port pressure.
+    fn server_side(&self, netns: u32, sport: u16) -> bool {
+        self.listening.contains(&(netns, sport))
+            || self.policy(netns).is_some_and(|p| !p.is_ephemeral(sport))
+    }
+
+    /// New port sysctls, per namespace, from a scan.
+    pub fn set_policies(&mut self, policies: HashMap<u32, PortPolicy>) {
+        if !policies.is_empty() {
+            self.policies = policies;
+        }
     }
 
     pub fn on_state(
@@ -80,18 +107,24 @@ impl PortPressure {
         sink: &mut Sink,
         clock: &WallClock,
     ) -> io::Result<()> {
-        // Only this namespace: its sysctls set the ports, and sock_diag (the
-        // reconciliation) sees only it.
-        if !entered_time_wait(ev) || !self.local(ev.sock.netns) {
+        // Only namespaces the scans read: their sysctls set the ports, and
+        // sock_diag reconciles their counts.
+        if !entered_time_wait(ev) || !self.reach.covers(ev.sock.netns) {
             return Ok(());
         }
         // At -> CLOSE the local address may already be cleared; the local
         // port and remote end are what the timewait socket keeps.
         let t = tuple(&ev.sock);
+        if self.server_side(ev.sock.netns, ev.sock.sport) {
+            if let Some(closer) = ev.owner.clone() {
+                self.tw.credit(t, closer, ev.ts_ns);
+            }
+            return Ok(());
+        }
         let dest = t.0.clone();
         self.tw.entered(t, ev.owner.clone(), ev.ts_ns);
         match self
-            .policy
+            .policy(dest.netns)
             .and_then(|p| self.tw.evaluate(&dest, ev.ts_ns, &p))
         {
             Some(pr) => write_pressure(&pr, ev.ts_ns, sink, clock),
@@ -115,7 +148,13 @@ impl PortPressure {
         match e.syscall {
             Syscall::Connect => {
                 let who = format!("{}({})", printable(&e.task.comm), e.task.pid);
-                let time_wait = self.tw.toward(self.own_netns, e.addr, e.port);
+                // The caller's namespace: its ports are the ones used up.
+                let netns = if e.netns == 0 {
+                    self.reach.home()
+                } else {
+                    e.netns
+                };
+                let time_wait = self.tw.toward(netns, e.addr, e.port);
                 let text = || {
                     format!(
                         "!! connect() {}: {who} -> {} with {time_wait} sockets in TIME_WAIT toward it{}",
@@ -156,7 +195,13 @@ impl PortPressure {
         sink: &mut Sink,
         clock: &WallClock,
     ) -> io::Result<()> {
-        let (holders, time_wait) = view.map_or((Vec::new(), 0), |v| port_holders(v, e.port));
+        // Only the caller's namespace: a port bound in another is no conflict.
+        let netns = if e.netns == 0 {
+            self.reach.home()
+        } else {
+            e.netns
+        };
+        let (holders, time_wait) = view.map_or((Vec::new(), 0), |v| port_holders(v, netns, e.port));
         let hint = bind_hint(&holders, time_wait);
         let who = format!("{}({})", printable(&e.task.comm), e.task.pid);
         let held: Vec<String> = holders
@@ -206,62 +251,139 @@ impl PortPressure {
     /// Once a second, with what the host worker found: reconcile TIME_WAIT
     /// counts with the kernel's, report pressure changes and the top
     /// destinations, and check listeners for accept-queue overflows.
+    /// `time_wait`: the timewait sockets, and the namespaces they were
+    /// listed in (None: every one covered).
     pub fn on_scan(
         &mut self,
         now_ns: u64,
-        time_wait: Result<Vec<Tuple>, SnapshotError>,
+        time_wait: Result<(Vec<Tuple>, Option<HashSet<u32>>), SnapshotError>,
         listeners: Result<Vec<DiagSocket>, SnapshotError>,
         sink: &mut Sink,
         clock: &WallClock,
     ) -> io::Result<()> {
-        match time_wait {
-            Ok(dump) => {
-                let mut r = self.tw.begin_reconcile();
-                for t in &dump {
-                    r.saw(&mut self.tw, t);
-                }
-                self.tw.end_reconcile(r, now_ns);
-                if let Some(p) = self.policy {
-                    for pr in self.tw.evaluate_all(now_ns, &p) {
-                        write_pressure(&pr, now_ns, sink, clock)?;
-                    }
-                }
-            }
-            Err(e) => log::warn!("TIME_WAIT reconciliation: {e}"),
-        }
-        if now_ns >= self.last_top_ns.saturating_add(TOP_EVERY_NS) {
-            self.last_top_ns = now_ns;
-            let top = self.tw.top(TOP_RECORDED);
-            if !top.is_empty() {
-                let text = || {
-                    let list: Vec<String> = top
-                        .iter()
-                        .take(3)
-                        .map(|(d, n)| format!("{} -> {} {n}", d.saddr, endpoint(d.daddr, d.dport)))
-                        .collect();
-                    format!("-- TIME_WAIT top: {}", list.join(", "))
-                };
-                let rec = records::TimeWaitTop {
-                    ts: Ts::at(clock, now_ns),
-                    top: top
-                        .iter()
-                        .map(|(d, n)| records::TimeWaitDest {
-                            saddr: d.saddr,
-                            daddr: d.daddr,
-                            dport: d.dport,
-                            time_wait: *n,
-                            ratio: self.ratio(*n),
-                        })
-                        .collect(),
-                };
-                sink.record(Record::TimeWaitTop(rec), text)?;
-            }
-        }
+        // Listeners first: they tell which TIME_WAIT is a server's.
         match listeners {
             Ok(l) => self.check_listeners(l),
             Err(e) => log::warn!("listener check: {e}"),
         }
+        match time_wait {
+            Ok((dump, read)) => self.reconcile(&dump, read, now_ns, sink, clock)?,
+            Err(e) => log::warn!("TIME_WAIT reconciliation: {e}"),
+        }
+        if now_ns >= self.last_top_ns.saturating_add(TOP_EVERY_NS) {
+            self.last_top_ns = now_ns;
+            self.write_top(now_ns, sink, clock)?;
+        }
         Ok(())
+    }
+
+    /// The kernel's TIME_WAIT sockets: client-side ones replace the
+    /// counts per destination, server-side ones are counted apart.
+    fn reconcile(
+        &mut self,
+        dump: &[Tuple],
+        read: Option<HashSet<u32>>,
+        now_ns: u64,
+        sink: &mut Sink,
+        clock: &WallClock,
+    ) -> io::Result<()> {
+        let covered = |netns: &u32| read.as_ref().is_none_or(|r| r.contains(netns));
+        // Server-side counts of namespaces not read this time stand.
+        let mut server_side: BTreeMap<(u32, u16), u32> = std::mem::take(&mut self.server_side)
+            .into_iter()
+            .filter(|((netns, _), _)| !covered(netns))
+            .collect();
+        let mut r = self.tw.begin_reconcile_of(read.clone());
+        for t in dump {
+            if self.server_side(t.0.netns, t.1) {
+                *server_side.entry((t.0.netns, t.1)).or_default() += 1;
+                r.still_there(&mut self.tw, t);
+            } else {
+                r.saw(&mut self.tw, t);
+            }
+        }
+        self.tw.end_reconcile(r, now_ns);
+        self.server_side = server_side;
+        let policies = &self.policies;
+        let home = self.reach.home();
+        let policy_of = |netns: u32| {
+            policies
+                .get(&if netns == 0 { home } else { netns })
+                .copied()
+        };
+        for pr in self.tw.evaluate_all(now_ns, &policy_of) {
+            write_pressure(&pr, now_ns, sink, clock)?;
+        }
+        Ok(())
+    }
+
+    /// The busiest destinations, and server-side TIME_WAIT per service port.
+    fn write_top(&mut self, now_ns: u64, sink: &mut Sink, clock: &WallClock) -> io::Result<()> {
+        let home = sink.home_netns();
+        let top = self.tw.top(TOP_RECORDED);
+        let servers = self.server_side_top(TOP_RECORDED);
+        if top.is_empty() && servers.is_empty() {
+            return Ok(());
+        }
+        let text = || {
+            let list: Vec<String> = top
+                .iter()
+                .take(3)
+                .map(|(d, n)| {
+                    let at = elsewhere(d.netns, home);
+                    format!("{} -> {} {n}{at}", d.saddr, endpoint(d.daddr, d.dport))
+                })
+                .collect();
+            let served: Vec<String> = servers
+                .iter()
+                .take(3)
+                .map(|s| {
+                    format!(
+                        "port {} {}{}",
+                        s.port,
+                        s.time_wait,
+                        elsewhere(s.netns, home)
+                    )
+                })
+                .collect();
+            let mut line = format!("-- TIME_WAIT top: {}", list.join(", "));
+            if !served.is_empty() {
+                line += &format!("; server side: {}", served.join(", "));
+            }
+            line
+        };
+        let rec = records::TimeWaitTop {
+            ts: Ts::at(clock, now_ns),
+            top: top
+                .iter()
+                .map(|(d, n)| records::TimeWaitDest {
+                    saddr: d.saddr,
+                    daddr: d.daddr,
+                    dport: d.dport,
+                    time_wait: *n,
+                    ratio: self.ratio(d.netns, *n),
+                    netns: d.netns,
+                })
+                .collect(),
+            server_side: servers.clone(),
+        };
+        sink.record(Record::TimeWaitTop(rec), text)
+    }
+
+    /// Server-side TIME_WAIT per (netns, local port), most first.
+    pub fn server_side_top(&self, n: usize) -> Vec<records::ServerTimeWait> {
+        let mut v: Vec<records::ServerTimeWait> = self
+            .server_side
+            .iter()
+            .map(|(&(netns, port), &time_wait)| records::ServerTimeWait {
+                netns,
+                port,
+                time_wait,
+            })
+            .collect();
+        v.sort_by(|a, b| b.time_wait.cmp(&a.time_wait).then(a.port.cmp(&b.port)));
+        v.truncate(n);
+        v
     }
 
     /// Listeners whose drop counters grew since the previous check: the
@@ -269,6 +391,7 @@ impl PortPressure {
     fn check_listeners(&mut self, listeners: Vec<DiagSocket>) {
         let mut overflowing = Vec::new();
         let mut seen = HashMap::with_capacity(listeners.len());
+        self.listening = listeners.iter().map(|l| (l.netns, l.sport)).collect();
         for l in listeners {
             let Some(drops) = l.drops else { continue };
             let before = self.listen_drops.get(&l.cookie).copied();
@@ -300,7 +423,7 @@ impl PortPressure {
             let h = holders
                 .get(&l.inode)
                 .and_then(|v| v.iter().min_by_key(|h| h.pid));
-            let sock = l.sock_ref(self.own_netns);
+            let sock = l.sock_ref();
             let text = || {
                 format!(
                     "!! listen queue overflow: {} {}: backlog {}, {} queued, {dropped} dropped (the owner is not accepting fast enough)",
@@ -329,14 +452,24 @@ impl PortPressure {
         self.tw.top(n)
     }
 
-    /// `n` TIME_WAIT sockets as a share of the ephemeral ports, if known.
-    pub fn ratio(&self, n: u32) -> Option<f64> {
-        let available = self.policy?.available();
+    /// `n` TIME_WAIT sockets as a share of namespace `netns`'s ephemeral
+    /// ports, if known.
+    pub fn ratio(&self, netns: u32, n: u32) -> Option<f64> {
+        let available = self.policy(netns)?.available();
         (available > 0).then(|| f64::from(n) / f64::from(available))
     }
 
     pub fn by_process(&self) -> Vec<(Task, u32)> {
         self.tw.by_process()
+    }
+}
+
+/// " [netns N]" for a namespace other than closetrace's own (`home`).
+fn elsewhere(netns: u32, home: u32) -> String {
+    if netns == 0 || netns == home {
+        String::new()
+    } else {
+        format!(" [netns {netns}]")
     }
 }
 
@@ -349,6 +482,7 @@ fn more(suppressed: u64) -> String {
 }
 
 fn write_pressure(p: &Pressure, ts_ns: u64, sink: &mut Sink, clock: &WallClock) -> io::Result<()> {
+    let home = sink.home_netns();
     let text = || {
         let closers: Vec<String> = p
             .pids
@@ -368,7 +502,7 @@ fn write_pressure(p: &Pressure, ts_ns: u64, sink: &mut Sink, clock: &WallClock) 
             p.ratio * 100.0,
             p.rate_per_s,
             closers.join(", ")
-        )
+        ) + &elsewhere(p.dest.netns, home)
     };
     let rec = TimeWaitPressure {
         ts: Ts::at(clock, ts_ns),
@@ -383,19 +517,20 @@ fn write_pressure(p: &Pressure, ts_ns: u64, sink: &mut Sink, clock: &WallClock) 
         exhaustion_s: p.exhaustion_s,
         tw_reuse: p.tw_reuse,
         pids: p.pids.iter().map(|(pid, _)| *pid).collect(),
+        netns: p.dest.netns,
     };
     sink.record(Record::TimeWaitPressure(rec), text)
 }
 
-/// Who holds `port` locally: every non-TIME_WAIT socket on it with its
-/// processes, and how many TIME_WAIT sockets.
-fn port_holders(view: &KernelView, port: u16) -> (Vec<PortHolder>, u32) {
+/// Who holds `port` in namespace `netns`: every non-TIME_WAIT socket on it
+/// with its processes, and how many TIME_WAIT sockets.
+fn port_holders(view: &KernelView, netns: u32, port: u16) -> (Vec<PortHolder>, u32) {
     let mut holders = Vec::new();
     let mut time_wait = 0;
     let mut on_port: Vec<&DiagSocket> = view
         .by_cookie
         .values()
-        .filter(|s| s.sport == port)
+        .filter(|s| s.sport == port && s.netns == netns)
         .collect();
     on_port.sort_by_key(|s| (s.state, s.cookie));
     for s in on_port {
