@@ -464,6 +464,15 @@ pub const LOST_RINGBUF: u32 = 0;
 pub const LOST_CALL_ARGS: u32 = 1;
 pub const LOST_SLOTS: u32 = 2;
 
+/// `NETNS_ACTIVITY` slots: a namespace's CLOSE_WAIT entries count in slot
+/// `netns_slot(inode)`, so the scans can skip namespaces where nothing
+/// entered CLOSE_WAIT (namespaces sharing a slot are read together).
+pub const NETNS_SLOTS: u32 = 256;
+
+pub const fn netns_slot(netns: u32) -> u32 {
+    netns % NETNS_SLOTS
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: all of these are repr(C), made only of integers and byte arrays,

@@ -1,14 +1,23 @@
 //! Counting and submitting: per-CPU counters, and the wakeup policy for
 //! records submitted to the ring buffer.
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
-use closetrace_common::{Config, STATE_SLOTS};
+use closetrace_common::{Config, STATE_SLOTS, netns_slot};
 
-use crate::maps::{EVENTS, LOST, TRANSITIONS};
+use crate::maps::{EVENTS, LOST, NETNS_ACTIVITY, TRANSITIONS};
 
 #[inline(always)]
 pub(crate) fn count_transition(old: u32, new: u32) {
     let slot = (old % STATE_SLOTS) * STATE_SLOTS + new % STATE_SLOTS;
     if let Some(n) = TRANSITIONS.get_ptr_mut(slot) {
+        // Per-CPU slot, as for `LOST`.
+        unsafe { *n += 1 };
+    }
+}
+
+/// A socket of namespace `netns` entered CLOSE_WAIT: the scans must read it.
+#[inline(always)]
+pub(crate) fn mark_netns(netns: u32) {
+    if let Some(n) = NETNS_ACTIVITY.get_ptr_mut(netns_slot(netns)) {
         // Per-CPU slot, as for `LOST`.
         unsafe { *n += 1 };
     }

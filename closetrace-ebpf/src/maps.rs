@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use closetrace_common::{
     CGROUPS_CAPACITY, Config, IN_SHUTDOWN_CAPACITY, LISTENERS_CAPACITY, LOST_SLOTS, ListenKey,
-    ListenerInfo, PIDS_CAPACITY, PendingCall, SOCKS_CAPACITY, SockInfo, TRANSITION_SLOTS,
-    WATCH_CAPACITY,
+    ListenerInfo, NETNS_SLOTS, PIDS_CAPACITY, PendingCall, SOCKS_CAPACITY, SockInfo,
+    TRANSITION_SLOTS, WATCH_CAPACITY,
 };
 
 /// Offsets and filter switches, written by userspace before load.
@@ -27,6 +27,11 @@ pub(crate) static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SL
 #[map]
 pub(crate) static TRANSITIONS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(TRANSITION_SLOTS, 0);
+
+/// CLOSE_WAIT entries per namespace slot (`netns_slot`), per CPU: the
+/// scans read only namespaces whose slot moved (and, now and then, all).
+#[map]
+pub(crate) static NETNS_ACTIVITY: PerCpuArray<u64> = PerCpuArray::with_max_entries(NETNS_SLOTS, 0);
 
 /// Owner and current state per socket cookie. LRU so that sockets whose end
 /// we miss (lost events, sockets closed before start-up) cannot fill it.

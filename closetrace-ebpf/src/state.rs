@@ -16,7 +16,7 @@ use closetrace_common::{
     findings_need, flags, owner_src, tcp_state::*,
 };
 
-use crate::emit::{count, count_transition, wakeup};
+use crate::emit::{count, count_transition, mark_netns, wakeup};
 use crate::filters::{caused_by_owner, outside, scanned, watched};
 use crate::kread::{
     Btf, Mem, current_exiting, current_task, current_thread, endpoints, is_tcp, local_port,
@@ -99,6 +99,9 @@ pub(crate) fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     };
     let o = owner_of(&t, &listen_key, &task);
     keep_books(&t, &o, &listen_key, now);
+    if new == CLOSE_WAIT {
+        mark_netns(listen_key.netns);
+    }
     if !sent(cfg, &t, &o, listen_key.netns) {
         return Ok(());
     }

@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::bench::{Bins, Running, Tracer, Trial, finish_tracer, run_churn, wait_ready};
-use crate::measure::Netns;
+use crate::measure::{Netns, peak_rss_kib};
 
 /// What one scale run sets up.
 pub struct Scale {
@@ -64,7 +64,8 @@ pub fn run(
     let held = hold_sockets(&spaces, s.sockets_per_namespace)?;
     let churn_ns = Netns::new("ct-scale-churn")?;
     make_time_wait(bins, &churn_ns, s.time_wait)?;
-    let trial = trace_while_churning(bins, scratch, &churn_ns, s.seconds)?;
+    let (trial, startup_kib) = trace_while_churning(bins, scratch, &churn_ns, s.seconds)?;
+    let startup_mib = startup_kib.unwrap_or(0) as f64 / 1024.0;
     drop(sleepers);
     drop(held);
     let summary = trial.summary.clone().unwrap_or_default();
@@ -95,6 +96,7 @@ pub fn run(
         "seconds": s.seconds,
         "host_scans": host,
         "peak_rss_mib": (peak_mib * 10.0).round() / 10.0,
+        "peak_rss_at_ready_mib": (startup_mib * 10.0).round() / 10.0,
         "events": trial.events,
         "lost": trial.lost,
     }))
@@ -183,7 +185,7 @@ fn trace_while_churning(
     scratch: &Path,
     ns: &Netns,
     seconds: u64,
-) -> anyhow::Result<Trial> {
+) -> anyhow::Result<(Trial, Option<u64>)> {
     let out = scratch.join("scale.out");
     let err = scratch.join("scale.err");
     let _ = fs::remove_file(&out);
@@ -200,6 +202,7 @@ fn trace_while_churning(
         .spawn()
         .context("starting closetrace")?;
     let running: Running = wait_ready(Tracer::Default, Running { child, out, err })?;
+    let startup_kib = peak_rss_kib(running.child.id());
     let mut churn = ns.exec(&bins.churn.to_string_lossy());
     churn.args([
         "--mode",
@@ -216,7 +219,7 @@ fn trace_while_churning(
     run_churn(&mut churn)?;
     let mut trial = Trial::default();
     finish_tracer(Tracer::Default, running, &mut trial)?;
-    Ok(trial)
+    Ok((trial, startup_kib))
 }
 
 /// Processes forked from here, killed and reaped on drop.
@@ -269,7 +272,7 @@ pub fn markdown(s: &Value) -> String {
         "\nScale: closetrace on the host while {} namespaces x {} sockets, {} TIME_WAIT sockets \
          and {} extra processes exist, and a leaky churn runs at {} connections/s for {} s: \
          host reads per tick {} ms mean, {} ms max ({} ticks, {} skipped, {} namespaces read); \
-         peak RSS {} MiB; {} events, {} lost.\n",
+         peak RSS {} MiB ({} MiB by the end of start-up); {} events, {} lost.\n",
         s["namespaces"],
         s["sockets_per_namespace"],
         s["time_wait"],
@@ -282,6 +285,7 @@ pub fn markdown(s: &Value) -> String {
         h["skipped"],
         h["namespaces"],
         s["peak_rss_mib"],
+        s["peak_rss_at_ready_mib"],
         s["events"],
         s["lost"],
     )

@@ -29,6 +29,10 @@ pub struct TickJob {
     /// The cgroups of the sockets about to be reported: their containers
     /// must be named.
     pub cgroups: Vec<u64>,
+    /// The namespaces whose sockets the coordinator needs listed (tracked
+    /// leaks, TIME_WAIT being counted); the host adds those where the
+    /// kernel saw a socket enter CLOSE_WAIT. None: every namespace.
+    pub namespaces: Option<HashSet<u32>>,
 }
 
 #[derive(Debug)]
@@ -130,10 +134,13 @@ fn run(host: &mut dyn Host, job: Job) -> Answer {
             suppressed,
             view: host.everything(),
         },
-        Job::ListenerHolders(overflowing) => Answer::ListenerHolders {
-            overflowing,
-            holders: host.holders(),
-        },
+        Job::ListenerHolders(overflowing) => {
+            let inodes = overflowing.iter().map(|(l, _)| l.inode).collect();
+            Answer::ListenerHolders {
+                holders: host.holders(&inodes),
+                overflowing,
+            }
+        }
     }
 }
 
@@ -155,9 +162,10 @@ fn tick(host: &mut dyn Host, job: TickJob) -> TickAnswer {
         Some(Ok(d)) => {
             if job.holders {
                 let by_cookie = d.close_wait.iter().map(|s| (s.cookie, s.clone())).collect();
+                let inodes = d.close_wait.iter().map(|s| s.inode).collect();
                 let view = KernelView {
                     by_cookie,
-                    holders: host.holders(),
+                    holders: host.holders(&inodes),
                 };
                 holders = Some(Ok(view));
             }
@@ -206,7 +214,7 @@ fn dump(host: &mut dyn Host, job: &TickJob) -> Option<Result<Dump, SnapshotError
         close_wait: Vec::new(),
         time_wait: Vec::new(),
     };
-    let result = host.visit_sockets(states, &mut |s| {
+    let result = host.visit_sockets(states, job.namespaces.as_ref(), &mut |s| {
         if s.is_timewait() {
             d.time_wait.push(timewait_tuple(&s));
         } else if s.state == crate::model::TcpState::CloseWait {
@@ -291,6 +299,7 @@ pub(crate) mod tests {
         fn visit_sockets(
             &mut self,
             states: u32,
+            _wanted: Option<&HashSet<u32>>,
             visit: &mut dyn FnMut(DiagSocket),
         ) -> Result<(), SnapshotError> {
             let _wait = self.gate.lock().unwrap();
@@ -309,7 +318,7 @@ pub(crate) mod tests {
         fn listeners(&mut self) -> Result<Vec<DiagSocket>, SnapshotError> {
             Ok(Vec::new())
         }
-        fn holders(&mut self) -> HashMap<u32, Vec<Holder>> {
+        fn holders(&mut self, _inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>> {
             HashMap::new()
         }
         fn everything(&mut self) -> Result<KernelView, SnapshotError> {
@@ -324,6 +333,7 @@ pub(crate) mod tests {
             holders: false,
             ports: true,
             cgroups: vec![],
+            namespaces: None,
         }
     }
 

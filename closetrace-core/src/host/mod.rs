@@ -25,16 +25,21 @@ pub trait Host: Send {
     /// TCP sockets whose state is in `states` (bit N is state N), one at a
     /// time: there can be a hundred thousand TIME_WAIT sockets. Each dump
     /// walks the kernel's whole established hash (it is shared by every
-    /// namespace), so a tick asks once for all the states it needs.
+    /// namespace), so a tick asks once for all the states it needs, and
+    /// only in the namespaces it needs: those in `wanted` (None: all), and
+    /// those the host knows to have changed (see `System::visit_where`).
     fn visit_sockets(
         &mut self,
         states: u32,
+        wanted: Option<&HashSet<u32>>,
         visit: &mut dyn FnMut(DiagSocket),
     ) -> Result<(), SnapshotError>;
     /// Listeners, with their drop counters.
     fn listeners(&mut self) -> Result<Vec<DiagSocket>, SnapshotError>;
-    /// Socket inode -> every process holding it.
-    fn holders(&mut self) -> HashMap<u32, Vec<Holder>>;
+    /// Socket inode -> every process holding it, for the sockets in
+    /// `inodes` (the walk reads every fd table; keeping only these bounds
+    /// what it costs in memory).
+    fn holders(&mut self, inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>>;
     /// Every socket, with its holders (who holds a port a bind() wanted).
     fn everything(&mut self) -> Result<KernelView, SnapshotError>;
     /// Each namespace's ephemeral ports, by namespace inode.
@@ -88,7 +93,15 @@ pub struct System {
     stranded: bool,
     /// The namespaces the last `each` read.
     read: HashSet<u32>,
+    /// Namespaces whose sockets were listed at least once, and when every
+    /// namespace last was (see `visit_where`).
+    dumped: HashSet<u32>,
+    last_sweep: Option<Instant>,
 }
+
+/// How often socket dumps read every namespace, whatever changed: a safety
+/// net under the activity-driven choice of namespaces.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// How long one discovery of namespaces serves: below a tick, so that a
 /// namespace created while tracing is read by the next tick or the one after.
@@ -103,6 +116,8 @@ impl System {
             found: None,
             stranded: false,
             read: HashSet::new(),
+            dumped: HashSet::new(),
+            last_sweep: None,
         }
     }
 
@@ -138,15 +153,51 @@ impl System {
             .collect()
     }
 
+    /// Sockets in `states`, in the namespaces `pick` chooses, plus those
+    /// never listed yet (new ones: their sockets may predate anything the
+    /// kernel marked), plus every one each `SWEEP_EVERY`.
+    pub fn visit_where(
+        &mut self,
+        states: u32,
+        pick: &dyn Fn(u32) -> bool,
+        visit: &mut dyn FnMut(DiagSocket),
+    ) -> Result<(), SnapshotError> {
+        let sweep = self.last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_EVERY);
+        if sweep {
+            self.last_sweep = Some(Instant::now());
+        }
+        let dumped = std::mem::take(&mut self.dumped);
+        let choose = |ns: u32| sweep || !dumped.contains(&ns) || pick(ns);
+        let result = self.each_where(&choose, |netns| {
+            sockets::visit_tcp_sockets_both(states, false, &mut |mut s| {
+                s.netns = netns;
+                visit(s);
+            })
+        });
+        self.dumped = dumped;
+        self.dumped.extend(self.read.iter().copied());
+        result.map(|_| ())
+    }
+
     /// `read` run inside each namespace, with its inode: the answers of
     /// those that could be read. Only the home namespace failing is an
     /// error; others come and go, and are skipped when gone.
     fn each<T>(
         &mut self,
+        read: impl FnMut(u32) -> Result<T, SnapshotError>,
+    ) -> Result<Vec<T>, SnapshotError> {
+        self.each_where(&|_| true, read)
+    }
+
+    /// `each`, in the namespaces `choose` keeps.
+    fn each_where<T>(
+        &mut self,
+        choose: &dyn Fn(u32) -> bool,
         mut read: impl FnMut(u32) -> Result<T, SnapshotError>,
     ) -> Result<Vec<T>, SnapshotError> {
         let home = self.reach.home();
-        let namespaces = self.namespaces();
+        let mut namespaces = self.namespaces();
+        namespaces.retain(|n| choose(n.inode));
         if self.switcher.is_none() && self.reach.switches(self.own) {
             self.switcher = Switcher::new()
                 .inspect_err(|e| log::warn!("cannot enter other network namespaces: {e}"))
@@ -197,16 +248,20 @@ impl System {
     }
 
     /// Sockets in `states` with their holders (fd tables are global:
-    /// socket inodes are unique across namespaces).
+    /// socket inodes are unique across namespaces). Built as the dump is
+    /// parsed: a node can hold a hundred thousand sockets.
     fn view(&mut self, states: u32) -> Result<KernelView, SnapshotError> {
-        let by_cookie = self
-            .sockets(states, false)?
-            .into_iter()
-            .map(|s| (s.cookie, s))
-            .collect();
+        let mut by_cookie = HashMap::new();
+        self.each(|netns| {
+            sockets::visit_tcp_sockets_both(states, false, &mut |mut s| {
+                s.netns = netns;
+                by_cookie.insert(s.cookie, s);
+            })
+        })?;
+        let inodes: HashSet<u32> = by_cookie.values().map(|s| s.inode).collect();
         Ok(KernelView {
             by_cookie,
-            holders: sockets::socket_holders(),
+            holders: sockets::socket_holders_of(&|inode| inodes.contains(&inode)),
         })
     }
 }
@@ -215,23 +270,18 @@ impl Host for System {
     fn visit_sockets(
         &mut self,
         states: u32,
+        wanted: Option<&HashSet<u32>>,
         visit: &mut dyn FnMut(DiagSocket),
     ) -> Result<(), SnapshotError> {
-        self.each(|netns| {
-            sockets::visit_tcp_sockets_both(states, false, &mut |mut s| {
-                s.netns = netns;
-                visit(s);
-            })
-        })?;
-        Ok(())
+        self.visit_where(states, &|ns| wanted.is_none_or(|w| w.contains(&ns)), visit)
     }
 
     fn listeners(&mut self) -> Result<Vec<DiagSocket>, SnapshotError> {
         self.sockets(1 << closetrace_common::tcp_state::LISTEN, true)
     }
 
-    fn holders(&mut self) -> HashMap<u32, Vec<Holder>> {
-        sockets::socket_holders()
+    fn holders(&mut self, inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>> {
+        sockets::socket_holders_of(&|inode| inodes.contains(&inode))
     }
 
     fn everything(&mut self) -> Result<KernelView, SnapshotError> {

@@ -297,6 +297,12 @@ impl KernelView {
 /// that vanish or deny access mid-scan are skipped: this is best effort, as
 /// with `ss -p`.
 pub fn socket_holders() -> HashMap<u32, Vec<Holder>> {
+    socket_holders_of(&|_| true)
+}
+
+/// `socket_holders`, keeping only the sockets `wanted` names: a node's fd
+/// tables can hold a hundred thousand sockets, and a tick wants a few.
+pub fn socket_holders_of(wanted: &dyn Fn(u32) -> bool) -> HashMap<u32, Vec<Holder>> {
     let mut map: HashMap<u32, Vec<Holder>> = HashMap::new();
     let Ok(procs) = fs::read_dir("/proc") else {
         return map;
@@ -305,20 +311,11 @@ pub fn socket_holders() -> HashMap<u32, Vec<Holder>> {
         let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        let Ok(fds) = fs::read_dir(p.path().join("fd")) else {
-            continue;
-        };
         let mut who = None;
-        for fd in fds.flatten() {
-            let Some(fd_num) = fd.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let Some(inode) = fs::read_link(fd.path())
-                .ok()
-                .and_then(|l| l.to_str().and_then(parse_socket_link))
-            else {
-                continue;
-            };
+        socket_fds(pid, &mut |fd, inode| {
+            if !wanted(inode) {
+                return;
+            }
             let (comm, start) = who.get_or_insert_with(|| match crate::host::procs::stat(pid) {
                 Some(st) => (st.comm, Some(st.start)),
                 None => (String::new(), None),
@@ -327,11 +324,64 @@ pub fn socket_holders() -> HashMap<u32, Vec<Holder>> {
                 pid,
                 start: *start,
                 comm: comm.clone(),
-                fd: fd_num,
+                fd,
             });
-        }
+        });
     }
     map
+}
+
+/// Each socket in `pid`'s fd table, as (fd, socket inode). The links are
+/// read relative to the open fd directory (readlinkat): resolving
+/// /proc/PID/fd/N from the root for each of a hundred thousand fds costs
+/// three more path lookups apiece.
+fn socket_fds(pid: u32, visit: &mut dyn FnMut(u32, u32)) {
+    let Ok(path) = std::ffi::CString::new(format!("/proc/{pid}/fd")) else {
+        return;
+    };
+    // SAFETY: open on a valid C string; the result is checked.
+    let dir_fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if dir_fd < 0 {
+        return;
+    }
+    // SAFETY: dir_fd is ours; fdopendir takes it over (closedir closes it).
+    let dir = unsafe { libc::fdopendir(dir_fd) };
+    if dir.is_null() {
+        // SAFETY: still ours when fdopendir fails.
+        unsafe { libc::close(dir_fd) };
+        return;
+    }
+    let mut link = [0u8; 64];
+    loop {
+        // SAFETY: dir is open; the entry stays valid until the next readdir.
+        let entry = unsafe { libc::readdir(dir) };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: d_name is NUL-terminated within the entry.
+        let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
+        let Some(fd) = name.to_str().ok().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        // SAFETY: readlinkat into a buffer of the given length.
+        let n = unsafe {
+            libc::readlinkat(dir_fd, name.as_ptr(), link.as_mut_ptr().cast(), link.len())
+        };
+        let Ok(n) = usize::try_from(n) else { continue };
+        if let Some(inode) = std::str::from_utf8(&link[..n.min(link.len())])
+            .ok()
+            .and_then(parse_socket_link)
+        {
+            visit(fd, inode);
+        }
+    }
+    // SAFETY: closes the stream and dir_fd.
+    unsafe { libc::closedir(dir) };
 }
 
 /// `socket:[12345]` -> 12345

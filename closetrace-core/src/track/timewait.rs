@@ -313,6 +313,11 @@ impl TimeWaitCounter {
             .collect()
     }
 
+    /// Namespaces with a destination still being counted.
+    pub fn namespaces(&self) -> impl Iterator<Item = u32> + '_ {
+        self.dests.keys().map(|d| d.netns)
+    }
+
     /// TIME_WAIT sockets toward `daddr:dport` from any local address.
     pub fn toward(&self, netns: u32, daddr: IpAddr, dport: u16) -> u32 {
         self.dests

@@ -8,7 +8,9 @@ use closetrace_core::host::{Host, System};
 use closetrace_core::model::Holder;
 use closetrace_core::model::ports::PortPolicy;
 
+use crate::kernel::maps::NetnsActivity;
 use crate::kernel::selection::Upkeep;
+use closetrace_common::netns_slot;
 
 /// When a process started, in /proc's ticks (None once it is gone).
 pub fn start_of(pid: u32) -> Option<u64> {
@@ -18,23 +20,36 @@ pub fn start_of(pid: u32) -> Option<u64> {
 pub struct RunHost {
     pub system: System,
     pub upkeep: Option<Upkeep>,
+    /// Which namespaces the kernel saw a socket enter CLOSE_WAIT in.
+    pub activity: Option<NetnsActivity>,
 }
 
 impl Host for RunHost {
+    /// The namespaces wanted, and those whose activity slot moved: read
+    /// before the dump, so a socket entering CLOSE_WAIT meanwhile is seen
+    /// now or by the next tick.
     fn visit_sockets(
         &mut self,
         states: u32,
+        wanted: Option<&HashSet<u32>>,
         visit: &mut dyn FnMut(DiagSocket),
     ) -> Result<(), SnapshotError> {
-        self.system.visit_sockets(states, visit)
+        let moved = self.activity.as_mut().and_then(NetnsActivity::moved);
+        match (wanted, moved) {
+            (Some(wanted), Some(moved)) => {
+                let pick = |ns: u32| wanted.contains(&ns) || moved.contains(&netns_slot(ns));
+                self.system.visit_where(states, &pick, visit)
+            }
+            _ => self.system.visit_where(states, &|_| true, visit),
+        }
     }
 
     fn listeners(&mut self) -> Result<Vec<DiagSocket>, SnapshotError> {
         self.system.listeners()
     }
 
-    fn holders(&mut self) -> HashMap<u32, Vec<Holder>> {
-        self.system.holders()
+    fn holders(&mut self, inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>> {
+        self.system.holders(inodes)
     }
 
     fn everything(&mut self) -> Result<KernelView, SnapshotError> {

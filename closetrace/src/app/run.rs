@@ -38,7 +38,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         log::info!("{note}");
     }
     let reach = reach(&sel);
-    let existing = Existing::look(reach);
+    let mut existing = Existing::probe(reach);
     let scan = scans_close_wait(&cli, &sel, &existing);
     let mut kernel = load::load(&LoadOptions {
         pids: &sel.pids,
@@ -52,6 +52,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         owner_from_io: cli.owner_from_io,
     })?;
     let pids = follow_late_children(&mut kernel, &sel)?;
+    // Listed once the hooks are attached: a socket made since is seen by
+    // them, and the kernel's BTF, parsed by the load, is freed by now.
+    existing.look();
     let enters_namespaces = existing.readable && reach.switches(existing.own);
     kernel.hooks.push(existing.diag.clone());
     let clock = WallClock::sample();
@@ -93,6 +96,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let host = RunHost {
         system: System::new(reach),
         upkeep,
+        activity: kernel.netns_activity.take(),
     };
     let started = Instant::now();
     let result = trace(
@@ -183,7 +187,7 @@ fn reach(sel: &Selection) -> NetnsReach {
 }
 
 /// The sockets already there at start-up, in every namespace read, and
-/// whether sock_diag could list them.
+/// whether sock_diag can list them.
 struct Existing {
     /// closetrace's own namespace.
     own: u32,
@@ -191,6 +195,7 @@ struct Existing {
     reach: NetnsReach,
     /// Whether the namespaces `reach` names can all be read from here.
     readable: bool,
+    /// Empty until `look`.
     view: KernelView,
     /// Each namespace's port sysctls.
     policies: HashMap<u32, PortPolicy>,
@@ -198,46 +203,47 @@ struct Existing {
 }
 
 impl Existing {
-    /// sock_diag can be missing (tcp_diag is a module on distribution
-    /// kernels, and may be absent): trace anyway, and say what that costs.
-    fn look(reach: NetnsReach) -> Existing {
+    /// Whether sock_diag answers here (tcp_diag is a module on distribution
+    /// kernels, and may be absent: closetrace then traces anyway, and says
+    /// what that costs), and each namespace's port sysctls.
+    fn probe(reach: NetnsReach) -> Existing {
         let own = sockets::own_netns().unwrap_or(0);
         let readable = !reach.switches(own) || privileges::can_enter_namespaces();
-        let mut system = System::new(reach);
         let policies = if readable {
-            system.port_policies()
+            System::new(reach).port_policies()
         } else {
             HashMap::new()
         };
-        let view = if readable {
-            system.snapshot()
-        } else {
-            Ok(KernelView::empty())
-        };
-        match view {
-            Ok(view) => Existing {
-                own,
-                reach,
-                readable,
-                view,
-                policies,
-                diag: HookReport::ok("sock_diag", Attach::Netlink),
-            },
-            Err(e) => Existing {
-                own,
-                reach,
-                readable,
-                view: KernelView::empty(),
-                policies,
-                diag: HookReport::unavailable(
-                    "sock_diag",
-                    format!(
-                        "{e} (load the tcp_diag module); sockets older than closetrace get no \
-                         owner until they act, and leak holders, recv_q and TIME_WAIT \
-                         reconciliation are unavailable"
-                    ),
+        let listening = 1 << closetrace_common::tcp_state::LISTEN;
+        let diag = match sockets::tcp_sockets_both(listening, false) {
+            Ok(_) => HookReport::ok("sock_diag", Attach::Netlink),
+            Err(e) => HookReport::unavailable(
+                "sock_diag",
+                format!(
+                    "{e} (load the tcp_diag module); sockets older than closetrace get no \
+                     owner until they act, and leak holders, recv_q and TIME_WAIT \
+                     reconciliation are unavailable"
                 ),
-            },
+            ),
+        };
+        Existing {
+            own,
+            reach,
+            readable,
+            view: KernelView::empty(),
+            policies,
+            diag,
+        }
+    }
+
+    /// List the sockets (and their holders) in every namespace read.
+    fn look(&mut self) {
+        if !self.readable || !self.diag.attached() {
+            return;
+        }
+        match System::new(self.reach).snapshot() {
+            Ok(view) => self.view = view,
+            Err(e) => log::warn!("listing the sockets already there: {e}"),
         }
     }
 }

@@ -13,7 +13,7 @@ use closetrace_core::model::hooks::HookReport;
 use closetrace_core::model::netns::NetnsReach;
 
 use super::attach::{self, brief};
-use super::maps::{take_hash, take_map};
+use super::maps::{NetnsActivity, take_hash, take_map};
 use super::offsets;
 use super::{CloseHook, LoadError, LoadOptions, SYSFS_BTF};
 
@@ -28,6 +28,8 @@ pub struct Kernel {
     pub events: RingBuf<MapData>,
     pub lost: PerCpuArray<MapData, u64>,
     pub transitions: PerCpuArray<MapData, u64>,
+    /// CLOSE_WAIT entries per namespace slot: which namespaces to scan.
+    pub netns_activity: Option<NetnsActivity>,
     /// `--pid`, `--pid-tree`: the followed processes, which the kernel
     /// extends with children (`--pid-tree`) and prunes as they exit.
     pub pids: Option<BpfHashMap<MapData, u32, u8>>,
@@ -98,6 +100,10 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
             .map_err(|e| LoadError::Map("LOST", e.to_string()))?,
         transitions: PerCpuArray::try_from(take_map(&mut ebpf, "TRANSITIONS")?)
             .map_err(|e| LoadError::Map("TRANSITIONS", e.to_string()))?,
+        netns_activity: Some(NetnsActivity::new(
+            PerCpuArray::try_from(take_map(&mut ebpf, "NETNS_ACTIVITY")?)
+                .map_err(|e| LoadError::Map("NETNS_ACTIVITY", e.to_string()))?,
+        )),
         pids: if opts.pids.is_empty() {
             None
         } else {

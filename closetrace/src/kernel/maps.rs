@@ -1,9 +1,12 @@
 //! The maps userspace reads and writes after loading: taking them out of
 //! the object, seeding the owners of sockets that predate start-up, the
-//! CLOSE_WAIT scan's maps, and how full each map is for the summary.
+//! CLOSE_WAIT scan's maps and which namespaces it must read, and how full
+//! each map is for the summary.
+use std::collections::HashSet;
+
 use aya::Ebpf;
-use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-use closetrace_common::{ListenKey, ListenerInfo, SockInfo};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
+use closetrace_common::{ListenKey, ListenerInfo, NETNS_SLOTS, SockInfo};
 use closetrace_core::host::sockets::KernelView;
 use closetrace_core::kernel::CloseWaitKernel;
 use closetrace_core::kernel::decode::{close_wait_entry, seed_info, task_id};
@@ -177,4 +180,40 @@ pub fn occupancy_of_remaining(ebpf: &Ebpf) -> Vec<(&'static str, MapUse)> {
     .into_iter()
     .flatten()
     .collect()
+}
+
+/// The kernel's CLOSE_WAIT entries per namespace slot, and which slots
+/// moved since the last look: the namespaces a scan must read.
+pub struct NetnsActivity {
+    map: PerCpuArray<MapData, u64>,
+    last: Vec<u64>,
+}
+
+impl NetnsActivity {
+    pub fn new(map: PerCpuArray<MapData, u64>) -> Self {
+        NetnsActivity {
+            map,
+            last: vec![0; NETNS_SLOTS as usize],
+        }
+    }
+
+    /// Slots whose count changed since the previous call (all of them, if
+    /// the map cannot be read: a scan then reads everything).
+    pub fn moved(&mut self) -> Option<HashSet<u32>> {
+        let mut moved = HashSet::new();
+        for slot in 0..NETNS_SLOTS {
+            let now: u64 = match self.map.get(&slot, 0) {
+                Ok(per_cpu) => per_cpu.iter().sum(),
+                Err(e) => {
+                    log::warn!("reading NETNS_ACTIVITY: {e}");
+                    return None;
+                }
+            };
+            if now != self.last[slot as usize] {
+                self.last[slot as usize] = now;
+                moved.insert(slot);
+            }
+        }
+        Some(moved)
+    }
 }

@@ -203,10 +203,22 @@ impl Monitor {
             holders: !self.due.is_empty(),
             ports: self.ports.wants_scan(now_ns),
             cgroups: self.due.iter().map(|d| d.tracked.sock.cgroup).collect(),
+            namespaces: self.namespaces_needed(),
         };
         self.tick_in_flight = true;
         self.leaks.mark();
         self.jobs.push(Job::Tick(job));
+    }
+
+    /// Every namespace, when there are many, is not listed each tick: only
+    /// those with tracked leaks or TIME_WAIT being counted (the host adds
+    /// the ones where the kernel saw a socket enter CLOSE_WAIT).
+    fn namespaces_needed(&self) -> Option<HashSet<u32>> {
+        if !matches!(self.reach, NetnsReach::All { .. }) {
+            return None;
+        }
+        let leaks = self.leaks.tracked().map(|t| t.sock.netns);
+        Some(leaks.chain(self.ports.namespaces_needed()).collect())
     }
 
     /// What the host worker found for a job.

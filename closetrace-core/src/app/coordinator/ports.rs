@@ -37,6 +37,8 @@ pub struct PortPressure {
     listening: HashSet<(u32, u16)>,
     /// Server-side TIME_WAIT per (netns, local port), from the last scan.
     server_side: BTreeMap<(u32, u16), u32>,
+    /// Namespaces where sockets entered TIME_WAIT since the last scan.
+    entered: HashSet<u32>,
     limiter: ErrorLimiter,
     /// Last drop count per listener cookie.
     listen_drops: HashMap<u64, u32>,
@@ -70,6 +72,7 @@ impl PortPressure {
             reach,
             listening: HashSet::new(),
             server_side: BTreeMap::new(),
+            entered: HashSet::new(),
             limiter: ErrorLimiter::default(),
             listen_drops: HashMap::new(),
             last_reconcile_ns: 0,
@@ -115,6 +118,7 @@ impl PortPressure {
         // At -> CLOSE the local address may already be cleared; the local
         // port and remote end are what the timewait socket keeps.
         let t = tuple(&ev.sock);
+        self.entered.insert(ev.sock.netns);
         if self.server_side(ev.sock.netns, ev.sock.sport) {
             if let Some(closer) = ev.owner.clone() {
                 self.tw.credit(t, closer, ev.ts_ns);
@@ -238,6 +242,16 @@ impl PortPressure {
         sink.record(Record::BindError(rec), text)
     }
 
+    /// The namespaces whose TIME_WAIT the next scan must count: where
+    /// sockets entered it since the last scan, or where some are counted.
+    pub fn namespaces_needed(&self) -> impl Iterator<Item = u32> + '_ {
+        self.entered
+            .iter()
+            .copied()
+            .chain(self.tw.namespaces())
+            .chain(self.server_side.keys().map(|(netns, _)| *netns))
+    }
+
     /// Whether this tick should count timewait sockets and read listeners
     /// (once a second).
     pub fn wants_scan(&mut self, now_ns: u64) -> bool {
@@ -304,6 +318,7 @@ impl PortPressure {
         }
         self.tw.end_reconcile(r, now_ns);
         self.server_side = server_side;
+        self.entered.retain(|netns| !covered(netns));
         let policies = &self.policies;
         let home = self.reach.home();
         let policy_of = |netns: u32| {
