@@ -165,7 +165,7 @@ fn time_wait_pressure_per_namespace() {
     assert_eq!(errno_a, Some(99), "A ran out of ports: EADDRNOTAVAIL");
     assert_eq!(errno_b, None, "B has its own, wider range");
     // One reconciliation after the churn.
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(2500));
     let ss_a = a.ss_timewait_count() as f64;
     let out = tracer.stop();
     let (na, nb) = (inode(&a), inode(&b));
@@ -324,4 +324,50 @@ fn veth_client_and_server_in_two_namespaces() {
         );
         assert_eq!(t["netns"], inode(&b));
     }
+}
+
+/// Listen overflows are reported per namespace: a listener in a namespace
+/// that never accepts, traced from the host.
+#[test]
+fn listen_overflow_in_a_namespace() {
+    let Some(_k) = kernel_test("listen_overflow_in_a_namespace") else {
+        return;
+    };
+    let ns = Netns::new("backlog");
+    let mut tracer = Tracer::start(&[]);
+    let mut server = Peer::spawn_in(
+        &ns,
+        &[
+            "server",
+            "--listen",
+            SERVER,
+            "--backlog",
+            "1",
+            "--no-accept",
+        ],
+    );
+    server.value("LISTENING");
+    // Let closetrace take its baseline of the new listener.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut client = Peer::spawn_in(
+        &ns,
+        &[
+            "client",
+            "--connect",
+            SERVER,
+            "--count",
+            "20",
+            "--connect-timeout-ms",
+            "200",
+        ],
+    );
+    let overflow = tracer.wait_record(Duration::from_secs(15), |r| {
+        r["type"] == "listen_overflow" && r["sport"] == 9501
+    });
+    client.wait_done();
+    let out = tracer.stop();
+    let o = overflow.unwrap_or_else(|| panic!("no listen_overflow: {}", out.stderr));
+    assert_eq!(o["pid"], server.pid());
+    assert_eq!(o["netns"], inode(&ns));
+    assert!(o["dropped"].as_u64().unwrap() > 0, "{o}");
 }

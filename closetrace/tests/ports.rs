@@ -198,7 +198,9 @@ fn server_side_time_wait_is_not_client_pressure() {
         return;
     };
     let ns = narrow_netns("srvtw");
-    let tracer = Tracer::start_in(&ns, &[]);
+    // Only this namespace, as in the test above.
+    let only = format!("/run/netns/{}", ns.name);
+    let tracer = Tracer::start_in(&ns, &["--netns", &only]);
     let mut server = Peer::spawn_in(
         &ns,
         &[
@@ -225,8 +227,8 @@ fn server_side_time_wait_is_not_client_pressure() {
     );
     client.wait_done();
     server.wait_done();
-    // One reconciliation after the churn.
-    std::thread::sleep(Duration::from_millis(1500));
+    // A reconciliation after the churn (they run once a second).
+    std::thread::sleep(Duration::from_millis(2500));
     let ss_tw = ns.ss_timewait_count();
     let out = tracer.stop();
     // Fewer than 150: with 200 client ports, a reused port's SYN ends the
@@ -258,5 +260,24 @@ fn server_side_time_wait_is_not_client_pressure() {
             .iter()
             .all(|p| p["pid"] != client.pid()),
         "the client left no TIME_WAIT: {by}"
+    );
+    // Kept out of the destinations (one line per client port, before),
+    // shown apart on the service port.
+    let tw = &out.summary()["time_wait"];
+    let in_ns = |d: &&Value| d["netns"] == ns.inode();
+    assert_eq!(
+        tw["top"].as_array().unwrap().iter().filter(in_ns).count(),
+        0,
+        "no destination counts the server's TIME_WAIT: {tw}"
+    );
+    let served = tw["server_side"]
+        .as_array()
+        .and_then(|v| v.iter().find(in_ns))
+        .unwrap_or_else(|| panic!("no server-side TIME_WAIT: {tw}\n{}", out.stderr));
+    assert_eq!(served["port"], 9501);
+    let n = served["time_wait"].as_f64().unwrap();
+    assert!(
+        (n - ss_tw as f64).abs() <= ss_tw as f64 * 0.05,
+        "server side {n}, ss {ss_tw}"
     );
 }

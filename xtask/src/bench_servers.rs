@@ -128,7 +128,9 @@ fn start_server(ns: &Netns, server: Server, scratch: &Path) -> anyhow::Result<Ru
             fs::write(
                 &conf,
                 format!(
-                    "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log stderr;\n\
+                    // One process, so killing it ends nginx: a master's
+                    // worker would outlive it, holding its namespace.
+                    "daemon off; master_process off; pid {d}/nginx.pid; error_log stderr;\n\
                      events {{ worker_connections 4096; }}\n\
                      http {{ access_log off; client_body_temp_path {d}/body;\n\
                      keepalive_requests 1000000;\n\

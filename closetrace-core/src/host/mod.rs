@@ -93,6 +93,9 @@ pub struct System {
     stranded: bool,
     /// The namespaces the last `each` read.
     read: HashSet<u32>,
+    /// Namespaces found before and not since, and when they went: counted
+    /// as read (and empty) for a while, so what was known of them ends.
+    gone: Vec<(u32, Instant)>,
     /// Namespaces whose sockets were listed at least once, and when every
     /// namespace last was (see `visit_where`).
     dumped: HashSet<u32>,
@@ -102,6 +105,9 @@ pub struct System {
 /// How often socket dumps read every namespace, whatever changed: a safety
 /// net under the activity-driven choice of namespaces.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// How long a namespace that went away is reported read and empty.
+const GONE_FOR: Duration = Duration::from_secs(5);
 
 /// How long one discovery of namespaces serves: below a tick, so that a
 /// namespace created while tracing is read by the next tick or the one after.
@@ -116,6 +122,7 @@ impl System {
             found: None,
             stranded: false,
             read: HashSet::new(),
+            gone: Vec::new(),
             dumped: HashSet::new(),
             last_sweep: None,
         }
@@ -144,7 +151,16 @@ impl System {
             .as_ref()
             .is_some_and(|(at, _)| at.elapsed() < REDISCOVER);
         if !fresh {
-            self.found = Some((Instant::now(), netns::discover()));
+            let now = netns::discover();
+            if let Some((_, before)) = &self.found {
+                let went = before
+                    .iter()
+                    .filter(|b| !now.iter().any(|n| n.inode == b.inode))
+                    .map(|b| (b.inode, Instant::now()));
+                self.gone.extend(went);
+            }
+            self.gone.retain(|(_, at)| at.elapsed() < GONE_FOR);
+            self.found = Some((Instant::now(), now));
         }
         let all = self.found.as_ref().map_or(&[][..], |(_, v)| v.as_slice());
         all.iter()
@@ -174,8 +190,17 @@ impl System {
                 visit(s);
             })
         });
-        self.dumped = dumped;
-        self.dumped.extend(self.read.iter().copied());
+        // Forget namespaces that went away: containers come and go.
+        let found = self
+            .found
+            .as_ref()
+            .map(|(_, v)| v.as_slice())
+            .unwrap_or(&[]);
+        self.dumped = dumped
+            .into_iter()
+            .chain(self.read.iter().copied())
+            .filter(|ns| found.iter().any(|n| n.inode == *ns))
+            .collect();
         result.map(|_| ())
     }
 
@@ -204,7 +229,8 @@ impl System {
                 .ok();
         }
         let mut out = Vec::with_capacity(namespaces.len());
-        self.read.clear();
+        // A namespace that went away has no sockets left: read, and empty.
+        self.read = self.gone.iter().map(|(ns, _)| *ns).collect();
         for ns in &namespaces {
             let answer = match (&self.switcher, self.stranded) {
                 (_, true) => continue,

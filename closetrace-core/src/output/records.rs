@@ -490,6 +490,9 @@ pub struct TimeWaitSummary {
     pub top: Vec<TimeWaitDest>,
     /// TIME_WAIT sockets at exit per process whose close put them there.
     pub by_process: Vec<TimeWaitProcess>,
+    /// Server-side TIME_WAIT at exit (as in `time_wait_top`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_side: Vec<ServerTimeWait>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -841,6 +844,11 @@ mod tests {
                         pid_start: Some(5),
                         comm: "cli".into(),
                         time_wait: 30,
+                    }],
+                    server_side: vec![ServerTimeWait {
+                        netns: 4026532401,
+                        port: 80,
+                        time_wait: 12,
                     }],
                 },
                 errors: [("connect".into(), [("EADDRNOTAVAIL".into(), 5)].into())].into(),

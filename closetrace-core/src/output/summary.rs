@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 
 use crate::model::{MapUse, Task, TcpState};
 use crate::output::records::{
-    HostScans, LeakStats, SummaryRecord, TimeWaitDest, TimeWaitProcess, TimeWaitSummary,
+    HostScans, LeakStats, ServerTimeWait, SummaryRecord, TimeWaitDest, TimeWaitProcess,
+    TimeWaitSummary,
 };
 
 #[derive(Debug, Default)]
@@ -25,6 +26,8 @@ pub struct Summary {
     /// ephemeral ports when known.
     pub time_wait_top: Vec<(crate::track::timewait::Dest, u32, Option<f64>)>,
     pub time_wait_by_process: Vec<(Task, u32)>,
+    /// Server-side TIME_WAIT at exit, per namespace and service port.
+    pub time_wait_server_side: Vec<ServerTimeWait>,
     /// (syscall, errno) -> failures, suppressed ones included.
     pub errors: BTreeMap<(&'static str, &'static str), u64>,
     pub listen_overflows: u64,
@@ -148,6 +151,7 @@ impl Summary {
                         time_wait: *n,
                     })
                     .collect(),
+                server_side: self.time_wait_server_side.clone(),
             },
             errors: self
                 .errors
@@ -206,6 +210,12 @@ impl Summary {
                     d.saddr,
                     crate::output::text::endpoint(d.daddr, d.dport)
                 );
+            }
+        }
+        if !self.time_wait_server_side.is_empty() {
+            s += "  TIME_WAIT on service ports (the server closed first):\n";
+            for t in &self.time_wait_server_side {
+                let _ = writeln!(s, "    port {} {} (netns {})", t.port, t.time_wait, t.netns);
             }
         }
         if !self.time_wait_by_process.is_empty() {

@@ -343,6 +343,7 @@ impl Monitor {
             })
             .collect();
         self.summary.time_wait_by_process = self.ports.by_process();
+        self.summary.time_wait_server_side = self.ports.server_side_top(10);
         self.summary.errors = self.ports.errors.clone();
         self.summary.listen_overflows = self.ports.listen_overflows;
     }
