@@ -688,6 +688,7 @@ fn bounded_run(
         "connections": churned["connections"],
         "conn_per_s": churned["rate"].as_f64().map(f64::round),
         "peak_rss_mib": (peak_mib * 10.0).round() / 10.0,
+        "rss_at_end_mib": (last as f64 / 1024.0 * 10.0).round() / 10.0,
         "rss_growth_after_first_quarter_mib": (growth_mib * 10.0).round() / 10.0,
         "events": trial.events,
         "lost": trial.lost,

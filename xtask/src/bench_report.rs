@@ -100,10 +100,12 @@ pub fn markdown(r: &Value) -> String {
     }
     let b = &r["bounded"];
     s += &format!(
-        "\nBounded run: {} connections (client-close, 0.1% leaked) through closetrace: peak RSS {} MiB, \
-         growth after the first quarter {} MiB, {} events, {} lost, {} of {} leaks reported.\n",
+        "\nBounded run: {} connections (client-close, 0.1% leaked) through closetrace: peak RSS {} MiB \
+         (resident at the end: {} MiB), growth after the first quarter {} MiB, {} events, {} lost, \
+         {} of {} leaks reported.\n",
         opt(&b["connections"]),
         opt(&b["peak_rss_mib"]),
+        opt(&b["rss_at_end_mib"]),
         opt(&b["rss_growth_after_first_quarter_mib"]),
         opt(&b["events"]),
         opt(&b["lost"]),

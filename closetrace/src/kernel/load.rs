@@ -121,12 +121,10 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
 
 /// The programs' configuration, with the running kernel's struct offsets.
 fn config(opts: &LoadOptions<'_>) -> Result<Config, LoadError> {
-    // Two parses of the kernel's BTF (ours for offsets, aya's for loading)
-    // are the largest allocations closetrace ever makes: never hold both.
-    let offsets = {
-        let vmlinux = offsets::load_btf(Path::new(SYSFS_BTF))?;
-        offsets::resolve(&vmlinux)?
-    };
+    // Two parses of the kernel's BTF (btf-rs's for offsets, aya's for
+    // loading) are the largest allocations closetrace ever makes: the first
+    // is made in a child process, so it never counts here.
+    let offsets = offsets::resolve_in_child(Path::new(SYSFS_BTF))?;
     if opts.cgroups.is_some() && offsets.sk_cgroup == OFFSET_ABSENT {
         return Err(LoadError::NoSocketCgroups);
     }

@@ -33,6 +33,78 @@ pub enum OffsetError {
     },
     #[error("kernel BTF: {field}: {reason}")]
     Malformed { field: String, reason: String },
+    /// Resolved in a child process (see `resolve_in_child`), which failed
+    /// with this message, or could not be run.
+    #[error("{0}")]
+    Child(String),
+}
+
+/// `resolve(load_btf(path))` in a forked child that hands back the offsets
+/// and exits. Parsing the kernel's BTF this way takes ~40 MiB, the largest
+/// allocation of a run: done in a child, it never counts in the daemon's
+/// memory. Call it while the process has one thread (fork copies only the
+/// caller).
+pub fn resolve_in_child(path: &Path) -> Result<SockOffsets, OffsetError> {
+    let child_failed =
+        |what: &str| OffsetError::Child(format!("{what}: {}", std::io::Error::last_os_error()));
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills the two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(child_failed("pipe for the BTF child"));
+    }
+    let [rx, tx] = fds;
+    // SAFETY: the caller is single-threaded, so the child may allocate.
+    match unsafe { libc::fork() } {
+        -1 => Err(child_failed("fork for the BTF child")),
+        0 => {
+            let reply = match load_btf(path).and_then(|btf| resolve(&btf)) {
+                Ok(off) => [&[0u8][..], bytemuck_bytes(&off)].concat(),
+                Err(e) => [&[1u8][..], e.to_string().as_bytes()].concat(),
+            };
+            // SAFETY: writing our reply to the pipe, then leaving at once:
+            // nothing of the parent's state is to be run down here.
+            unsafe {
+                libc::write(tx, reply.as_ptr().cast(), reply.len());
+                libc::_exit(0)
+            }
+        }
+        pid => {
+            // SAFETY: the parent's copy of the write end.
+            unsafe { libc::close(tx) };
+            let reply = read_all(rx);
+            let mut status = 0;
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            match reply.split_first() {
+                Some((0, bytes)) if bytes.len() == size_of::<SockOffsets>() => {
+                    // SAFETY: SockOffsets is plain u32s: any bytes are a value.
+                    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+                }
+                Some((1, msg)) => Err(OffsetError::Child(String::from_utf8_lossy(msg).into())),
+                _ => Err(OffsetError::Child(
+                    "the BTF child died before answering".into(),
+                )),
+            }
+        }
+    }
+}
+
+fn bytemuck_bytes(off: &SockOffsets) -> &[u8] {
+    // SAFETY: SockOffsets is repr(C) u32s with no padding.
+    unsafe {
+        std::slice::from_raw_parts((off as *const SockOffsets).cast(), size_of::<SockOffsets>())
+    }
+}
+
+/// Everything until EOF from `fd`, which is then closed.
+fn read_all(fd: i32) -> Vec<u8> {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    // SAFETY: fd is our read end; the File owns and closes it.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut out = Vec::new();
+    let _ = f.read_to_end(&mut out);
+    out
 }
 
 /// Load the kernel's BTF, with an error that says what to do about it.
@@ -369,6 +441,23 @@ mod tests {
         // the first missing piece is named, never a silent default.
         let err = resolve(&full).unwrap_err();
         assert!(err.to_string().contains("sk_protocol"), "{err}");
+    }
+
+    /// The child hands back exactly what resolving here gives, and its
+    /// failure as the same message.
+    #[test]
+    fn resolving_in_a_child_gives_the_same_offsets() {
+        let Some(btf) = kernel_btf() else { return };
+        let here = resolve(&btf).unwrap();
+        assert_eq!(resolve_in_child(Path::new(VMLINUX)).unwrap(), here);
+        let Err(err) = resolve_in_child(Path::new("/nonexistent/vmlinux")) else {
+            panic!("a missing file must not resolve");
+        };
+        assert!(
+            err.to_string()
+                .starts_with("cannot read kernel BTF from /nonexistent/vmlinux"),
+            "{err}"
+        );
     }
 
     #[test]
