@@ -183,8 +183,11 @@ pub(crate) fn endpoints<M: Mem>(sk: *const u8, off: &SockOffsets) -> Result<Endp
             daddr[..4].copy_from_slice(&M::get::<[u8; 4]>(sk, off.daddr)?);
         }
         AF_INET6 => {
-            saddr = M::get(sk, off.v6_rcv_saddr)?;
-            daddr = M::get(sk, off.v6_daddr)?;
+            // Probed straight into place: 16-byte loads through the BTF
+            // pointer would take two more stack temporaries, and the state
+            // program's stack is at the verifier's limit.
+            saddr = read(sk, off.v6_rcv_saddr)?;
+            daddr = read(sk, off.v6_daddr)?;
         }
         _ => return Err(1),
     }

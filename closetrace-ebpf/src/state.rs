@@ -99,9 +99,6 @@ pub(crate) fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     };
     let o = owner_of(&t, &listen_key, &task);
     keep_books(&t, &o, &listen_key, now);
-    if new == CLOSE_WAIT {
-        mark_netns(listen_key.netns);
-    }
     if !sent(cfg, &t, &o, listen_key.netns) {
         return Ok(());
     }
@@ -203,6 +200,9 @@ fn keep_books(t: &Transition, o: &Owned, listen_key: &ListenKey, now: u64) {
         let _ = LISTENERS.insert(*listen_key, info, BPF_ANY as u64);
     } else if old == LISTEN && new == CLOSE {
         let _ = LISTENERS.remove(*listen_key);
+    }
+    if new == CLOSE_WAIT {
+        mark_netns(listen_key.netns);
     }
     let is_known = !o.known_ptr.is_null();
     if o.sock_id == 0 {
