@@ -35,9 +35,10 @@ fn bytes<T>(rec: &T) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts((rec as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
 }
 
+/// 127.0.0.1 as the kernel writes an IPv4 address: 4 bytes, the rest zero.
+const LOOPBACK: [u8; 16] = [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
 fn state(id: u64, ts: u64, old: u32, new: u32, sport: u16, dport: u16, owner: TaskId) -> Vec<u8> {
-    let mut lo = [0u8; 16];
-    lo[..4].copy_from_slice(&[127, 0, 0, 1]);
     bytes(&StateRecord {
         kind: RECORD_STATE,
         old_state: old,
@@ -52,8 +53,8 @@ fn state(id: u64, ts: u64, old: u32, new: u32, sport: u16, dport: u16, owner: Ta
         dport,
         flags: 0,
         _pad: [0; 4],
-        saddr: lo,
-        daddr: lo,
+        saddr: LOOPBACK,
+        daddr: LOOPBACK,
         ctx: owner,
         owner,
         cgroup: 1,
@@ -61,8 +62,6 @@ fn state(id: u64, ts: u64, old: u32, new: u32, sport: u16, dport: u16, owner: Ta
 }
 
 fn close(id: u64, ts: u64, st: u32, sport: u16, dport: u16, closer: TaskId) -> Vec<u8> {
-    let mut lo = [0u8; 16];
-    lo[..4].copy_from_slice(&[127, 0, 0, 1]);
     bytes(&CloseRecord {
         kind: RECORD_CLOSE,
         state: st,
@@ -76,8 +75,8 @@ fn close(id: u64, ts: u64, st: u32, sport: u16, dport: u16, closer: TaskId) -> V
         dport,
         flags: 0,
         _pad1: [0; 4],
-        saddr: lo,
-        daddr: lo,
+        saddr: LOOPBACK,
+        daddr: LOOPBACK,
         task: closer,
         cgroup: 1,
     })

@@ -153,34 +153,7 @@ fn listen_overflow_names_the_listener() {
     };
     let ns = Netns::new("backlog");
     let mut tracer = Tracer::start_in(&ns, &[]);
-    let mut server = Peer::spawn_in(
-        &ns,
-        &[
-            "server",
-            "--listen",
-            SERVER,
-            "--backlog",
-            "1",
-            "--no-accept",
-        ],
-    );
-    server.value("LISTENING");
-    // Let closetrace take its baseline of the new listener.
-    std::thread::sleep(Duration::from_millis(1500));
-    let mut client = Peer::spawn_in(
-        &ns,
-        &[
-            "client",
-            "--connect",
-            SERVER,
-            "--count",
-            "20",
-            "--connect-timeout-ms",
-            "200",
-        ],
-    );
-    let overflow = tracer.wait_record(Duration::from_secs(15), |r| r["type"] == "listen_overflow");
-    client.wait_done();
+    let (server, overflow) = support::overflow_a_listener(&ns, &mut tracer, SERVER, 9501);
     let out = tracer.stop();
     let o = overflow.unwrap_or_else(|| panic!("no listen_overflow: {}", out.stderr));
     assert_eq!(o["pid"], server.pid());

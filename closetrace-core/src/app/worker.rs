@@ -14,7 +14,7 @@ use crate::host::Host;
 use crate::host::sockets::{DiagSocket, KernelView, SnapshotError};
 use crate::model::ports::PortPolicy;
 use crate::model::{Holder, SockError};
-use crate::track::timewait::{Dest, Tuple};
+use crate::track::timewait::{Tuple, tuple_of};
 
 /// What one tick needs from the running system.
 #[derive(Debug, Clone, PartialEq)]
@@ -216,25 +216,12 @@ fn dump(host: &mut dyn Host, job: &TickJob) -> Option<Result<Dump, SnapshotError
     };
     let result = host.visit_sockets(states, job.namespaces.as_ref(), &mut |s| {
         if s.is_timewait() {
-            d.time_wait.push(timewait_tuple(&s));
+            d.time_wait.push(tuple_of(&s.sock_ref()));
         } else if s.state == crate::model::TcpState::CloseWait {
             d.close_wait.push(s);
         }
     });
     Some(result.map(|()| d))
-}
-
-/// A timewait socket from the dump.
-pub fn timewait_tuple(s: &DiagSocket) -> Tuple {
-    (
-        Dest {
-            netns: s.netns,
-            saddr: s.saddr,
-            daddr: s.daddr,
-            dport: s.dport,
-        },
-        s.sport,
-    )
 }
 
 #[cfg(test)]

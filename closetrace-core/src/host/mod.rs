@@ -184,12 +184,7 @@ impl System {
         }
         let dumped = std::mem::take(&mut self.dumped);
         let choose = |ns: u32| sweep || !dumped.contains(&ns) || pick(ns);
-        let result = self.each_where(&choose, |netns| {
-            sockets::visit_tcp_sockets_both(states, false, &mut |mut s| {
-                s.netns = netns;
-                visit(s);
-            })
-        });
+        let result = self.visit_in(&choose, states, false, visit);
         // Forget namespaces that went away: containers come and go.
         let found = self
             .found
@@ -257,14 +252,29 @@ impl System {
         Ok(out)
     }
 
+    /// Each socket in `states` of the namespaces `choose` keeps, tagged
+    /// with its namespace, handed to `visit` as the dump is parsed.
+    fn visit_in(
+        &mut self,
+        choose: &dyn Fn(u32) -> bool,
+        states: u32,
+        meminfo: bool,
+        visit: &mut dyn FnMut(DiagSocket),
+    ) -> Result<(), SnapshotError> {
+        self.each_where(choose, |netns| {
+            sockets::visit_tcp_sockets_both(states, meminfo, &mut |mut s| {
+                s.netns = netns;
+                visit(s);
+            })
+        })
+        .map(|_| ())
+    }
+
     /// Sockets in `states` in every namespace read, tagged.
     fn sockets(&mut self, states: u32, meminfo: bool) -> Result<Vec<DiagSocket>, SnapshotError> {
-        let per_ns = self.each(|netns| {
-            let mut v = sockets::tcp_sockets_both(states, meminfo)?;
-            v.iter_mut().for_each(|s| s.netns = netns);
-            Ok(v)
-        })?;
-        Ok(per_ns.into_iter().flatten().collect())
+        let mut all = Vec::new();
+        self.visit_in(&|_| true, states, meminfo, &mut |s| all.push(s))?;
+        Ok(all)
     }
 
     /// Every socket a process can hold, with its holders: the start-up
@@ -278,11 +288,8 @@ impl System {
     /// parsed: a node can hold a hundred thousand sockets.
     fn view(&mut self, states: u32) -> Result<KernelView, SnapshotError> {
         let mut by_cookie = HashMap::new();
-        self.each(|netns| {
-            sockets::visit_tcp_sockets_both(states, false, &mut |mut s| {
-                s.netns = netns;
-                by_cookie.insert(s.cookie, s);
-            })
+        self.visit_in(&|_| true, states, false, &mut |s| {
+            by_cookie.insert(s.cookie, s);
         })?;
         let inodes: HashSet<u32> = by_cookie.values().map(|s| s.inode).collect();
         Ok(KernelView {

@@ -255,29 +255,14 @@ pub struct KernelView {
 
 /// State masks for `KernelView::take`: bit N is TCP state N.
 pub mod states {
-    use closetrace_common::tcp_state::{CLOSE_WAIT, TIME_WAIT};
+    use closetrace_common::tcp_state::TIME_WAIT;
     pub const ALL: u32 = u32::MAX;
     /// Everything a process can hold: timewait sockets have no owner, and
     /// there can be a hundred thousand of them.
     pub const HELD: u32 = !(1 << TIME_WAIT);
-    pub const CLOSE_WAIT_ONLY: u32 = 1 << CLOSE_WAIT;
 }
 
 impl KernelView {
-    /// Dump both families (sockets whose state is in the `states` mask) and
-    /// scan /proc. IPv6 failing (no IPv6 in this kernel) is not an error;
-    /// IPv4 failing is.
-    pub fn take(states: u32) -> Result<KernelView, SnapshotError> {
-        let by_cookie = tcp_sockets_both(states, false)?
-            .into_iter()
-            .map(|s| (s.cookie, s))
-            .collect();
-        Ok(KernelView {
-            by_cookie,
-            holders: socket_holders(),
-        })
-    }
-
     pub fn empty() -> KernelView {
         KernelView {
             by_cookie: HashMap::new(),

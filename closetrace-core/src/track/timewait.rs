@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use crate::model::ports::PortPolicy;
-use crate::model::{StateChange, Task, TcpState};
+use crate::model::{SockRef, StateChange, Task, TcpState};
 
 /// Window for `rate_per_s`, kept in this many fixed buckets.
 const RATE_WINDOW_NS: u64 = 5_000_000_000;
@@ -163,6 +163,21 @@ pub struct TimeWaitCounter {
     generation: u64,
     /// When the kernel's counts were last taken; None before the first time.
     last_reconcile_ns: Option<u64>,
+}
+
+/// A socket's TIME_WAIT identity: its destination, and the local port it
+/// holds (at -> CLOSE the local address may already be cleared; the port
+/// and the remote end are what the timewait socket keeps).
+pub fn tuple_of(s: &SockRef) -> Tuple {
+    (
+        Dest {
+            netns: s.netns,
+            saddr: s.saddr,
+            daddr: s.daddr,
+            dport: s.dport,
+        },
+        s.sport,
+    )
 }
 
 /// The TIME_WAIT entry this transition implies: the active closer's socket

@@ -336,6 +336,42 @@ pub fn leak_on(server: &mut Peer) -> u16 {
     port
 }
 
+/// In `ns`, a listener on `addr` with a backlog of 1 that never accepts,
+/// given time for closetrace to take its baseline, then 20 connections to
+/// it: its accept queue overflows. The listener, and the `listen_overflow`
+/// record `tracer` wrote for port `port` (None if none came in 15 s).
+pub fn overflow_a_listener(
+    ns: &Netns,
+    tracer: &mut Tracer,
+    addr: &str,
+    port: u16,
+) -> (Peer, Option<Value>) {
+    let mut server = Peer::spawn_in(
+        ns,
+        &["server", "--listen", addr, "--backlog", "1", "--no-accept"],
+    );
+    server.value("LISTENING");
+    // Let closetrace take its baseline of the new listener.
+    thread::sleep(Duration::from_millis(1500));
+    let mut client = Peer::spawn_in(
+        ns,
+        &[
+            "client",
+            "--connect",
+            addr,
+            "--count",
+            "20",
+            "--connect-timeout-ms",
+            "200",
+        ],
+    );
+    let overflow = tracer.wait_record(Duration::from_secs(15), |r| {
+        r["type"] == "listen_overflow" && r["sport"] == port
+    });
+    client.wait_done();
+    (server, overflow)
+}
+
 /// SIGKILL a process the test made (forked children of peers included).
 pub fn kill(pid: u32) {
     // SAFETY: signalling a process of this test.

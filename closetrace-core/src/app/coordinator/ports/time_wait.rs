@@ -9,29 +9,17 @@ use super::PortPressure;
 use crate::host::sockets::{DiagSocket, SnapshotError};
 use crate::model::clock::WallClock;
 use crate::model::ports::PortPolicy;
-use crate::model::{SockRef, StateChange, Task};
+use crate::model::{StateChange, Task};
 use crate::output::records::{self, Record, TimeWaitPressure, Ts};
 use crate::output::sink::Sink;
 use crate::output::text::{endpoint, printable};
-use crate::track::timewait::{Dest, Pressure, Tuple, entered_time_wait};
+use crate::track::timewait::{Dest, Pressure, Tuple, entered_time_wait, tuple_of};
 
 const RECONCILE_NS: u64 = 1_000_000_000;
 /// In the text view, the top TIME_WAIT destinations every this often.
 const TOP_EVERY_NS: u64 = 10_000_000_000;
 /// Destinations in each `time_wait_top` record.
 const TOP_RECORDED: usize = 10;
-
-fn tuple(s: &SockRef) -> Tuple {
-    (
-        Dest {
-            netns: s.netns,
-            saddr: s.saddr,
-            daddr: s.daddr,
-            dport: s.dport,
-        },
-        s.sport,
-    )
-}
 
 impl PortPressure {
     /// The ports of namespace `netns` (0, unnamed, is closetrace's own).
@@ -66,9 +54,7 @@ impl PortPressure {
         if !entered_time_wait(ev) || !self.reach.covers(ev.sock.netns) {
             return Ok(());
         }
-        // At -> CLOSE the local address may already be cleared; the local
-        // port and remote end are what the timewait socket keeps.
-        let t = tuple(&ev.sock);
+        let t = tuple_of(&ev.sock);
         self.entered.insert(ev.sock.netns);
         if self.server_side(ev.sock.netns, ev.sock.sport) {
             if let Some(closer) = ev.owner.clone() {
