@@ -2,18 +2,24 @@
 //! port sysctls and privileges. Blocking I/O lives here and only here; the
 //! coordinator reaches it through the `Host` trait, from a worker thread.
 pub mod cgroups;
+mod diagnose;
 pub mod filters;
+pub mod lookup;
 pub mod netns;
 pub mod privileges;
 pub mod procs;
 pub mod sockets;
+pub mod threads;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use std::net::IpAddr;
+
 use crate::model::Holder;
 use crate::model::netns::NetnsReach;
 use crate::model::ports::PortPolicy;
+use crate::model::threads::{ProcessSample, TcpInfo};
 use netns::{Namespace, NetnsError, Switcher};
 use sockets::{DiagSocket, KernelView, SnapshotError};
 
@@ -59,6 +65,17 @@ pub trait Host: Send {
     fn followed(&mut self) -> Option<Vec<(u32, Option<u64>)>> {
         None
     }
+    /// What `pids` are doing, for leak diagnoses (`threads::sample`).
+    fn sample_processes(&mut self, pids: &[u32]) -> Vec<ProcessSample>;
+    /// The socket with these ends (local, remote) in namespace `netns`,
+    /// with the kernel's tcp_info if `info`.
+    fn lookup_socket(
+        &mut self,
+        netns: u32,
+        local: (IpAddr, u16),
+        remote: (IpAddr, u16),
+        info: bool,
+    ) -> Option<(DiagSocket, Option<TcpInfo>)>;
 }
 
 /// The ephemeral port range, reserved ports and `tcp_tw_reuse`, from
@@ -344,5 +361,19 @@ impl Host for System {
 
     fn namespaces_read(&self) -> Option<HashSet<u32>> {
         Some(self.read.clone())
+    }
+
+    fn sample_processes(&mut self, pids: &[u32]) -> Vec<ProcessSample> {
+        System::sample_processes(self, pids)
+    }
+
+    fn lookup_socket(
+        &mut self,
+        netns: u32,
+        local: (IpAddr, u16),
+        remote: (IpAddr, u16),
+        info: bool,
+    ) -> Option<(DiagSocket, Option<TcpInfo>)> {
+        System::lookup_socket(self, netns, local, remote, info)
     }
 }

@@ -53,7 +53,7 @@ const NLMSG_HDR: usize = 16;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
-const DIAG_MSG_LEN: usize = 72;
+pub(crate) const DIAG_MSG_LEN: usize = 72;
 const INET_DIAG_SKMEMINFO: u16 = 7;
 const INET_DIAG_CGROUP_ID: u16 = 21;
 const SK_MEMINFO_DROPS: usize = 8;
@@ -68,6 +68,40 @@ pub fn visit_tcp_sockets(
     meminfo: bool,
     visit: &mut dyn FnMut(DiagSocket),
 ) -> Result<(), SnapshotError> {
+    let mut req = [0u8; DIAG_REQ_LEN];
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    diag_header(&mut req, flags, family);
+    if meminfo {
+        req[18] = 1 << (INET_DIAG_SKMEMINFO - 1);
+    }
+    req[20..24].copy_from_slice(&states.to_ne_bytes());
+    exchange(&req, &mut |m| {
+        if let Some(s) = parse_diag_msg(m)? {
+            visit(s);
+        }
+        Ok(())
+    })
+}
+
+/// Length of a sock_diag request: netlink header and inet_diag_req_v2.
+pub(crate) const DIAG_REQ_LEN: usize = NLMSG_HDR + 56;
+
+/// The netlink header and the start of inet_diag_req_v2 (family, TCP).
+pub(crate) fn diag_header(req: &mut [u8; DIAG_REQ_LEN], flags: u16, family: u16) {
+    req[0..4].copy_from_slice(&(DIAG_REQ_LEN as u32).to_ne_bytes());
+    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req[6..8].copy_from_slice(&flags.to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    req[16] = family as u8;
+    req[17] = IPPROTO_TCP as u8;
+}
+
+/// Send one sock_diag request and hand each reply message (an
+/// inet_diag_msg with its attributes) to `on_msg`, until the kernel is done.
+pub(crate) fn exchange(
+    req: &[u8],
+    on_msg: &mut dyn FnMut(&[u8]) -> Result<(), SnapshotError>,
+) -> Result<(), SnapshotError> {
     // SAFETY: plain socket(2); the result is checked before use.
     let raw = unsafe {
         libc::socket(
@@ -81,27 +115,12 @@ pub fn visit_tcp_sockets(
     }
     // SAFETY: raw is a fresh descriptor we own.
     let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-
-    const REQ_LEN: usize = NLMSG_HDR + 56;
-    let mut req = [0u8; REQ_LEN];
-    req[0..4].copy_from_slice(&(REQ_LEN as u32).to_ne_bytes());
-    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-    req[6..8].copy_from_slice(&flags.to_ne_bytes());
-    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    // inet_diag_req_v2: family, protocol, ext, pad, states (all), then a zero id.
-    req[16] = family as u8;
-    req[17] = IPPROTO_TCP as u8;
-    if meminfo {
-        req[18] = 1 << (INET_DIAG_SKMEMINFO - 1);
-    }
-    req[20..24].copy_from_slice(&states.to_ne_bytes());
     // SAFETY: req is a valid buffer of the given length; the kernel is the peer.
     let sent = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
     if sent < 0 {
         return Err(io::Error::last_os_error().into());
     }
-
+    let dump = u16::from_ne_bytes([req[6], req[7]]) & libc::NLM_F_DUMP as u16 != 0;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // SAFETY: buf is writable for its whole length.
@@ -113,14 +132,18 @@ pub fn visit_tcp_sockets(
             }
             return Err(e.into());
         }
-        if n == 0 || parse_batch(&buf[..n as usize], visit)? {
+        // A request that is not a dump gets one datagram and no DONE.
+        if n == 0 || parse_batch(&buf[..n as usize], on_msg)? || !dump {
             return Ok(());
         }
     }
 }
 
 /// Parse one datagram of netlink messages; true once the dump is done.
-fn parse_batch(mut data: &[u8], visit: &mut dyn FnMut(DiagSocket)) -> Result<bool, SnapshotError> {
+fn parse_batch(
+    mut data: &[u8],
+    on_msg: &mut dyn FnMut(&[u8]) -> Result<(), SnapshotError>,
+) -> Result<bool, SnapshotError> {
     while data.len() >= NLMSG_HDR {
         let len = u32::from_ne_bytes(data[0..4].try_into().expect("4 bytes")) as usize;
         let ty = u16::from_ne_bytes(data[4..6].try_into().expect("2 bytes"));
@@ -136,11 +159,7 @@ fn parse_batch(mut data: &[u8], visit: &mut dyn FnMut(DiagSocket)) -> Result<boo
                     .ok_or(SnapshotError::Malformed("short error message"))?;
                 return Err(io::Error::from_raw_os_error(-errno).into());
             }
-            _ => {
-                if let Some(s) = parse_diag_msg(&data[NLMSG_HDR..len])? {
-                    visit(s);
-                }
-            }
+            _ => on_msg(&data[NLMSG_HDR..len])?,
         }
         // Messages are 4-byte aligned.
         let advance = (len + 3) & !3;
@@ -151,7 +170,7 @@ fn parse_batch(mut data: &[u8], visit: &mut dyn FnMut(DiagSocket)) -> Result<boo
 
 /// One socket; None for a state this version does not know (a newer
 /// kernel's), which is skipped rather than failing the whole dump.
-fn parse_diag_msg(m: &[u8]) -> Result<Option<DiagSocket>, SnapshotError> {
+pub(crate) fn parse_diag_msg(m: &[u8]) -> Result<Option<DiagSocket>, SnapshotError> {
     if m.len() < DIAG_MSG_LEN {
         return Err(SnapshotError::Malformed("inet_diag_msg too short"));
     }
@@ -213,7 +232,7 @@ impl DiagSocket {
 }
 
 /// The payload of netlink attribute `want`, if present and well formed.
-fn diag_attr(mut attrs: &[u8], want: u16) -> Option<&[u8]> {
+pub(crate) fn diag_attr(mut attrs: &[u8], want: u16) -> Option<&[u8]> {
     while attrs.len() >= 4 {
         let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
         let ty = u16::from_ne_bytes([attrs[2], attrs[3]]);
@@ -390,7 +409,12 @@ mod tests {
     use super::*;
 
     fn parse_into(batch: &[u8], out: &mut Vec<DiagSocket>) -> Result<bool, SnapshotError> {
-        parse_batch(batch, &mut |s| out.push(s))
+        parse_batch(batch, &mut |m| {
+            if let Some(s) = parse_diag_msg(m)? {
+                out.push(s);
+            }
+            Ok(())
+        })
     }
 
     fn diag_msg(family: u8, state: u8, sport: u16, cookie: u64, inode: u32) -> Vec<u8> {

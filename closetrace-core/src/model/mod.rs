@@ -5,6 +5,7 @@ pub mod clock;
 pub mod hooks;
 pub mod netns;
 pub mod ports;
+pub mod threads;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -320,12 +321,23 @@ pub struct SockError {
     pub cgroup: u64,
 }
 
+/// A call that failed for want of file descriptors: accept() with
+/// EMFILE (the process's RLIMIT_NOFILE) or ENFILE (the system's limit).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutOfFds {
+    pub ts_ns: u64,
+    pub task: Task,
+    /// ENFILE: the whole system, not only this process, is out.
+    pub system_wide: bool,
+}
+
 /// Everything the ring buffer can carry, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelEvent {
     State(StateChange),
     Close(Close),
     SockError(SockError),
+    OutOfFds(OutOfFds),
 }
 
 /// Test builders shared by the state machines' unit tests.

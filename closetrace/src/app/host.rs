@@ -2,11 +2,13 @@
 //! `System`, plus `--pid-tree`/`--cgroup` upkeep of the kernel's selection
 //! maps (a cgroup walk and a map read, so off the event path too).
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 
 use closetrace_core::host::sockets::{DiagSocket, KernelView, SnapshotError};
 use closetrace_core::host::{Host, System};
 use closetrace_core::model::Holder;
 use closetrace_core::model::ports::PortPolicy;
+use closetrace_core::model::threads::{ProcessSample, TcpInfo};
 
 use crate::kernel::maps::NetnsActivity;
 use crate::kernel::selection::Upkeep;
@@ -66,6 +68,20 @@ impl Host for RunHost {
 
     fn learn_containers(&mut self, cgroups: &[u64]) {
         self.system.learn_containers(cgroups);
+    }
+
+    fn sample_processes(&mut self, pids: &[u32]) -> Vec<ProcessSample> {
+        self.system.sample_processes(pids)
+    }
+
+    fn lookup_socket(
+        &mut self,
+        netns: u32,
+        local: (IpAddr, u16),
+        remote: (IpAddr, u16),
+        info: bool,
+    ) -> Option<(DiagSocket, Option<TcpInfo>)> {
+        self.system.lookup_socket(netns, local, remote, info)
     }
 
     fn followed(&mut self) -> Option<Vec<(u32, Option<u64>)>> {
