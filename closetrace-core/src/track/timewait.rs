@@ -215,6 +215,11 @@ impl TimeWaitCounter {
         }
     }
 
+    /// Who closed the connection with this tuple, if it is remembered.
+    pub fn closer(&self, tuple: &Tuple) -> Option<&Task> {
+        self.tuples.get(tuple).map(|(task, ..)| task)
+    }
+
     /// A socket entered TIME_WAIT that uses up no ephemeral port (a
     /// server's, on its service port): its closer is credited in
     /// `by_process`, but no destination counts it.
