@@ -19,11 +19,17 @@ pub const RECORD_SOCK_ERROR: u32 = 3;
 pub mod syscall {
     pub const CONNECT: u32 = 1;
     pub const BIND: u32 = 2;
+    /// accept()/accept4() failing with EMFILE or ENFILE: out of fds.
+    pub const ACCEPT: u32 = 3;
 }
 
 /// errno values reported (positive).
 pub const EADDRINUSE: u32 = 98;
 pub const EADDRNOTAVAIL: u32 = 99;
+/// The process's fd limit (RLIMIT_NOFILE) reached.
+pub const EMFILE: u32 = 24;
+/// The system's fd limit (fs.file-max) reached.
+pub const ENFILE: u32 = 23;
 
 /// Facts about the context of a transition, in `StateRecord::flags`. The
 /// kernel only observes; userspace decides what they mean (who closed it).

@@ -97,7 +97,7 @@ fn wanted_address(call: &PendingCall) -> Result<Option<(u16, u16, [u8; 16])>, i3
 /// A failed call's record, if the caller passes `--pid`, `--netns` and
 /// `--cgroup`.
 #[inline(always)]
-fn emit_sock_error(
+pub(crate) fn emit_sock_error(
     which: u32,
     errno: u32,
     family: u16,

@@ -30,6 +30,11 @@ pub(crate) static TRANSITIONS: PerCpuArray<u64> =
 
 /// CLOSE_WAIT entries per namespace slot (`netns_slot`), per CPU: the
 /// scans read only namespaces whose slot moved (and, now and then, all).
+/// Per CPU, when accept() last reported running out of fds: a server
+/// that loops on a failing accept() reports once a second per CPU.
+#[map]
+pub(crate) static OUT_OF_FDS_LAST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 #[map]
 pub(crate) static NETNS_ACTIVITY: PerCpuArray<u64> = PerCpuArray::with_max_entries(NETNS_SLOTS, 0);
 

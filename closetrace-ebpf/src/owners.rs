@@ -5,15 +5,16 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::BPF_ANY,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use closetrace_common::{SockInfo, flags, owner_src};
+use closetrace_common::{EMFILE, ENFILE, SockInfo, flags, owner_src, syscall};
 
+use crate::calls::emit_sock_error;
 use crate::kread::{
     Btf, Probe, SYSCALL_RET, current_start, current_task, is_tcp, read, same_start, socket_of_fd,
 };
-use crate::maps::{IN_SHUTDOWN, SOCKS, config};
+use crate::maps::{IN_SHUTDOWN, OUT_OF_FDS_LAST, SOCKS, config};
 
 /// accept() and accept4() return the new socket's fd in the acceptor's
 /// context: the acceptor owns it (each prefork worker its own sockets),
@@ -21,7 +22,7 @@ use crate::maps::{IN_SHUTDOWN, SOCKS, config};
 pub(crate) fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
     let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET)? };
     if ret < 0 {
-        return Ok(());
+        return out_of_fds((-ret) as u32);
     }
     let off = &config().offsets;
     let Some(sk) = socket_of_fd(ret as u32, off) else {
@@ -56,6 +57,24 @@ pub(crate) fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
         }
     }
     Ok(())
+}
+
+/// accept() failed for want of fds: reported (at most once a second per
+/// CPU), for the leak diagnosis's fd budget.
+#[inline(always)]
+fn out_of_fds(errno: u32) -> Result<(), i32> {
+    if errno != EMFILE && errno != ENFILE {
+        return Ok(());
+    }
+    let Some(last) = OUT_OF_FDS_LAST.get_ptr_mut(0) else {
+        return Ok(());
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.saturating_sub(unsafe { *last }) < 1_000_000_000 {
+        return Ok(());
+    }
+    unsafe { *last = now };
+    emit_sock_error(syscall::ACCEPT, errno, 0, 0, [0; 16])
 }
 
 /// send/recv on a TCP socket run in the caller's context: the caller holds it.

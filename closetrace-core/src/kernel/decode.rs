@@ -2,15 +2,15 @@
 //! checked for its kind and exact size before any field is read, and every
 //! enumerated value goes through `TryFrom`: nothing is transmuted.
 use closetrace_common::{
-    CLOSE_RECORD_SIZE, COMM_LEN, CloseRecord, EADDRINUSE, EADDRNOTAVAIL, RECORD_CLOSE,
-    RECORD_SOCK_ERROR, RECORD_STATE, SOCK_ERROR_RECORD_SIZE, STATE_RECORD_SIZE, SockErrorRecord,
-    SockInfo, StateRecord, TaskId, close_src, flags, owner_src, syscall,
+    CLOSE_RECORD_SIZE, COMM_LEN, CloseRecord, EADDRINUSE, EADDRNOTAVAIL, EMFILE, ENFILE,
+    RECORD_CLOSE, RECORD_SOCK_ERROR, RECORD_STATE, SOCK_ERROR_RECORD_SIZE, STATE_RECORD_SIZE,
+    SockErrorRecord, SockInfo, StateRecord, TaskId, close_src, flags, owner_src, syscall,
 };
 use thiserror::Error;
 
 use crate::model::{
-    Close, CloseVia, Context, Errno, Family, KernelEvent, OwnerSource, SockError, SockRef,
-    StateChange, Syscall, Task, TcpState,
+    Close, CloseVia, Context, Errno, Family, KernelEvent, OutOfFds, OwnerSource, SockError,
+    SockRef, StateChange, Syscall, Task, TcpState,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -59,6 +59,9 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         }
         RECORD_SOCK_ERROR => {
             let raw: SockErrorRecord = read_exact(kind, bytes, SOCK_ERROR_RECORD_SIZE)?;
+            if raw.syscall == syscall::ACCEPT {
+                return decode_out_of_fds(&raw).map(KernelEvent::OutOfFds);
+            }
             decode_sock_error(&raw).map(KernelEvent::SockError)
         }
         RECORD_CLOSE => {
@@ -146,6 +149,19 @@ fn decode_close(r: &CloseRecord) -> Result<Close, DecodeError> {
         closer: task(&r.task),
         exiting: r.flags & flags::CTX_EXITING != 0,
         via,
+    })
+}
+
+fn decode_out_of_fds(r: &SockErrorRecord) -> Result<OutOfFds, DecodeError> {
+    let system_wide = match r.errno {
+        EMFILE => false,
+        ENFILE => true,
+        other => return Err(DecodeError::UnknownErrno(other)),
+    };
+    Ok(OutOfFds {
+        ts_ns: r.ts_ns,
+        task: task(&r.task),
+        system_wide,
     })
 }
 
@@ -363,10 +379,22 @@ mod tests {
         bad.errno = 1;
         assert_eq!(decode(&pod_bytes(&bad)), Err(DecodeError::UnknownErrno(1)));
         let mut bad = r;
-        bad.syscall = 3;
+        bad.syscall = 9;
         assert_eq!(
             decode(&pod_bytes(&bad)),
-            Err(DecodeError::UnknownSyscall(3))
+            Err(DecodeError::UnknownSyscall(9))
+        );
+        // accept() out of fds: the process that hit it; other errnos are refused.
+        let mut emfile = r;
+        (emfile.syscall, emfile.errno) = (syscall::ACCEPT, EMFILE);
+        let Ok(KernelEvent::OutOfFds(o)) = decode(&pod_bytes(&emfile)) else {
+            panic!("not decoded as out of fds");
+        };
+        assert_eq!((o.task.pid, o.system_wide), (200, false));
+        emfile.errno = EADDRINUSE;
+        assert_eq!(
+            decode(&pod_bytes(&emfile)),
+            Err(DecodeError::UnknownErrno(EADDRINUSE))
         );
         let b = pod_bytes(&r);
         assert!(matches!(
