@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 use crate::host::Host;
 use crate::host::sockets::{DiagSocket, KernelView, SnapshotError};
 use crate::model::ports::PortPolicy;
-use crate::model::{Holder, SockError};
+use crate::model::threads::{ProcessSample, TcpInfo};
+use crate::model::{Holder, SockError, SockRef};
 use crate::track::timewait::{Tuple, tuple_of};
 
 /// What one tick needs from the running system.
@@ -33,6 +34,32 @@ pub struct TickJob {
     /// leaks, TIME_WAIT being counted); the host adds those where the
     /// kernel saw a socket enter CLOSE_WAIT. None: every namespace.
     pub namespaces: Option<HashSet<u32>>,
+    /// Diagnose the leaks due now (with `holders`).
+    pub diagnose: Option<DiagnoseAsk>,
+}
+
+/// What a diagnosis of the leaks due needs read.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DiagnoseAsk {
+    /// The leaked sockets: each looked up with its tcp_info, and its peer.
+    pub sockets: Vec<SockRef>,
+    /// Their owners as the kernel knows them, sampled with their holders.
+    pub owners: Vec<u32>,
+    /// Processes diagnosed recently: not sampled again yet.
+    pub fresh: HashSet<u32>,
+}
+
+/// Leaked sockets looked up per tick at most (two round trips each).
+pub const MAX_SOCKETS_DIAGNOSED: usize = 64;
+/// Processes sampled per tick at most (each a walk of its threads).
+pub const MAX_PROCESSES_DIAGNOSED: usize = 8;
+
+/// What the host read for a `DiagnoseAsk`.
+#[derive(Debug, Default)]
+pub struct DiagnoseFound {
+    /// By socket id: its tcp_info, and the peer's socket if on this host.
+    pub sockets: HashMap<u64, (Option<TcpInfo>, Option<DiagSocket>)>,
+    pub processes: Vec<ProcessSample>,
 }
 
 #[derive(Debug)]
@@ -63,13 +90,15 @@ pub struct TickAnswer {
     pub policies: Option<HashMap<u32, PortPolicy>>,
     /// `--pid`, `--pid-tree`: the processes followed now.
     pub followed: Option<Vec<crate::track::followed::Process>>,
+    /// What the leaks due are doing (with `holders`).
+    pub diagnosis: Option<DiagnoseFound>,
     /// How long the reads took.
     pub took_ms: f64,
 }
 
 #[derive(Debug)]
 pub enum Answer {
-    Tick(TickAnswer),
+    Tick(Box<TickAnswer>),
     BindHolders {
         error: SockError,
         suppressed: u64,
@@ -128,7 +157,7 @@ impl Drop for Worker {
 
 fn run(host: &mut dyn Host, job: Job) -> Answer {
     match job {
-        Job::Tick(job) => Answer::Tick(tick(host, job)),
+        Job::Tick(job) => Answer::Tick(Box::new(tick(host, job))),
         Job::BindHolders { error, suppressed } => Answer::BindHolders {
             error,
             suppressed,
@@ -152,6 +181,7 @@ fn tick(host: &mut dyn Host, job: TickJob) -> TickAnswer {
     let listeners = job.ports.then(|| host.listeners());
     let policies = job.ports.then(|| host.port_policies());
     let (mut close_wait, mut time_wait, mut holders) = (None, None, None);
+    let mut diagnosis = None;
     match dump {
         None => {}
         Some(Err(e)) => {
@@ -162,11 +192,22 @@ fn tick(host: &mut dyn Host, job: TickJob) -> TickAnswer {
         Some(Ok(d)) => {
             if job.holders {
                 let by_cookie = d.close_wait.iter().map(|s| (s.cookie, s.clone())).collect();
-                let inodes = d.close_wait.iter().map(|s| s.inode).collect();
+                let mut inodes: HashSet<u32> = d.close_wait.iter().map(|s| s.inode).collect();
+                let sockets = job.diagnose.as_ref().map(|a| look_up(host, a));
+                // Peers that still hold their end: their holders come from
+                // the same fd walk.
+                let peers = sockets.iter().flat_map(|s| s.values());
+                inodes.extend(peers.filter_map(|(_, p)| p.as_ref()).map(|p| p.inode));
                 let view = KernelView {
                     by_cookie,
                     holders: host.holders(&inodes),
                 };
+                if let (Some(ask), Some(sockets)) = (&job.diagnose, sockets) {
+                    diagnosis = Some(DiagnoseFound {
+                        processes: host.sample_processes(&to_sample(ask, &view)),
+                        sockets,
+                    });
+                }
                 holders = Some(Ok(view));
             }
             close_wait = job.close_wait.then_some(Ok(d.close_wait));
@@ -181,9 +222,44 @@ fn tick(host: &mut dyn Host, job: TickJob) -> TickAnswer {
         listeners,
         policies,
         followed: host.followed(),
+        diagnosis,
         took_ms: started.elapsed().as_secs_f64() * 1000.0,
         job,
     }
+}
+
+/// Each leaked socket (up to the cap) with its tcp_info, and its peer:
+/// the socket with the reversed tuple in the same namespace, if any.
+fn look_up(
+    host: &mut dyn Host,
+    ask: &DiagnoseAsk,
+) -> HashMap<u64, (Option<TcpInfo>, Option<DiagSocket>)> {
+    let mut out = HashMap::new();
+    for s in ask.sockets.iter().take(MAX_SOCKETS_DIAGNOSED) {
+        let (local, remote) = ((s.saddr, s.sport), (s.daddr, s.dport));
+        let info = host
+            .lookup_socket(s.netns, local, remote, true)
+            .and_then(|(_, i)| i);
+        let peer = host
+            .lookup_socket(s.netns, remote, local, false)
+            .map(|(p, _)| p);
+        out.insert(s.id, (info, peer));
+    }
+    out
+}
+
+/// The processes to sample: the owners and holders of the leaked sockets
+/// not diagnosed recently, up to the cap.
+fn to_sample(ask: &DiagnoseAsk, view: &KernelView) -> Vec<u32> {
+    let holders = ask.sockets.iter().flat_map(|s| view.holders_of(s.id));
+    let mut pids: Vec<u32> = Vec::new();
+    for pid in ask.owners.iter().copied().chain(holders.map(|h| h.pid)) {
+        if !ask.fresh.contains(&pid) && !pids.contains(&pid) {
+            pids.push(pid);
+        }
+    }
+    pids.truncate(MAX_PROCESSES_DIAGNOSED);
+    pids
 }
 
 /// The one dump's failure, for each part that needed it.
@@ -311,6 +387,18 @@ pub(crate) mod tests {
         fn everything(&mut self) -> Result<KernelView, SnapshotError> {
             Ok(KernelView::empty())
         }
+        fn sample_processes(&mut self, _pids: &[u32]) -> Vec<ProcessSample> {
+            Vec::new()
+        }
+        fn lookup_socket(
+            &mut self,
+            _netns: u32,
+            _local: (std::net::IpAddr, u16),
+            _remote: (std::net::IpAddr, u16),
+            _info: bool,
+        ) -> Option<(DiagSocket, Option<TcpInfo>)> {
+            None
+        }
     }
 
     fn job(now_ns: u64) -> TickJob {
@@ -321,6 +409,7 @@ pub(crate) mod tests {
             ports: true,
             cgroups: vec![],
             namespaces: None,
+            diagnose: None,
         }
     }
 

@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::model::TcpState;
+use crate::model::threads::FdBudget;
 use crate::output::records::{HookReport, LeakStats};
 
 pub const MAX_PROCESSES: usize = 50;
@@ -38,6 +39,9 @@ pub struct View {
     pub time_wait: Vec<(u32, String, u16, u32, Option<f64>)>,
     /// connect/bind failures so far, by (syscall, errno).
     pub errors: Vec<(&'static str, &'static str, u64)>,
+    /// The fd budgets of leaking processes (pid, start, comm, budget), from
+    /// their latest diagnosis.
+    pub fd_budgets: Vec<(u32, Option<u64>, String, FdBudget)>,
 }
 
 pub struct Metrics {
@@ -45,6 +49,9 @@ pub struct Metrics {
     transitions: Family<Labels, Counter>,
     leaks: Family<Labels, Gauge>,
     leak_age: Family<Labels, FloatGauge>,
+    fds: Family<Labels, Gauge>,
+    fd_limit: Family<Labels, Gauge>,
+    fd_eta: Family<Labels, FloatGauge>,
     time_wait: Family<Labels, Gauge>,
     tw_ratio: Family<Labels, FloatGauge>,
     errors: Family<Labels, Counter>,
@@ -74,6 +81,24 @@ impl Metrics {
             "close_wait_leak_oldest_seconds",
             "Age of the oldest open CLOSE_WAIT leak, by holding process",
             leak_age.clone(),
+        );
+        let fds = Family::<Labels, Gauge>::default();
+        registry.register(
+            "leaking_process_open_fds",
+            "Open file descriptors of a process with CLOSE_WAIT leaks, at its latest diagnosis",
+            fds.clone(),
+        );
+        let fd_limit = Family::<Labels, Gauge>::default();
+        registry.register(
+            "leaking_process_fd_limit",
+            "RLIMIT_NOFILE (soft) of a process with CLOSE_WAIT leaks; absent when unlimited",
+            fd_limit.clone(),
+        );
+        let fd_eta = Family::<Labels, FloatGauge>::default();
+        registry.register(
+            "leaking_process_fd_exhaustion_seconds",
+            "Seconds until a leaking process reaches its fd limit at its leak rate",
+            fd_eta.clone(),
         );
         let time_wait = Family::<Labels, Gauge>::default();
         registry.register(
@@ -118,6 +143,9 @@ impl Metrics {
             transitions,
             leaks,
             leak_age,
+            fds,
+            fd_limit,
+            fd_eta,
             time_wait,
             tw_ratio,
             errors,
@@ -146,17 +174,24 @@ impl Metrics {
         self.leaks.clear();
         self.leak_age.clear();
         for p in v.leaks.iter().take(MAX_PROCESSES) {
-            let l = vec![
-                ("pid", p.pid.to_string()),
-                // Empty when unknown, which Prometheus reads as absent.
-                (
-                    "pid_start",
-                    p.pid_start.map(|t| t.to_string()).unwrap_or_default(),
-                ),
-                ("comm", p.comm.clone()),
-            ];
+            let l = process_labels(p.pid, p.pid_start, &p.comm);
             self.leaks.get_or_create(&l).set(p.open as i64);
             self.leak_age.get_or_create(&l).set(p.oldest_ms / 1000.0);
+        }
+        self.fds.clear();
+        self.fd_limit.clear();
+        self.fd_eta.clear();
+        for (pid, start, comm, b) in v.fd_budgets.iter().take(MAX_PROCESSES) {
+            let l = process_labels(*pid, *start, comm);
+            self.fds.get_or_create(&l).set(i64::from(b.fds));
+            if let Some(limit) = b.limit {
+                self.fd_limit
+                    .get_or_create(&l)
+                    .set(i64::try_from(limit).unwrap_or(i64::MAX));
+            }
+            if let Some(eta) = b.eta_s {
+                self.fd_eta.get_or_create(&l).set(eta);
+            }
         }
         self.time_wait.clear();
         self.tw_ratio.clear();
@@ -209,6 +244,19 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry);
         out
     }
+}
+
+/// A process's labels: pid, pid_start (empty when unknown, which
+/// Prometheus reads as absent) and comm.
+fn process_labels(pid: u32, start: Option<u64>, comm: &str) -> Labels {
+    vec![
+        ("pid", pid.to_string()),
+        (
+            "pid_start",
+            start.map(|t| t.to_string()).unwrap_or_default(),
+        ),
+        ("comm", comm.to_string()),
+    ]
 }
 
 /// Answer one scrape: GET /metrics gets the exposition (`body()` is asked
@@ -307,6 +355,17 @@ mod tests {
                 (7, "10.0.0.1".into(), 80, 20, Some(0.1)),
             ],
             errors: vec![("connect", "EADDRNOTAVAIL", 3)],
+            fd_budgets: vec![(
+                1000,
+                Some(77),
+                "w0".into(),
+                FdBudget {
+                    fds: 812,
+                    limit: Some(1024),
+                    leak_rate_per_min: 3.0,
+                    eta_s: Some(2100.0),
+                },
+            )],
         });
         m.update_kernel(&[(1, 8, 5), (8, 9, 4)], 7);
         let text = m.render();
@@ -318,6 +377,9 @@ mod tests {
             "closetrace_time_wait_pressure_ratio{netns=\"7\",daddr=\"10.0.0.1\",dport=\"80\"} 0.25",
             "closetrace_socket_errors_total{syscall=\"connect\",errno=\"EADDRNOTAVAIL\"} 3",
             "closetrace_events_lost_total 7",
+            "closetrace_leaking_process_open_fds{pid=\"1000\",pid_start=\"77\",comm=\"w0\"} 812",
+            "closetrace_leaking_process_fd_limit{pid=\"1000\",pid_start=\"77\",comm=\"w0\"} 1024",
+            "closetrace_leaking_process_fd_exhaustion_seconds{pid=\"1000\",pid_start=\"77\",comm=\"w0\"} 2100.0",
             "closetrace_hook_attached{hook=\"tcp_close\",attach=\"transitions\"} 0",
             "closetrace_hook_attached{hook=\"sock:inet_sock_set_state\",attach=\"tp_btf\"} 1",
         ] {

@@ -45,6 +45,7 @@ pub enum Record<'a> {
     ConnectError(ConnectError<'a>),
     BindError(BindError<'a>),
     ListenOverflow(ListenOverflow<'a>),
+    FdExhaustion(FdExhaustion<'a>),
     Lost(Lost),
     Summary(SummaryRecord),
     /// A type this version does not know (a newer closetrace wrote it).
@@ -254,6 +255,31 @@ pub struct CloseWaitLeak<'a> {
     /// 1 for the first report of this leak, then 2, 3 ... (backing off).
     #[serde(default)]
     pub report: u32,
+    /// The leak's number: 1 for the first leak reported, 2 for the next
+    /// (its reports all carry the same).
+    #[serde(default)]
+    pub leak: u64,
+    /// What its holders are doing; null when nobody visible holds it.
+    #[serde(default)]
+    pub diagnosis: Option<super::diagnosis::Diagnosis>,
+}
+
+/// A process running out of file descriptors.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct FdExhaustion<'a> {
+    pub ts: Ts,
+    pub pid: u32,
+    pub pid_start: Option<u64>,
+    pub comm: Cow<'a, str>,
+    pub state: crate::track::diagnosis::Exhaustion,
+    /// When exhausted: how it was seen.
+    #[serde(default)]
+    pub cause: Option<crate::track::diagnosis::ExhaustedBy>,
+    #[serde(flatten)]
+    pub budget: crate::model::threads::FdBudget,
+    /// Its leaks still open.
+    #[serde(default)]
+    pub open_leaks: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -736,6 +762,23 @@ mod tests {
                 recv_q: Some(0),
                 holders: holders.into(),
                 report: 2,
+                leak: 3,
+                diagnosis: Some(crate::output::diagnosis::sample()),
+            })),
+            owned(Record::FdExhaustion(FdExhaustion {
+                ts: ts(3),
+                pid: 10,
+                pid_start: Some(99),
+                comm: "php".into(),
+                state: crate::track::diagnosis::Exhaustion::Approaching,
+                cause: None,
+                budget: crate::model::threads::FdBudget {
+                    fds: 812,
+                    limit: Some(1024),
+                    leak_rate_per_min: 3.0,
+                    eta_s: Some(2100.0),
+                },
+                open_leaks: 7,
             })),
             owned(Record::CloseWaitResolved(CloseWaitResolved {
                 ts: ts(3),
@@ -919,7 +962,7 @@ mod tests {
             assert_eq!(serde_json::to_string(&back).unwrap(), line);
             seen.insert(kind);
         }
-        assert_eq!(seen.len(), 12, "one of each kind: {seen:?}");
+        assert_eq!(seen.len(), 13, "one of each kind: {seen:?}");
         // The container a record names reads back too.
         let leak = serde_json::to_string(&kinds[3]).unwrap();
         assert!(
@@ -930,7 +973,7 @@ mod tests {
 
     #[test]
     fn a_type_from_a_newer_version_reads_as_unknown() {
-        let r: Record<'_> = serde_json::from_str(r#"{"type":"fd_exhaustion","pid":1}"#).unwrap();
+        let r: Record<'_> = serde_json::from_str(r#"{"type":"pod_eviction","pid":1}"#).unwrap();
         assert_eq!(r, Record::Unknown);
         assert!(serde_json::from_str::<Record<'_>>(r#"{"type":"lost"}"#).is_err());
     }

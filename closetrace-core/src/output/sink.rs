@@ -10,6 +10,7 @@ use crate::output::records::{
 use crate::output::text::{
     close_text, leak_text, paint, place, ready_text, resolved_text, text_header, text_line,
 };
+use crate::output::verdict::verdict;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -104,7 +105,11 @@ impl Sink {
     pub fn leak(&mut self, rec: CloseWaitLeak<'_>, process_leaks: u64) -> io::Result<()> {
         let home = self.home_netns;
         self.emit(rec, Record::CloseWaitLeak, |r| {
-            leak_text(r, process_leaks) + &place(&r.sock.scope, home)
+            let line = leak_text(r, process_leaks) + &place(&r.sock.scope, home);
+            match r.diagnosis.as_ref().and_then(verdict) {
+                Some(v) => format!("{line}\n{v}"),
+                None => line,
+            }
         })
     }
 

@@ -185,9 +185,13 @@ pub fn leak_text(rec: &CloseWaitLeak<'_>, process_leaks: u64) -> String {
         LeakSince::Startup => ">= ",
         LeakSince::Transition => "",
     };
+    let again = match rec.report {
+        0 | 1 => String::new(),
+        n => format!(" (report {n})"),
+    };
     format!(
-        "!! CLOSE_WAIT LEAK #{} {who} {} -> {} for {at_least}{:.1} s ({eof}); held by {held}; {who} leaks: {process_leaks}",
-        rec.report,
+        "!! CLOSE_WAIT LEAK #{}{again} {who} {} -> {} for {at_least}{:.1} s ({eof}); held by {held}; {who} leaks: {process_leaks}",
+        rec.leak,
         endpoint(rec.sock.saddr, rec.sock.sport),
         endpoint(rec.sock.daddr, rec.sock.dport),
         rec.close_wait_ms / 1000.0,

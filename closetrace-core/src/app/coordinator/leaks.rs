@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 
 use super::Monitor;
+use crate::app::worker::DiagnoseFound;
 use crate::host::sockets::{DiagSocket, KernelView, SnapshotError};
 use crate::model::{Holder, TcpState};
 use crate::output::records::{
@@ -91,7 +92,7 @@ impl Monitor {
     }
 
     pub(super) fn resolve(&mut self, r: &Resolved, sink: &mut Sink) -> io::Result<()> {
-        if !self.shown.remove(&r.tracked.sock.id) {
+        if self.shown.remove(&r.tracked.sock.id).is_none() {
             return Ok(());
         }
         let owner = r.tracked.owner.as_ref();
@@ -108,11 +109,12 @@ impl Monitor {
     }
 
     /// A leak due now, checked against `view` (the namespaces in `read`;
-    /// None: all covered) before it is reported.
+    /// None: all covered) before it is reported, with what its holders are
+    /// doing (`found`).
     pub(super) fn report(
         &mut self,
         d: Due,
-        view: Option<&KernelView>,
+        (view, found): (Option<&KernelView>, Option<&DiagnoseFound>),
         read: Option<&HashSet<u32>>,
         now_ns: u64,
         sink: &mut Sink,
@@ -144,7 +146,13 @@ impl Monitor {
         if !visible {
             return Ok(());
         }
-        let first = self.shown.insert(id);
+        let first = !self.shown.contains_key(&id);
+        let numbered = &mut self.leaks_numbered;
+        let leak = *self.shown.entry(id).or_insert_with(|| {
+            *numbered += 1;
+            *numbered
+        });
+        let diagnosis = self.diagnosis_of(&d.tracked, owner.as_ref(), holders, found, view);
         let process_leaks = match &owner {
             Some(o) => self.summary.leak_reported(o, first, d.age_ns),
             None => 0,
@@ -165,6 +173,8 @@ impl Monitor {
                 recv_q: diag.map(|s| s.rqueue),
                 holders: Cow::Borrowed(holders),
                 report: d.tracked.reports,
+                leak,
+                diagnosis,
             },
             process_leaks,
         )
@@ -175,7 +185,7 @@ impl Monitor {
     pub(super) fn open_leaks(&self, now_ns: u64) -> Vec<LeakStats> {
         let mut by_process: HashMap<(u32, Option<u64>), LeakStats> = HashMap::new();
         for t in self.leaks.tracked() {
-            let (true, Some(o)) = (self.shown.contains(&t.sock.id), &t.owner) else {
+            let (true, Some(o)) = (self.shown.contains_key(&t.sock.id), &t.owner) else {
                 continue;
             };
             let p = by_process

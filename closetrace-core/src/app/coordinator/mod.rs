@@ -3,6 +3,7 @@
 //! records to the sink. It does no blocking I/O: what it needs from the
 //! running system it asks as `Job`s, which the host worker answers
 //! (`on_answer`) while events keep flowing.
+mod diagnosis;
 mod leaks;
 pub mod ports;
 
@@ -58,8 +59,12 @@ pub struct Monitor {
     infer_closes: bool,
     stream_all: bool,
     reach: NetnsReach,
-    /// Leaks that were displayed, so their resolution is displayed too.
-    shown: HashSet<u64>,
+    /// Leaks that were displayed (so their resolution is displayed too),
+    /// with the number each was given.
+    shown: HashMap<u64, u64>,
+    /// Leaks numbered so far.
+    leaks_numbered: u64,
+    diagnoses: diagnosis::Diagnoses,
     ports: PortPressure,
     /// sock_diag failed once already: do not repeat the warning.
     diag_warned: bool,
@@ -89,7 +94,9 @@ impl Monitor {
             infer_closes: s.infer_closes,
             stream_all: s.stream_all,
             reach: s.reach,
-            shown: HashSet::new(),
+            shown: HashMap::new(),
+            leaks_numbered: 0,
+            diagnoses: diagnosis::Diagnoses::default(),
             ports: PortPressure::new(s.tw_warn, s.reach, s.port_policies),
             diag_warned: false,
             scan: None,
@@ -163,6 +170,7 @@ impl Monitor {
             }
             KernelEvent::Close(close) => self.close(&close, sink),
             KernelEvent::SockError(e) => self.ports.on_error(&e, sink, &self.clock),
+            KernelEvent::OutOfFds(e) => self.out_of_fds(&e, sink),
         }
     }
 
@@ -197,6 +205,7 @@ impl Monitor {
             return;
         }
         self.due = self.leaks.due(now_ns);
+        let diagnose = self.diagnose_ask(now_ns);
         let job = TickJob {
             now_ns,
             close_wait: self.scan.is_some(),
@@ -204,6 +213,7 @@ impl Monitor {
             ports: self.ports.wants_scan(now_ns),
             cgroups: self.due.iter().map(|d| d.tracked.sock.cgroup).collect(),
             namespaces: self.namespaces_needed(),
+            diagnose,
         };
         self.tick_in_flight = true;
         self.leaks.mark();
@@ -225,7 +235,7 @@ impl Monitor {
     pub fn on_answer(&mut self, answer: Answer, sink: &mut Sink) -> io::Result<()> {
         self.outstanding = self.outstanding.saturating_sub(1);
         match answer {
-            Answer::Tick(a) => self.on_tick_answer(a, sink),
+            Answer::Tick(a) => self.on_tick_answer(*a, sink),
             Answer::BindHolders {
                 error,
                 suppressed,
@@ -287,10 +297,14 @@ impl Monitor {
             })
             .ok()
         });
+        if let Some(found) = &a.diagnosis {
+            self.learn_diagnoses(found, now_ns, sink)?;
+        }
         for d in std::mem::take(&mut self.due) {
             // Ended while the worker looked: its resolution was written.
             if self.leaks.is_tracked(d.tracked.sock.id) {
-                self.report(d, view.as_ref(), a.read.as_ref(), now_ns, sink)?;
+                let seen = (view.as_ref(), a.diagnosis.as_ref());
+                self.report(d, seen, a.read.as_ref(), now_ns, sink)?;
             }
         }
         Ok(())
@@ -315,10 +329,19 @@ impl Monitor {
             .iter()
             .map(|(&(call, errno), &n)| (call, errno, n))
             .collect();
+        let fd_budgets = leaks
+            .iter()
+            .filter_map(|p| {
+                let d = self.diagnoses.of(p.pid, p.pid_start)?;
+                let b = d.fd_budget.clone()?;
+                Some((p.pid, p.pid_start, p.comm.clone(), b))
+            })
+            .collect();
         crate::output::metrics::View {
             leaks,
             time_wait,
             errors,
+            fd_budgets,
         }
     }
 

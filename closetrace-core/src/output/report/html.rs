@@ -187,6 +187,21 @@ pub fn render(r: &Report, source: &str) -> String {
         }
         out.push_str("</table>\n");
     }
+    if !r.diagnoses.is_empty() || !r.fd_exhaustion.is_empty() {
+        out.push_str(
+            "<h2>What the leaking processes were doing</h2>\n\
+             <table><tr><th>pid</th><th>latest diagnosis</th></tr>\n",
+        );
+        for (who, v) in r.diagnoses.iter().chain(&r.fd_exhaustion) {
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td>{}</td></tr>",
+                r.process_name(*who),
+                esc(v)
+            );
+        }
+        out.push_str("</table>\n");
+    }
     let tw = tw_series(r);
     section(
         &mut out,

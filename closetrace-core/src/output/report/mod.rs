@@ -14,6 +14,7 @@ use std::io::{self, BufRead};
 use std::time::SystemTime;
 
 use crate::output::records::{BindError, Caller, ConnectError, LeakStats, Record, Ts};
+use crate::output::verdict::{exhaustion_text, verdict};
 
 pub use html::render as render_html;
 
@@ -51,6 +52,10 @@ pub struct Report {
     pub leak_series: BTreeMap<(Process, String), Vec<(SystemTime, u64)>>,
     /// TIME_WAIT sockets per destination over time.
     pub tw_series: BTreeMap<String, Vec<(SystemTime, u32)>>,
+    /// The latest diagnosis verdict of each leaking process.
+    pub diagnoses: BTreeMap<Process, String>,
+    /// The latest fd_exhaustion line of each process.
+    pub fd_exhaustion: BTreeMap<Process, String>,
     /// Leaks being tracked: socket -> (process, comm).
     leak_owner: HashMap<u64, (Process, String)>,
 }
@@ -130,6 +135,9 @@ impl Report {
                 });
                 p.comm.clone_from(&comm);
                 p.oldest_ms = p.oldest_ms.max(r.close_wait_ms);
+                if let Some(v) = r.diagnosis.as_ref().and_then(verdict) {
+                    self.diagnoses.insert(who, v.trim().to_string());
+                }
                 if self
                     .leak_owner
                     .insert(r.sock.sock, (who, comm.clone()))
@@ -171,6 +179,12 @@ impl Report {
                 caller, suppressed, ..
             }) => self.error("bind", &caller, suppressed),
             Record::Lost(l) => self.lost += l.count,
+            Record::FdExhaustion(r) => {
+                self.when(r.ts);
+                let line = exhaustion_text(&r);
+                let line = line.trim_start_matches("!! ").to_string();
+                self.fd_exhaustion.insert((r.pid, r.pid_start), line);
+            }
             // What the report does not sum: counted, as are types this
             // version does not know.
             Record::Ready(_)
@@ -322,6 +336,15 @@ impl Report {
                 );
             }
         }
+        if !self.diagnoses.is_empty() || !self.fd_exhaustion.is_empty() {
+            let _ = writeln!(s, "\nWhat the leaking processes were doing (latest)");
+            for (who, v) in &self.diagnoses {
+                let _ = writeln!(s, "  {:<8} {v}", self.process_name(*who));
+            }
+            for (who, v) in &self.fd_exhaustion {
+                let _ = writeln!(s, "  {:<8} {v}", self.process_name(*who));
+            }
+        }
         let _ = writeln!(s, "\nTop TIME_WAIT destinations");
         if self.destinations.is_empty() {
             let _ = writeln!(s, "  none");
@@ -464,6 +487,34 @@ not json at all
                    \"comm\":\"srv\",\"sock\":1,\"close_wait_ms\":1}\n";
         let r = Report::read(old.as_bytes()).unwrap();
         assert_eq!(r.process_name((7, None)), "7");
+    }
+
+    /// The latest diagnosis of each leaking process, and its fd
+    /// exhaustion, are in the text and the HTML page.
+    #[test]
+    fn diagnoses_are_shown_per_process() {
+        let diag = serde_json::to_string(&crate::output::diagnosis::sample()).unwrap();
+        let log = format!(
+            "{{\"type\":\"close_wait_leak\",\"ts\":\"2026-11-23T10:00:01Z\",\"pid\":23308,\
+             \"comm\":\"php\",\"sock\":1,\"close_wait_ms\":1000.0,\"diagnosis\":{diag}}}\n\
+             {{\"type\":\"fd_exhaustion\",\"ts\":\"2026-11-23T10:00:02Z\",\"pid\":23308,\
+             \"pid_start\":null,\"comm\":\"php\",\"state\":\"exhausted\",\"cause\":\"emfile\",\
+             \"fds\":1024,\"limit\":1024,\"leak_rate_per_min\":3.0,\"eta_s\":0.0,\"open_leaks\":9}}\n"
+        );
+        let r = Report::read(log.as_bytes()).unwrap();
+        assert!(r.malformed.is_empty(), "{:?}", r.malformed);
+        let text = r.to_text("x");
+        assert!(
+            text.contains("thread 23311 (php) in recvfrom(fd 9"),
+            "{text}"
+        );
+        assert!(text.contains("OUT OF FDS php(23308)"), "{text}");
+        let page = render_html(&r, "x");
+        assert!(
+            page.contains("What the leaking processes were doing"),
+            "{page}"
+        );
+        assert!(page.contains("127.0.0.1:6379 ESTABLISHED"), "{page}");
     }
 
     #[test]

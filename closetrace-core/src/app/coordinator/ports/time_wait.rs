@@ -4,6 +4,7 @@
 //! apart, and the top list.
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
+use std::net::IpAddr;
 
 use super::PortPressure;
 use crate::host::sockets::{DiagSocket, SnapshotError};
@@ -37,6 +38,29 @@ impl PortPressure {
     }
 
     /// New port sysctls, per namespace, from a scan.
+    /// Who closed the local end of (`local`, `remote`) in `netns`, if its
+    /// TIME_WAIT entry is remembered: a leak's peer that closed. Tried in
+    /// the leak's namespace first, then in every namespace known.
+    pub fn closer_of(
+        &self,
+        netns: u32,
+        local: (IpAddr, u16),
+        remote: (IpAddr, u16),
+    ) -> Option<&Task> {
+        let tuple = |netns| {
+            let dest = Dest {
+                netns,
+                saddr: local.0,
+                daddr: remote.0,
+                dport: remote.1,
+            };
+            (dest, local.1)
+        };
+        std::iter::once(netns)
+            .chain(self.policies.keys().copied().filter(|n| *n != netns))
+            .find_map(|n| self.tw.closer(&tuple(n)))
+    }
+
     pub fn set_policies(&mut self, policies: HashMap<u32, PortPolicy>) {
         if !policies.is_empty() {
             self.policies = policies;
