@@ -4,6 +4,8 @@
 //! stdout so a test can synchronise with it:
 //!   LISTENING <port>   CONNECTED <local port>   ACCEPTED <peer port>
 //!   FD <fd>   CHILD <pid>   WORKER <pid>   PASSED   RECEIVED <fd>   DONE
+//!   HANDLER <tid>   LOCKER <tid>   BACKEND <local port>   ERROR <errno>
+mod handlers;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
@@ -61,6 +63,10 @@ enum Role {
         /// worker to say "close"; the worker is blocked and never does.
         #[arg(long)]
         blocked_worker: bool,
+        /// After EOF, run a close handler that never returns, holding the
+        /// connection: recv=ADDR (waits on a backend), mutex, sleep, spin.
+        #[arg(long, value_name = "HANDLER")]
+        on_close: Option<handlers::Handler>,
     },
     /// Connect, send a byte, wait, close first.
     Client(ClientOptions),
@@ -101,6 +107,10 @@ struct ServeOptions {
     /// `WORKER <pid>` and `ACCEPTED_BY <pid> <peer port>`.
     #[arg(long, default_value_t = 0)]
     prefork: u32,
+    /// Lower RLIMIT_NOFILE to this. An accept() failing with EMFILE then
+    /// prints `ERROR 24` once and is retried every 100 ms, as servers do.
+    #[arg(long)]
+    nofile: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -168,7 +178,15 @@ fn serve(opts: ServeOptions, mode: ServeMode) -> anyhow::Result<()> {
         backlog,
         no_accept,
         prefork,
+        nofile,
     } = opts;
+    if let Some(n) = nofile {
+        handlers::set_nofile(n)?;
+    }
+    let lock = match &mode {
+        ServeMode::Handler(h) => handlers::prepare(h)?,
+        _ => None,
+    };
     // The blocked worker is forked first, so it holds no socket of ours.
     let worker_pipe = match mode {
         ServeMode::BlockedWorker => Some(spawn_blocked_worker()?),
@@ -192,6 +210,7 @@ fn serve(opts: ServeOptions, mode: ServeMode) -> anyhow::Result<()> {
         no_read,
         worker_pipe,
         worker: prefork > 0,
+        lock,
     };
     if prefork > 0 {
         return prefork_workers(l, prefork, &serving, &mode);
@@ -214,6 +233,8 @@ struct Serving {
     worker_pipe: Option<(std::fs::File, std::fs::File)>,
     /// A prefork worker: accepted connections are announced with its pid.
     worker: bool,
+    /// `--on-close mutex`: the lock another thread holds.
+    lock: Option<std::sync::Arc<std::sync::Mutex<()>>>,
 }
 
 /// `n` workers accepting on `l`, each until its connections are served;
@@ -264,11 +285,23 @@ fn accept_loop(
         no_read,
         ref worker_pipe,
         worker,
+        ref lock,
     } = *serving;
     let mut held = Vec::new();
     let mut served = 0;
+    let mut out_of_fds = false;
     while connections == 0 || served < connections {
-        let (mut s, peer) = l.accept().context("accept")?;
+        let (mut s, peer) = match l.accept() {
+            Ok(a) => a,
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
+                if !std::mem::replace(&mut out_of_fds, true) {
+                    say(&format!("ERROR {}", libc::EMFILE))?;
+                }
+                sleep(Duration::from_millis(100));
+                continue;
+            }
+            Err(e) => return Err(e).context("accept"),
+        };
         if worker {
             say(&format!(
                 "ACCEPTED_BY {} {}",
@@ -290,6 +323,10 @@ fn accept_loop(
                 drop(s);
             }
             ServeMode::NeverClose => held.push(s),
+            ServeMode::Handler(h) => {
+                held.push(s);
+                handlers::run(h, lock.as_ref())?;
+            }
             ServeMode::ShutdownOnly => {
                 sleep(Duration::from_millis(close_delay_ms));
                 s.shutdown(std::net::Shutdown::Write).context("shutdown")?;
@@ -341,6 +378,7 @@ enum ServeMode {
     ForkChild,
     PassTo(PathBuf),
     BlockedWorker,
+    Handler(handlers::Handler),
 }
 
 fn hold_forever<T>(held: Vec<T>) -> ! {
@@ -528,6 +566,7 @@ fn main() -> anyhow::Result<()> {
             fork_child,
             pass_to,
             blocked_worker,
+            on_close,
         } => {
             let modes = [
                 never_close.then_some(ServeMode::NeverClose),
@@ -535,13 +574,14 @@ fn main() -> anyhow::Result<()> {
                 fork_child.then_some(ServeMode::ForkChild),
                 pass_to.map(ServeMode::PassTo),
                 blocked_worker.then_some(ServeMode::BlockedWorker),
+                on_close.map(ServeMode::Handler),
             ];
             let mut chosen = modes.into_iter().flatten();
             let mode = chosen.next().unwrap_or(ServeMode::Plain);
             if chosen.next().is_some() {
                 anyhow::bail!(
                     "choose one of --never-close, --shutdown-only, --fork-child, --pass-to, \
-                     --blocked-worker"
+                     --blocked-worker, --on-close"
                 );
             }
             serve(opts, mode)
