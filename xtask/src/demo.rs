@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: the article's three failures, reproduced in a network
 //! namespace the demo makes, with closetrace (default mode, text view)
 //! running beside them:
-//!   1. a server whose close handler blocks: a CLOSE_WAIT leak;
+//!   1. a server whose close handler blocks on a backend that never
+//!      answers: a CLOSE_WAIT leak, and its diagnosis naming the backend;
 //!   2. a client opening a fresh connection per request: TIME_WAIT pressure,
 //!      then connect() failing with EADDRNOTAVAIL;
 //!   3. a restart that binds the port the blocked server still holds:
@@ -23,6 +24,7 @@ use crate::measure::{Netns, interrupt_and_reap};
 const NETNS: &str = "closetrace-demo";
 const SERVER: &str = "127.0.0.1:9501";
 const API: &str = "127.0.0.1:9502";
+const BACKEND: &str = "127.0.0.1:6379";
 
 pub fn run(root: &Path) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -45,11 +47,12 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     let _ = interrupt_and_reap(tracer, Duration::from_secs(30));
     let Cast {
         server: (mut server, _server_out),
+        backend: (mut backend, _backend_out),
         api: (mut api, _api_out),
         fpm,
         restart,
     } = cast;
-    for c in [&mut server, &mut api] {
+    for c in [&mut server, &mut backend, &mut api] {
         let _ = c.kill();
         let _ = c.wait();
     }
@@ -136,6 +139,7 @@ impl Stage {
 /// readers), and the pids the checks name.
 struct Cast {
     server: (Child, Lines),
+    backend: (Child, Lines),
     api: (Child, Lines),
     fpm: u32,
     restart: u32,
@@ -143,10 +147,18 @@ struct Cast {
 
 /// The article's three failures, one after the other.
 fn play(stage: &Stage) -> anyhow::Result<Cast> {
-    say("1/3 swoole-server: its close handler blocks, so the socket stays in CLOSE_WAIT");
+    say("1/3 swoole-server: its close handler waits on a backend that never answers,");
+    say("    so the socket stays in CLOSE_WAIT");
+    let backend = stage.peer_until(
+        "redis",
+        &["server", "--listen", BACKEND, "--never-close", "--no-read"],
+        "LISTENING",
+        10,
+    )?;
+    let on_close = format!("recv={BACKEND}");
     let server = stage.peer_until(
         "swoole-server",
-        &["server", "--listen", SERVER, "--never-close"],
+        &["server", "--listen", SERVER, "--on-close", &on_close],
         "LISTENING",
         10,
     )?;
@@ -178,6 +190,7 @@ fn play(stage: &Stage) -> anyhow::Result<Cast> {
     let _ = restart.wait();
     Ok(Cast {
         server,
+        backend,
         api,
         fpm: fpm.id(),
         restart: restart.id(),
@@ -192,6 +205,11 @@ fn judge(seen: &[String], s: u32, f: u32, r: u32) -> Vec<&'static str> {
             "the CLOSE_WAIT leak, blamed on swoole-server",
             format!("swoole-server({s})"),
             "CLOSE_WAIT LEAK",
+        ),
+        (
+            "... diagnosed: its close handler blocked in recvfrom on the backend",
+            format!("-> {BACKEND} ESTABLISHED"),
+            "(swoole-server) in recvfrom(",
         ),
         (
             "TIME_WAIT pressure, with php-fpm as the closer",
