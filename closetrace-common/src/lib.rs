@@ -339,7 +339,10 @@ pub struct SockOffsets {
     pub file_private: u32,
     /// `socket.sk` (struct sock *)
     pub socket_sk: u32,
-    pub _pad: [u32; 3],
+    /// Non-zero: `sk_cgroup` is `sock.sk_cgrp_data.val` (u64; kernels
+    /// before 5.15 pack it), the cgroup pointer when its bit 0 is clear.
+    pub sk_cgroup_packed: u32,
+    pub _pad: [u32; 2],
 }
 const _: () = assert!(core::mem::size_of::<SockOffsets>() == 128);
 
@@ -384,7 +387,11 @@ pub struct Config {
     /// Non-zero: userspace scans every network namespace (it can enter
     /// them), so every namespace counts as scanned (see `own_netns`).
     pub scan_all_netns: u32,
-    pub _pad: [u32; 2],
+    /// Zero: sockets are named by their cookie (`bpf_get_socket_cookie`,
+    /// which tracing programs may call from Linux 5.12). Non-zero (older
+    /// kernels): by a hash of the socket keyed with this random value,
+    /// opaque and stable for the socket's life, never its address.
+    pub id_key: u64,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 176);
 
@@ -421,7 +428,8 @@ impl Config {
             fdt_fd: OFFSET_ABSENT,
             file_private: OFFSET_ABSENT,
             socket_sk: OFFSET_ABSENT,
-            _pad: [0; 3],
+            sk_cgroup_packed: 0,
+            _pad: [0; 2],
         },
         filter_pids: 0,
         stream_all: 0,
@@ -433,7 +441,7 @@ impl Config {
         tick_ns: 0,
         owner_from_io: 0,
         scan_all_netns: 0,
-        _pad: [0; 2],
+        id_key: 0,
     };
 }
 

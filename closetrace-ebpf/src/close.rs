@@ -1,9 +1,7 @@
 //! tcp_close by fentry or kprobe: the application dropped its last
 //! reference to a socket.
-use core::ffi::c_void;
-
 use aya_ebpf::{
-    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
+    helpers::bpf_ktime_get_ns,
     programs::{FEntryContext, ProbeContext},
 };
 use closetrace_common::{CloseRecord, LOST_RINGBUF, RECORD_CLOSE, close_src, flags, tcp_state::*};
@@ -11,21 +9,20 @@ use closetrace_common::{CloseRecord, LOST_RINGBUF, RECORD_CLOSE, close_src, flag
 use crate::emit::{count, wakeup};
 use crate::filters::{outside, scanned, watched};
 use crate::kread::{
-    Btf, Mem, Probe, current_exiting, current_task, endpoints, is_tcp, netns_of, read, sock_cgroup,
+    Btf, Mem, Probe, current_exiting, current_task, endpoints, is_tcp, netns_of, sock_cgroup,
+    sock_id, sock_id_read,
 };
 use crate::maps::{EVENTS, PIDS, config};
 
 pub(crate) fn try_close_fentry(ctx: &FEntryContext) -> Result<(), i32> {
     let sk: *const u8 = ctx.arg(0);
-    let sock_id = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
-    emit_close::<Btf>(sk, sock_id, close_src::FENTRY)
+    emit_close::<Btf>(sk, sock_id(sk), close_src::FENTRY)
 }
 
 pub(crate) fn try_close_kprobe(ctx: &ProbeContext) -> Result<(), i32> {
     let sk: *const u8 = ctx.arg(0).ok_or(1)?;
     // No cookie helper for kprobes: read the cookie the state hook generated.
-    let sock_id: u64 = read(sk, config().offsets.cookie)?;
-    emit_close::<Probe>(sk, sock_id, close_src::KPROBE)
+    emit_close::<Probe>(sk, sock_id_read(sk)?, close_src::KPROBE)
 }
 
 /// The application dropped its last reference to a TCP socket. `M`: how

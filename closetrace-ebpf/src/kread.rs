@@ -2,8 +2,11 @@
 //! with offsets resolved from the running kernel's BTF (`xtask
 //! lint-offsets` checks it), and the facts built from them: the current
 //! task, a socket's namespace, cgroup and endpoints.
+use core::ffi::c_void;
+
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_socket_cookie,
+    bpf_probe_read_kernel,
 };
 use closetrace_common::{
     AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP, OFFSET_ABSENT, PF_EXITING, SockOffsets, TaskId,
@@ -19,6 +22,51 @@ pub(crate) const SYSCALL_RET: usize = 16;
 /// The offset that reads an array element itself rather than a field in
 /// it (for `fdtable.fd[fd]`): not a struct offset.
 pub(crate) const ELEMENT: u32 = 0;
+
+/// A socket's id, from a program given a BTF pointer to it (tp_btf,
+/// fentry): its cookie, or where tracing programs cannot ask for one
+/// (before 5.12), the keyed hash (`Config::id_key`). The key is frozen
+/// .rodata: the verifier never visits the branch not taken, so the helper
+/// call it cannot resolve on an old kernel is removed as dead code.
+#[inline(always)]
+pub(crate) fn sock_id(sk: *const u8) -> u64 {
+    let key = config().id_key;
+    if key != 0 {
+        return keyed_id(sk, key);
+    }
+    unsafe { bpf_get_socket_cookie(sk as *mut c_void) }
+}
+
+/// The same from a classic tracepoint or a kprobe, which cannot call the
+/// cookie helper on any kernel: the cookie the state hook made, read
+/// from the socket, or the keyed hash.
+#[inline(always)]
+pub(crate) fn sock_id_read(sk: *const u8) -> Result<u64, i32> {
+    let cfg = config();
+    if cfg.id_key != 0 {
+        return Ok(keyed_id(sk, cfg.id_key));
+    }
+    let off = &cfg.offsets;
+    read(sk, off.cookie)
+}
+
+/// murmur3's 64-bit finaliser of the address xor a random key: stable for
+/// the socket's life, kept to 62 bits with bit 62 set, so it is never 0
+/// ("none"), never looks like a cookie (a counter), nor like a kernel
+/// address (whose top bits are all set).
+#[inline(always)]
+fn keyed_id(sk: *const u8, key: u64) -> u64 {
+    // The verifier refuses bitwise operators on a pointer: copy it out as
+    // a plain number first.
+    let addr: u64 = read((&sk as *const *const u8).cast(), ELEMENT).unwrap_or(0);
+    let mut h = addr ^ key;
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    (h >> 2) | (1 << 62)
+}
 
 #[inline(always)]
 pub(crate) fn read<T>(base: *const u8, off: u32) -> Result<T, i32> {
@@ -139,6 +187,17 @@ pub(crate) fn net_inum<M: Mem>(net: Option<*const u8>, off: &SockOffsets) -> u32
 /// The cgroup (v2) id a socket belongs to; 0 when unknown.
 #[inline(always)]
 pub(crate) fn sock_cgroup<M: Mem>(sk: *const u8, off: &SockOffsets) -> u64 {
+    if off.sk_cgroup_packed != 0 {
+        // A number, not a BTF pointer: follow it with probe reads. Bit 0
+        // set: cgroup v1 net_prio/net_cls data instead, the cgroup unknown.
+        let packed: u64 = M::get(sk, off.sk_cgroup).unwrap_or(1);
+        if packed & 1 != 0 {
+            return 0;
+        }
+        return pointer(Probe::get(packed as *const u8, off.cgroup_kn))
+            .and_then(|kn| Probe::get::<u64>(kn, off.kn_id).ok())
+            .unwrap_or(0);
+    }
     pointer(M::get(sk, off.sk_cgroup))
         .and_then(|cgrp| pointer(M::get(cgrp, off.cgroup_kn)))
         .and_then(|kn| M::get::<u64>(kn, off.kn_id).ok())

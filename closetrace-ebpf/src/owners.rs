@@ -1,18 +1,17 @@
 //! Owners learned outside state changes: accept() in the acceptor's
 //! context (the default), send/recv in the caller's (`--owner-from-io`),
 //! a peer's reset, and threads inside shutdown(2).
-use core::ffi::c_void;
-
 use aya_ebpf::{
     bindings::BPF_ANY,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use closetrace_common::{EMFILE, ENFILE, SockInfo, flags, owner_src, syscall};
 
 use crate::calls::emit_sock_error;
 use crate::kread::{
-    Btf, Probe, SYSCALL_RET, current_start, current_task, is_tcp, read, same_start, socket_of_fd,
+    Btf, Probe, SYSCALL_RET, current_start, current_task, is_tcp, read, same_start, sock_id,
+    sock_id_read, socket_of_fd,
 };
 use crate::maps::{IN_SHUTDOWN, OUT_OF_FDS_LAST, SOCKS, config};
 
@@ -33,7 +32,7 @@ pub(crate) fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
     }
     // The state hook asked for the cookie at the child's first transition;
     // a classic tracepoint cannot call the helper, so read what it made.
-    let sock_id: u64 = read(sk, off.cookie)?;
+    let sock_id = sock_id_read(sk)?;
     if sock_id == 0 {
         return Ok(());
     }
@@ -92,7 +91,7 @@ pub(crate) fn try_io(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if tgid == 0 {
         return Ok(());
     }
-    let sock_id = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    let sock_id = sock_id(sk);
     match SOCKS.get_ptr_mut(sock_id) {
         // The common case: the owner is already right and seen first-hand.
         // Keep it a read.
@@ -126,7 +125,7 @@ pub(crate) fn try_io(ctx: &BtfTracePointContext) -> Result<(), i32> {
 /// follows is not mistaken for the application closing it.
 pub(crate) fn try_reset(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let sk: *const u8 = ctx.arg(0);
-    let sock_id = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    let sock_id = sock_id(sk);
     if let Some(p) = SOCKS.get_ptr_mut(sock_id) {
         unsafe { (*p).flags |= flags::SOCK_RESET as u32 };
     }

@@ -4,11 +4,9 @@
 //!
 //! The steps are separate functions for reading, and `inline(always)` so
 //! the verifier sees one program, as it did when they were one function.
-use core::ffi::c_void;
-
 use aya_ebpf::{
     bindings::BPF_ANY,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     programs::BtfTracePointContext,
 };
 use closetrace_common::{
@@ -20,7 +18,7 @@ use crate::emit::{count, count_transition, mark_netns, wakeup};
 use crate::filters::{caused_by_owner, outside, scanned, watched};
 use crate::kread::{
     Btf, Mem, current_exiting, current_task, current_thread, endpoints, is_tcp, local_port,
-    netns_of, sock_cgroup,
+    netns_of, sock_cgroup, sock_id,
 };
 use crate::maps::{EVENTS, IN_SHUTDOWN, LISTENERS, PIDS, SOCKS, config};
 
@@ -64,7 +62,7 @@ pub(crate) fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // Hot path: ~7 transitions per connection. In the default mode most of
     // them stop at the count just below; the endpoints and context facts
     // are read only for what is sent.
-    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    let cookie = sock_id(sk);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let by_owner = caused_by_owner(old, new) && tgid != 0;
     // Most transitions (SYN_SENT -> ESTABLISHED, an RST's -> CLOSE, ...)

@@ -125,6 +125,11 @@ pub fn resolve(btf: &Btf) -> Result<SockOffsets, OffsetError> {
         Err(OffsetError::NoMember { .. }) => Ok(OFFSET_ABSENT),
         Err(e) => Err(e),
     };
+    // Before 5.15 the cgroup pointer shares a u64 with cgroup v1 data.
+    let (sk_cgroup, sk_cgroup_packed) = match optional(sock("sk_cgrp_data.cgroup", 8))? {
+        OFFSET_ABSENT => (optional(sock("sk_cgrp_data.val", 8))?, 1),
+        off => (off, 0),
+    };
     Ok(SockOffsets {
         family: sock("__sk_common.skc_family", 2)?,
         num: sock("__sk_common.skc_num", 2)?,
@@ -144,7 +149,8 @@ pub fn resolve(btf: &Btf) -> Result<SockOffsets, OffsetError> {
         task_flags: field_offset(btf, "task_struct", "flags", 4)?,
         // Kernels without CONFIG_SOCK_CGROUP_DATA: cgroup 0, and --cgroup
         // is refused.
-        sk_cgroup: optional(sock("sk_cgrp_data.cgroup", 8))?,
+        sk_cgroup,
+        sk_cgroup_packed: u32::from(sk_cgroup != OFFSET_ABSENT && sk_cgroup_packed == 1),
         cgroup_kn: optional(field_offset(btf, "cgroup", "kn", 8))?,
         kn_id: optional(field_offset(btf, "kernfs_node", "id", 8))?,
         task_tgid: field_offset(btf, "task_struct", "tgid", 4)?,
@@ -164,7 +170,7 @@ pub fn resolve(btf: &Btf) -> Result<SockOffsets, OffsetError> {
         fdt_fd: field_offset(btf, "fdtable", "fd", 8)?,
         file_private: field_offset(btf, "file", "private_data", 8)?,
         socket_sk: field_offset(btf, "socket", "sk", 8)?,
-        _pad: [0; 3],
+        _pad: [0; 2],
     })
 }
 
