@@ -113,6 +113,7 @@ fn round(records: &[Vec<u8>]) -> f64 {
         stream_all: true,
         reach: NetnsReach::Own(4026531840),
         port_policies: Default::default(),
+        ids_are_cookies: true,
     };
     let clock = WallClock::sample();
     let mut monitor = Monitor::new(settings, clock);

@@ -151,6 +151,7 @@ mod tests {
                 stream_all: true,
                 reach: crate::model::netns::NetnsReach::Own(1),
                 port_policies: Default::default(),
+                ids_are_cookies: true,
             },
             WallClock::from_offset(0),
         );

@@ -47,6 +47,8 @@ pub struct DiagnoseAsk {
     pub owners: Vec<u32>,
     /// Processes diagnosed recently: not sampled again yet.
     pub fresh: HashSet<u32>,
+    /// Socket ids are not cookies: find sockets by their endpoints.
+    pub by_tuple: bool,
 }
 
 /// Leaked sockets looked up per tick at most (two round trips each).
@@ -251,7 +253,7 @@ fn look_up(
 /// The processes to sample: the owners and holders of the leaked sockets
 /// not diagnosed recently, up to the cap.
 fn to_sample(ask: &DiagnoseAsk, view: &KernelView) -> Vec<u32> {
-    let holders = ask.sockets.iter().flat_map(|s| view.holders_of(s.id));
+    let holders = (ask.sockets.iter()).flat_map(|s| view.holders_of_sock(s, ask.by_tuple));
     let mut pids: Vec<u32> = Vec::new();
     for pid in ask.owners.iter().copied().chain(holders.map(|h| h.pid)) {
         if !ask.fresh.contains(&pid) && !pids.contains(&pid) {

@@ -295,6 +295,27 @@ impl KernelView {
             .and_then(|s| self.holders.get(&s.inode))
             .map_or(&[], Vec::as_slice)
     }
+
+    /// The socket `sock` names: by its id, or where ids are not cookies
+    /// (`by_tuple`; see closetrace's `kernel::ids`), by its namespace and
+    /// endpoints.
+    pub fn find(&self, sock: &SockRef, by_tuple: bool) -> Option<&DiagSocket> {
+        self.by_cookie.get(&sock.id).or_else(|| {
+            by_tuple.then(|| {
+                self.by_cookie.values().find(|s| {
+                    (s.netns, s.sport, s.dport, s.saddr, s.daddr)
+                        == (sock.netns, sock.sport, sock.dport, sock.saddr, sock.daddr)
+                })
+            })?
+        })
+    }
+
+    /// Every process holding `sock` (see `find`).
+    pub fn holders_of_sock(&self, sock: &SockRef, by_tuple: bool) -> &[Holder] {
+        self.find(sock, by_tuple)
+            .and_then(|s| self.holders.get(&s.inode))
+            .map_or(&[], Vec::as_slice)
+    }
 }
 
 /// Map socket inode -> every process holding it, from /proc/*/fd. Processes

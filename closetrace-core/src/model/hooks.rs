@@ -17,6 +17,8 @@ pub enum Attach {
     Transitions,
     /// sock_diag, over netlink.
     Netlink,
+    /// Sockets named by a keyed hash, for want of cookies.
+    KeyedHash,
     /// Not attached at all.
     None,
 }
@@ -30,6 +32,7 @@ impl Attach {
             Attach::Kprobe => "kprobe",
             Attach::Transitions => "transitions",
             Attach::Netlink => "netlink",
+            Attach::KeyedHash => "keyed_hash",
             Attach::None => "none",
         }
     }

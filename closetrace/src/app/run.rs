@@ -24,6 +24,7 @@ use closetrace_core::output::sink::Sink;
 use super::host::RunHost;
 use super::select::{Selection, select};
 use super::trace;
+use crate::kernel::ids::SocketIds;
 use crate::kernel::load::{self, Kernel};
 use crate::kernel::{CloseHook, LoadOptions};
 use crate::kernel::{maps, ring, selection::Upkeep};
@@ -39,7 +40,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let reach = reach(&sel);
     let mut existing = Existing::probe(reach);
-    let scan = scans_close_wait(&cli, &sel, &existing);
+    let ids = SocketIds::choose();
+    let scan = scans_close_wait(&cli, &sel, &existing, &ids);
     let mut kernel = load::load(&LoadOptions {
         pids: &sel.pids,
         ring_bytes: cli.ring_bytes(),
@@ -50,6 +52,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         cgroups: sel.cgroup.as_ref().map(|(_, ids)| ids.as_slice()),
         follow_forks: !sel.roots.is_empty(),
         owner_from_io: cli.owner_from_io,
+        keyed_ids: ids.keyed(),
     })?;
     let pids = follow_late_children(&mut kernel, &sel)?;
     // Listed once the hooks are attached: a socket made since is seen by
@@ -57,9 +60,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     existing.look();
     let enters_namespaces = existing.readable && reach.switches(existing.own);
     kernel.hooks.push(existing.diag.clone());
+    kernel.hooks.extend(ids.report());
     let clock = WallClock::sample();
-    let (mut monitor, seeded, upkeep) =
-        start_coordinator(&cli, &sel, &mut kernel, &existing, scan, &pids, clock)?;
+    let (mut monitor, seeded, upkeep) = start_coordinator(
+        &cli,
+        &sel,
+        &mut kernel,
+        &existing,
+        (scan, &ids),
+        &pids,
+        clock,
+    )?;
     drop(existing);
     release_startup_memory();
     // Everything is loaded and attached: keep only what naming leak
@@ -252,9 +263,11 @@ impl Existing {
 /// every namespace read, so a prompt close costs no record (see
 /// `CloseWaitKernel`). With --cgroup, or a --netns this process cannot
 /// enter, CLOSE_WAIT sockets come from events, which the kernel filters;
-/// the scan could not.
-fn scans_close_wait(cli: &Cli, sel: &Selection, existing: &Existing) -> bool {
+/// the scan could not. Without cookies (`SocketIds::Keyed`) the kernel's
+/// maps cannot be asked about sock_diag's sockets: events too.
+fn scans_close_wait(cli: &Cli, sel: &Selection, existing: &Existing, ids: &SocketIds) -> bool {
     !cli.states
+        && !ids.keyed()
         && existing.diag.attached()
         && existing.own != 0
         && existing.readable
@@ -286,7 +299,7 @@ fn start_coordinator(
     sel: &Selection,
     kernel: &mut Kernel,
     existing: &Existing,
-    scan: bool,
+    (scan, ids): (bool, &SocketIds),
     pids: &[u32],
     clock: WallClock,
 ) -> anyhow::Result<(Monitor, usize, Option<Upkeep>)> {
@@ -302,6 +315,7 @@ fn start_coordinator(
             stream_all: cli.states,
             reach: existing.reach,
             port_policies: existing.policies.clone(),
+            ids_are_cookies: !ids.keyed(),
         },
         clock,
     );

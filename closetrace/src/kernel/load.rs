@@ -87,6 +87,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cl
 /// Load the object configured for `opts`, fill the selection maps, attach
 /// every hook, and take out the maps userspace reads.
 pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
+    super::ids::check_floor()?;
     let config = config(opts)?;
     let btf =
         Btf::from_sys_fs().map_err(|e| LoadError::Load(format!("reading kernel BTF: {e}")))?;
@@ -143,7 +144,11 @@ fn config(opts: &LoadOptions<'_>) -> Result<Config, LoadError> {
         tick_ns: procs::tick_ns() as u32,
         owner_from_io: u32::from(opts.owner_from_io),
         scan_all_netns: u32::from(matches!(opts.scan, Some(NetnsReach::All { .. }))),
-        _pad: [0; 2],
+        id_key: if opts.keyed_ids {
+            super::ids::random_key()
+        } else {
+            0
+        },
     })
 }
 

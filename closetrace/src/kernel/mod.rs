@@ -3,6 +3,7 @@
 //! buffer. Kernel bytes become model types only in
 //! `closetrace_core::kernel::decode`, which `ring` and `maps` call.
 pub mod attach;
+pub mod ids;
 pub mod load;
 pub mod maps;
 pub mod offsets;
@@ -26,9 +27,11 @@ pub enum LoadError {
     Privileges,
     #[error(
         "this kernel exposes no BTF ({SYSFS_BTF} is missing): closetrace needs a kernel built \
-         with CONFIG_DEBUG_INFO_BTF=y (5.8 or later)"
+         with CONFIG_DEBUG_INFO_BTF=y (5.10 or later)"
     )]
     NoBtf,
+    #[error("this kernel ({0}) is older than closetrace's floor, Linux 5.10: {1}")]
+    TooOld(String, &'static str),
     #[error("{0}")]
     Offsets(#[from] OffsetError),
     #[error("loading the eBPF programs failed: {0}")]
@@ -60,6 +63,8 @@ pub struct LoadOptions<'a> {
     pub follow_forks: bool,
     /// `--owner-from-io`: refresh owners on every send and receive.
     pub owner_from_io: bool,
+    /// Name sockets by a keyed hash, not their cookie (see `ids`).
+    pub keyed_ids: bool,
 }
 
 /// How application closes are observed.

@@ -72,6 +72,7 @@ impl Monitor {
             sockets: due.iter().map(|d| d.tracked.sock.clone()).collect(),
             owners,
             fresh,
+            by_tuple: !self.ids_are_cookies,
         })
     }
 

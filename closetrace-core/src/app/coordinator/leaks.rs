@@ -123,7 +123,8 @@ impl Monitor {
         let netns = d.tracked.sock.netns;
         let local =
             self.reach.covers(netns) && read.is_none_or(|r| r.contains(&netns) || netns == 0);
-        let diag = view.and_then(|v| v.by_cookie.get(&id));
+        let by_tuple = !self.ids_are_cookies;
+        let diag = view.and_then(|v| v.find(&d.tracked.sock, by_tuple));
         let gone = view.is_some() && local && diag.is_none_or(|s| s.state != TcpState::CloseWait);
         if gone {
             // Left CLOSE_WAIT, seen or not yet: no report; resolved (if it
@@ -136,7 +137,7 @@ impl Monitor {
         if diag.is_some() {
             self.leaks.present(id);
         }
-        let holders: &[Holder] = view.map_or(&[], |v| v.holders_of(id));
+        let holders: &[Holder] = view.map_or(&[], |v| v.holders_of_sock(&d.tracked.sock, by_tuple));
         let owner = blame(d.tracked.owner.clone(), holders);
         if let Some(o) = &owner {
             self.leaks.set_owner(id, o.clone());

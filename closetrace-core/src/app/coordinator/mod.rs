@@ -45,6 +45,9 @@ pub struct Settings {
     /// Each namespace's ephemeral ports known at start, by inode (an
     /// unknown one gets no ratios until a scan reads it).
     pub port_policies: HashMap<u32, PortPolicy>,
+    /// The kernel names sockets by cookie, as sock_diag does; false: by a
+    /// keyed hash, and sock_diag's sockets are matched by endpoints.
+    pub ids_are_cookies: bool,
 }
 
 pub struct Monitor {
@@ -79,6 +82,8 @@ pub struct Monitor {
     jobs: Vec<Job>,
     /// Jobs handed to the worker and not answered yet.
     outstanding: usize,
+    /// See `Settings::ids_are_cookies`.
+    ids_are_cookies: bool,
     /// `--metrics`: gauges refreshed each tick.
     pub metrics: Option<std::rc::Rc<std::cell::RefCell<crate::output::metrics::Metrics>>>,
 }
@@ -97,6 +102,7 @@ impl Monitor {
             shown: HashMap::new(),
             leaks_numbered: 0,
             diagnoses: diagnosis::Diagnoses::default(),
+            ids_are_cookies: s.ids_are_cookies,
             ports: PortPressure::new(s.tw_warn, s.reach, s.port_policies),
             diag_warned: false,
             scan: None,
