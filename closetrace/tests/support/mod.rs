@@ -219,6 +219,13 @@ impl Tracer {
         Self::start_cmd(Command::new(CLOSETRACE), args)
     }
 
+    /// closetrace with `env` set.
+    pub fn start_env(env: &[(&str, &str)], args: &[&str]) -> Tracer {
+        let mut cmd = Command::new(CLOSETRACE);
+        cmd.envs(env.iter().copied());
+        Self::start_cmd(cmd, args)
+    }
+
     /// closetrace run inside `ns`: its sock_diag and sysctls are that namespace's.
     pub fn start_in(ns: &Netns, args: &[&str]) -> Tracer {
         Self::start_cmd(ns.exec(CLOSETRACE), args)
