@@ -37,12 +37,22 @@ fn group_of(leak: &Value, tid: u32) -> &Value {
         .unwrap_or_else(|| panic!("no group holds thread {tid}: {leak}"))
 }
 
-/// A server whose close handler is `handler` (after `extra` arguments),
-/// leaked once: the server and its handler thread's id.
+/// A server whose close handler is `handler`, and its port.
 fn stuck_server(handler: &str) -> (Peer, u16) {
     let mut server = Peer::spawn(&["--comm", "php", "server", "--on-close", handler]);
     let port = server.value("LISTENING");
     (server, port)
+}
+
+/// One connection to `server` on `port`, closed by the client: its close
+/// handler's thread id, and the leak once `tracer` has diagnosed it.
+fn leak_on(tracer: &mut Tracer, server: &mut Peer, port: u16) -> (u32, Value) {
+    connect_once(port);
+    let tid = server.number("HANDLER");
+    let leak = tracer
+        .wait_record(WAIT, diagnosed_leak(port))
+        .expect("a diagnosed leak");
+    (tid, leak)
 }
 
 /// Acceptance 1: a close handler blocked in recv on a backend that never
@@ -56,12 +66,8 @@ fn a_handler_blocked_on_a_backend_names_it() {
     let mut backend = Peer::spawn(&["--comm", "redis", "server", "--never-close", "--no-read"]);
     let bport = backend.value("LISTENING");
     let (mut server, port) = stuck_server(&format!("recv=127.0.0.1:{bport}"));
-    connect_once(port);
-    let tid = server.number("HANDLER");
+    let (tid, leak) = leak_on(&mut tracer, &mut server, port);
     let local = server.value("BACKEND");
-    let leak = tracer
-        .wait_record(WAIT, diagnosed_leak(port))
-        .expect("a diagnosed leak");
     let p = &leak["diagnosis"]["processes"][0];
     assert_eq!(p["pid"], server.pid());
     let g = &p["groups"][0];
@@ -95,11 +101,7 @@ fn a_handler_waiting_on_a_mutex_names_both_threads() {
     let mut tracer = Tracer::start(&["--close-wait-threshold", "1s"]);
     let (mut server, port) = stuck_server("mutex");
     let locker = server.number("LOCKER");
-    connect_once(port);
-    let tid = server.number("HANDLER");
-    let leak = tracer
-        .wait_record(WAIT, diagnosed_leak(port))
-        .expect("a diagnosed leak");
+    let (tid, leak) = leak_on(&mut tracer, &mut server, port);
     let waiting = group_of(&leak, tid);
     assert_eq!(waiting["syscall"], "futex", "{waiting}");
     assert_eq!(waiting["suspicion"], "lock");
@@ -119,11 +121,7 @@ fn a_sleeping_handler_names_the_sleep() {
     };
     let mut tracer = Tracer::start(&["--close-wait-threshold", "1s"]);
     let (mut server, port) = stuck_server("sleep");
-    connect_once(port);
-    let tid = server.number("HANDLER");
-    let leak = tracer
-        .wait_record(WAIT, diagnosed_leak(port))
-        .expect("a diagnosed leak");
+    let (tid, leak) = leak_on(&mut tracer, &mut server, port);
     let g = group_of(&leak, tid);
     assert_eq!(g["suspicion"], "sleep", "{g}");
     assert!(
@@ -141,11 +139,7 @@ fn a_spinning_handler_shows_cpu_growing() {
     };
     let mut tracer = Tracer::start(&["--close-wait-threshold", "1s"]);
     let (mut server, port) = stuck_server("spin");
-    connect_once(port);
-    let tid = server.number("HANDLER");
-    let leak = tracer
-        .wait_record(WAIT, diagnosed_leak(port))
-        .expect("a diagnosed leak");
+    let (tid, leak) = leak_on(&mut tracer, &mut server, port);
     let g = group_of(&leak, tid);
     assert_eq!(g["suspicion"], "busy", "{g}");
     assert_eq!(g["state"], "R");
