@@ -42,6 +42,11 @@ fn url_encode(s: &str) -> String {
         .collect()
 }
 
+/// closetrace's alert rules, as deploy/ ships them.
+fn rules() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/closetrace.rules.yml")
+}
+
 /// Prometheus, killed when dropped.
 struct Prometheus {
     child: Child,
@@ -61,9 +66,11 @@ impl Prometheus {
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  \
+                 evaluation_interval: 1s\nrule_files:\n  - '{}'\n\
                  scrape_configs:\n  - job_name: closetrace\n    static_configs:\n      \
-                 - targets: ['{target}']\n"
+                 - targets: ['{target}']\n",
+                rules().display()
             ),
         )
         .expect("write prometheus.yml");
@@ -90,6 +97,25 @@ impl Prometheus {
         };
         let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Wait until alert `name` is pending or firing for a series whose
+    /// `label` is `value`; its state and annotations.
+    fn wait_alert(&self, name: &str, label: (&str, &str), timeout: Duration) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let body = get(self.port, "/api/v1/alerts").unwrap_or_default();
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            let alerts = v["data"]["alerts"].as_array().cloned().unwrap_or_default();
+            if let Some(a) = alerts
+                .into_iter()
+                .find(|a| a["labels"]["alertname"] == name && a["labels"][label.0] == label.1)
+            {
+                return Some(a);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        None
     }
 
     /// Wait until `q` returns a sample; its value.
@@ -182,6 +208,22 @@ fn prometheus_scrapes_the_leak_gauge() {
         )
         .expect("the oldest leak's age");
     assert!(age >= 1.0, "older than the threshold: {age}");
+    // The shipped rules, loaded: the leak alert is pending (it fires after
+    // 10 minutes) and names the process.
+    let pid_label = pid.to_string();
+    let alert = prom
+        .wait_alert(
+            "CloseWaitLeakOpen",
+            ("pid", &pid_label),
+            Duration::from_secs(30),
+        )
+        .expect("CloseWaitLeakOpen pending or firing");
+    assert!(
+        ["pending", "firing"].contains(&alert["state"].as_str().unwrap_or_default()),
+        "{alert}"
+    );
+    let summary = alert["annotations"]["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains(&format!("(pid {pid})")), "{alert}");
     assert_eq!(
         prom.wait_value("up{job=\"closetrace\"}", Duration::from_secs(10)),
         Some(1.0)
