@@ -80,8 +80,8 @@ fn systemd_unit_verifies() {
     std::fs::create_dir_all(&dir).unwrap();
     // The same unit, pointing at the binary under test (verify checks that
     // ExecStart exists and is executable).
-    let unit = deploy("systemd/closetrace.service")
-        .replace("/usr/local/bin/closetrace", support::CLOSETRACE);
+    let unit =
+        deploy("systemd/closetrace.service").replace("/usr/sbin/closetrace", support::CLOSETRACE);
     let path = dir.join("closetrace.service");
     std::fs::write(&path, unit).unwrap();
     let out = Command::new("systemd-analyze")

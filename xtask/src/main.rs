@@ -9,6 +9,7 @@ mod bench;
 mod bench_report;
 mod bench_scale;
 mod bench_servers;
+mod deb;
 mod demo;
 mod fuzz;
 mod layers;
@@ -52,6 +53,10 @@ enum Task {
     /// Regenerate deploy/man and deploy/completions from closetrace's clap
     /// definition (a test fails when they are stale).
     Assets,
+    /// Build the Debian package (target/deb/closetrace_VERSION_amd64.deb):
+    /// the release binary, the systemd unit (installed disabled), its
+    /// /etc/default file, man page, completions and alert rules.
+    Deb,
     /// Churn with leaks and TIME_WAIT for N minutes beside closetrace;
     /// fails on any loss, a leak unreported, growing RSS or kernel maps
     /// that do not empty (CI: 3 minutes).
@@ -361,6 +366,11 @@ fn main() -> anyhow::Result<()> {
                 .arg("generate-assets")
                 .arg(root().join("deploy")))?;
         }
+        Task::Deb => {
+            bootstrap()?;
+            build_release(&["closetrace"])?;
+            deb::build(&root())?;
+        }
         Task::Demo => {
             bootstrap()?;
             build_release(&["closetrace", "closetrace-peer"])?;
@@ -426,6 +436,9 @@ fn main() -> anyhow::Result<()> {
                 ])
                 .args(["--", "-D", "warnings"]))?;
             clippy_ebpf()?;
+            // tests/package.rs installs the package this builds.
+            build_release(&["closetrace"])?;
+            deb::build(&root())?;
             // Default members: the eBPF crate only builds for the BPF target.
             test(&args)?;
         }

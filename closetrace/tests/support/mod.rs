@@ -219,6 +219,12 @@ impl Tracer {
         Self::start_cmd(Command::new(CLOSETRACE), args)
     }
 
+    /// A closetrace binary other than the one under test (the one a
+    /// package installed).
+    pub fn start_binary(path: &str, args: &[&str]) -> Tracer {
+        Self::start_cmd(Command::new(path), args)
+    }
+
     /// closetrace with `env` set.
     pub fn start_env(env: &[(&str, &str)], args: &[&str]) -> Tracer {
         let mut cmd = Command::new(CLOSETRACE);

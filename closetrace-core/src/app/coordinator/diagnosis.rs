@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 
 use super::Monitor;
-use crate::app::worker::{DiagnoseAsk, DiagnoseFound};
+use crate::app::worker::{DiagnoseAsk, DiagnoseFound, MAX_SOCKETS_DIAGNOSED};
 use crate::host::sockets::KernelView;
 use crate::model::{Holder, OutOfFds, Task};
 use crate::output::diagnosis::{Diagnosis, Peer, PeerHow};
@@ -69,7 +69,9 @@ impl Monitor {
             }
         }
         Some(DiagnoseAsk {
-            sockets: due.iter().map(|d| d.tracked.sock.clone()).collect(),
+            sockets: (due.iter().take(MAX_SOCKETS_DIAGNOSED))
+                .map(|d| d.tracked.sock.clone())
+                .collect(),
             owners,
             fresh,
             by_tuple: !self.ids_are_cookies,

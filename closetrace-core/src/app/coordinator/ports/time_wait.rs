@@ -40,7 +40,8 @@ impl PortPressure {
     /// New port sysctls, per namespace, from a scan.
     /// Who closed the local end of (`local`, `remote`) in `netns`, if its
     /// TIME_WAIT entry is remembered: a leak's peer that closed. Tried in
-    /// the leak's namespace first, then in every namespace known.
+    /// the leak's namespace first, then (unless the peer is on loopback,
+    /// which never leaves a namespace) in every namespace known.
     pub fn closer_of(
         &self,
         netns: u32,
@@ -56,8 +57,15 @@ impl PortPressure {
             };
             (dest, local.1)
         };
+        let elsewhere = (!local.0.is_loopback()).then(|| self.policies.keys());
         std::iter::once(netns)
-            .chain(self.policies.keys().copied().filter(|n| *n != netns))
+            .chain(
+                elsewhere
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .filter(|n| *n != netns),
+            )
             .find_map(|n| self.tw.closer(&tuple(n)))
     }
 
