@@ -16,6 +16,9 @@ use crate::model::threads::{CallSample, FdTarget, ProcessSample, SchedState, Thr
 /// Threads read per process at most: a process with more is summarised
 /// from these, and says how many it had.
 pub const MAX_THREADS: usize = 10_000;
+/// Threads whose kernel stack and time off CPU are read (the two dearest
+/// files); the rest of a bigger process are read without them.
+pub const DETAILED_THREADS: usize = 256;
 /// Kernel stack frames kept per thread.
 const STACK_FRAMES: usize = 6;
 /// Between the two CPU reads that tell a busy thread from a blocked one.
@@ -91,7 +94,8 @@ fn read_process(
             out.partial = true;
             continue;
         };
-        match read_thread(pid, task.tid as u32, own_exec_start, &mut links, socket) {
+        let own = (out.threads.len() < DETAILED_THREADS).then_some(own_exec_start);
+        match read_thread(&task, pid, own, &mut links, socket) {
             Some(t) => out.threads.push(t),
             None => out.partial = true,
         }
@@ -125,17 +129,16 @@ impl FdCache {
     }
 }
 
+/// `own_exec_start`: None to skip the kernel stack and time off CPU;
+/// Some(the reader's own `se.exec_start`, if known) to read them.
 fn read_thread(
+    task: &procfs::process::Task,
     pid: u32,
-    tid: u32,
-    own_exec_start: Option<f64>,
+    own_exec_start: Option<Option<f64>>,
     links: &mut FdCache,
     socket: &mut dyn FnMut(u32, u32) -> FdTarget,
 ) -> Option<ThreadSample> {
-    let task = Process::new(pid as i32)
-        .ok()?
-        .task_from_tid(tid as i32)
-        .ok()?;
+    let tid = u32::try_from(task.tid).ok()?;
     let st = task.stat().ok()?;
     let dir = format!("/proc/{pid}/task/{tid}");
     let call = fs::read_to_string(format!("{dir}/syscall"))
@@ -156,8 +159,11 @@ fn read_thread(
         .ok()
         .map(|w| w.trim().to_string())
         .filter(|w| !w.is_empty() && w != "0");
-    let off_cpu_ms = match (exec_start_ms(&format!("{dir}/sched")), own_exec_start) {
-        (Some(theirs), Some(ours)) if st.state != 'R' => Some((ours - theirs).max(0.0)),
+    let detailed = own_exec_start.is_some();
+    let off_cpu_ms = match own_exec_start.flatten() {
+        Some(ours) if st.state != 'R' => {
+            exec_start_ms(&format!("{dir}/sched")).map(|theirs| (ours - theirs).max(0.0))
+        }
         _ => None,
     };
     Some(ThreadSample {
@@ -167,9 +173,13 @@ fn read_thread(
         call,
         fds,
         wchan,
-        stack: fs::read_to_string(format!("{dir}/stack"))
-            .map(|s| parse_stack(&s))
-            .unwrap_or_default(),
+        stack: if detailed {
+            fs::read_to_string(format!("{dir}/stack"))
+                .map(|s| parse_stack(&s))
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        },
         cpu_ticks: st.utime + st.stime,
         cpu_ticks_later: None,
         off_cpu_ms,
