@@ -152,6 +152,12 @@ fn the_units_capabilities_are_enough() {
         .expect("the leak is reported under the unit's capabilities");
     assert_eq!(leak["pid"], server.pid());
     assert_eq!(leak["holders"][0]["pid"], server.pid(), "{leak}");
+    // ... and its diagnosis: another user's threads, their system calls
+    // (CAP_SYS_PTRACE, kept) and its fd limit.
+    let p = &leak["diagnosis"]["processes"][0];
+    assert_eq!(p["pid"], server.pid(), "{leak}");
+    assert!(p["groups"][0]["syscall"].is_string(), "{leak}");
+    assert!(p["fd_budget"]["fds"].as_u64().unwrap() >= 3, "{leak}");
     let done = tracer.stop();
     assert!(done.status.success(), "{}", done.stderr);
 }
