@@ -200,10 +200,7 @@ fn tick(host: &mut dyn Host, job: TickJob) -> TickAnswer {
                 // the same fd walk.
                 let peers = sockets.iter().flat_map(|s| s.values());
                 inodes.extend(peers.filter_map(|(_, p)| p.as_ref()).map(|p| p.inode));
-                let view = KernelView {
-                    by_cookie,
-                    holders: host.holders(&inodes),
-                };
+                let view = KernelView::new(by_cookie, host.holders(&inodes));
                 if let (Some(ask), Some(sockets)) = (&job.diagnose, sockets) {
                     diagnosis = Some(DiagnoseFound {
                         processes: host.sample_processes(&to_sample(ask, &view)),

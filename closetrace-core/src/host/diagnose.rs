@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use super::netns::{Namespace, Switcher};
+use super::netns::Namespace;
 use super::sockets::{self, DiagSocket};
 use super::{System, lookup, threads};
 use crate::model::TcpState;
@@ -27,10 +27,6 @@ impl System {
         if netns == self.own {
             return Some(read());
         }
-        if self.switcher.is_none() && self.reach.switches(self.own) {
-            self.switcher = Switcher::new().ok();
-        }
-        let switcher = self.switcher.as_ref()?;
         let ns = match via {
             Some(pid) => Namespace {
                 inode: netns,
@@ -41,7 +37,7 @@ impl System {
                 .as_ref()
                 .and_then(|(_, all)| all.iter().find(|n| n.inode == netns).cloned())?,
         };
-        switcher
+        self.open_switcher()?
             .within(&ns, read)
             .inspect_err(|e| log::debug!("diagnosis in network namespace {netns}: {e}"))
             .ok()

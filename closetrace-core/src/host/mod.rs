@@ -235,11 +235,7 @@ impl System {
         let home = self.reach.home();
         let mut namespaces = self.namespaces();
         namespaces.retain(|n| choose(n.inode));
-        if self.switcher.is_none() && self.reach.switches(self.own) {
-            self.switcher = Switcher::new()
-                .inspect_err(|e| log::warn!("cannot enter other network namespaces: {e}"))
-                .ok();
-        }
+        self.open_switcher();
         let mut out = Vec::with_capacity(namespaces.len());
         // A namespace that went away has no sockets left: read, and empty.
         self.read = self.gone.iter().map(|(ns, _)| *ns).collect();
@@ -267,6 +263,17 @@ impl System {
             }
         }
         Ok(out)
+    }
+
+    /// The switcher, opened the first time another namespace is wanted
+    /// (None when this process cannot enter them).
+    fn open_switcher(&mut self) -> Option<&Switcher> {
+        if self.switcher.is_none() && self.reach.switches(self.own) {
+            self.switcher = Switcher::new()
+                .inspect_err(|e| log::warn!("cannot enter other network namespaces: {e}"))
+                .ok();
+        }
+        self.switcher.as_ref()
     }
 
     /// Each socket in `states` of the namespaces `choose` keeps, tagged
@@ -309,10 +316,8 @@ impl System {
             by_cookie.insert(s.cookie, s);
         })?;
         let inodes: HashSet<u32> = by_cookie.values().map(|s| s.inode).collect();
-        Ok(KernelView {
-            by_cookie,
-            holders: sockets::socket_holders_of(&|inode| inodes.contains(&inode)),
-        })
+        let holders = sockets::socket_holders_of(&|inode| inodes.contains(&inode));
+        Ok(KernelView::new(by_cookie, holders))
     }
 }
 

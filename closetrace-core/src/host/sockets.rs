@@ -270,7 +270,13 @@ pub fn visit_tcp_sockets_both(
 pub struct KernelView {
     pub by_cookie: HashMap<u64, DiagSocket>,
     pub holders: HashMap<u32, Vec<Holder>>,
+    /// Cookies by namespace and endpoints, built on the first `find` that
+    /// needs it (ids that are not cookies), once for the whole view.
+    by_ends: std::cell::OnceCell<HashMap<Ends, u64>>,
 }
+
+/// A socket's namespace and endpoints: (netns, sport, dport, saddr, daddr).
+type Ends = (u32, u16, u16, IpAddr, IpAddr);
 
 /// State masks for `KernelView::take`: bit N is TCP state N.
 pub mod states {
@@ -282,11 +288,16 @@ pub mod states {
 }
 
 impl KernelView {
-    pub fn empty() -> KernelView {
+    pub fn new(by_cookie: HashMap<u64, DiagSocket>, holders: HashMap<u32, Vec<Holder>>) -> Self {
         KernelView {
-            by_cookie: HashMap::new(),
-            holders: HashMap::new(),
+            by_cookie,
+            holders,
+            by_ends: std::cell::OnceCell::new(),
         }
+    }
+
+    pub fn empty() -> KernelView {
+        KernelView::new(HashMap::new(), HashMap::new())
     }
 
     pub fn holders_of(&self, cookie: u64) -> &[Holder] {
@@ -301,12 +312,16 @@ impl KernelView {
     /// endpoints.
     pub fn find(&self, sock: &SockRef, by_tuple: bool) -> Option<&DiagSocket> {
         self.by_cookie.get(&sock.id).or_else(|| {
-            by_tuple.then(|| {
-                self.by_cookie.values().find(|s| {
-                    (s.netns, s.sport, s.dport, s.saddr, s.daddr)
-                        == (sock.netns, sock.sport, sock.dport, sock.saddr, sock.daddr)
-                })
-            })?
+            if !by_tuple {
+                return None;
+            }
+            let by_ends = self.by_ends.get_or_init(|| {
+                (self.by_cookie.values())
+                    .map(|s| ((s.netns, s.sport, s.dport, s.saddr, s.daddr), s.cookie))
+                    .collect()
+            });
+            let ends = (sock.netns, sock.sport, sock.dport, sock.saddr, sock.daddr);
+            by_ends.get(&ends).and_then(|c| self.by_cookie.get(c))
         })
     }
 
@@ -553,5 +568,38 @@ mod tests {
             h.iter()
                 .any(|h| h.pid == std::process::id() && h.fd == l.as_raw_fd() as u32)
         );
+    }
+
+    /// By cookie always; by namespace and endpoints only when asked (ids
+    /// that are not cookies), and never a socket of another namespace.
+    #[test]
+    fn a_view_finds_sockets_by_cookie_or_by_their_ends() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let sock = |cookie, netns| DiagSocket {
+            cookie,
+            inode: cookie as u32,
+            state: TcpState::CloseWait,
+            timer: 0,
+            family: Family::Ipv4,
+            saddr: lo,
+            sport: 9501,
+            daddr: lo,
+            dport: 40000,
+            rqueue: 0,
+            wqueue: 0,
+            drops: None,
+            cgroup: 0,
+            netns,
+        };
+        let by_cookie = [(7, sock(7, 1)), (8, sock(8, 2))].into_iter().collect();
+        let holders = [(8, vec![])].into_iter().collect();
+        let view = KernelView::new(by_cookie, holders);
+        let mut wanted = sock(7, 2).sock_ref();
+        assert_eq!(view.find(&wanted, false).map(|s| s.cookie), Some(7));
+        wanted.id = 1 << 62;
+        assert_eq!(view.find(&wanted, false), None);
+        assert_eq!(view.find(&wanted, true).map(|s| s.cookie), Some(8));
+        wanted.netns = 3;
+        assert_eq!(view.find(&wanted, true), None);
     }
 }
