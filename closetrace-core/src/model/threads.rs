@@ -67,6 +67,16 @@ pub enum CallSample {
     Unknown,
 }
 
+impl CallSample {
+    /// The system call's number, when in one.
+    pub fn nr(&self) -> Option<u32> {
+        match self {
+            CallSample::Syscall { nr, .. } => Some(*nr),
+            _ => None,
+        }
+    }
+}
+
 /// What an fd argument is, by its /proc/PID/fd link.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -15,8 +15,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::threads::{
-    CallKind, CallSample, FdBudget, FdTarget, ProcessSample, SchedState, ThreadSample, syscall,
-    syscall_name,
+    CallKind, FdBudget, FdTarget, ProcessSample, SchedState, ThreadSample, syscall, syscall_name,
 };
 
 /// Why a group of threads may be what keeps the socket open, most likely
@@ -129,10 +128,7 @@ impl ThreadWatch {
         let mut groups: HashMap<GroupKey, Vec<Member>> = HashMap::new();
         for t in &s.threads {
             let key = CallKey {
-                nr: match t.call {
-                    CallSample::Syscall { nr, .. } => Some(nr),
-                    _ => None,
-                },
+                nr: t.call.nr(),
                 fds: t.fds.clone(),
             };
             let first = match self.seen.get(&(s.pid, t.tid)) {
@@ -204,10 +200,7 @@ struct GroupKey {
 
 impl GroupKey {
     fn of(t: &ThreadSample, share: Option<f64>) -> GroupKey {
-        let nr = match t.call {
-            CallSample::Syscall { nr, .. } => Some(nr),
-            _ => None,
-        };
+        let nr = t.call.nr();
         GroupKey {
             suspicion: suspicion(t, nr, share),
             state: t.state,

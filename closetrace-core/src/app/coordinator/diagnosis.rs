@@ -189,31 +189,19 @@ impl Monitor {
             .filter(|d| d.threads > 0)
             .cloned()
             .collect();
-        let (info, peer_sock) = found
-            .and_then(|f| f.sockets.get(&t.sock.id))
-            .cloned()
-            .unwrap_or((None, None));
+        let (info, peer_sock) = match found.and_then(|f| f.sockets.get(&t.sock.id)) {
+            Some((info, peer)) => (*info, peer.as_ref()),
+            None => (None, None),
+        };
         let s = &t.sock;
         let held_peer = peer_sock
             .filter(|p| !p.is_timewait())
             .and_then(|p| view.and_then(|v| v.holders.get(&p.inode)))
             .and_then(|h| h.first())
-            .map(|h| Peer {
-                pid: h.pid,
-                pid_start: h.start,
-                comm: h.comm.clone(),
-                how: PeerHow::Holds,
-            });
+            .map(|h| peer(&h.task(), PeerHow::Holds));
         let peer = held_peer.or_else(|| {
-            let c = self
-                .ports
-                .closer_of(s.netns, (s.daddr, s.dport), (s.saddr, s.sport))?;
-            Some(Peer {
-                pid: c.pid,
-                pid_start: c.start,
-                comm: c.comm.clone(),
-                how: PeerHow::Closed,
-            })
+            let closer = (self.ports).closer_of(s.netns, (s.daddr, s.dport), (s.saddr, s.sport))?;
+            Some(peer(closer, PeerHow::Closed))
         });
         let d = Diagnosis {
             processes,
@@ -221,5 +209,14 @@ impl Monitor {
             peer,
         };
         (d != Diagnosis::default()).then_some(d)
+    }
+}
+
+fn peer(t: &Task, how: PeerHow) -> Peer {
+    Peer {
+        pid: t.pid,
+        pid_start: t.start,
+        comm: t.comm.clone(),
+        how,
     }
 }

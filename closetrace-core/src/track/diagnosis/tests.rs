@@ -1,5 +1,6 @@
 use super::*;
 use crate::model::TcpState;
+use crate::model::threads::CallSample;
 
 const S: u64 = 1_000_000_000;
 
