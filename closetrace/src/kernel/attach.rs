@@ -6,6 +6,7 @@ use aya::{Btf, Ebpf};
 use closetrace_core::kernel::CloseHookChoice;
 use closetrace_core::model::hooks::{Attach, HookReport};
 
+use super::attach_btf::TargetKind;
 use super::{CloseHook, LoadError, LoadOptions};
 
 /// Every hook `opts` asks for. Fails only when a hook closetrace cannot do
@@ -28,6 +29,30 @@ pub fn attach_all(
     hooks.push(report);
     attach_process_hooks(ebpf, btf, opts, &mut hooks)?;
     Ok((close_hook, hooks))
+}
+
+/// The `tp_btf` tracepoints and fentry functions any configuration may
+/// attach to: what `attach_btf` finds in the kernel's BTF.
+const BTF_TRACEPOINTS: &[&str] = &[
+    "inet_sock_set_state",
+    "sock_send_length",
+    "sock_recv_length",
+    "tcp_receive_reset",
+    "sched_process_fork",
+    "sched_process_exit",
+];
+const FENTRY_FUNCTIONS: &[&str] = &["tcp_close"];
+
+/// The kernel BTF names aya looks up to attach the programs above
+/// (`btf_trace_<tracepoint>` typedefs, and functions).
+pub fn btf_targets() -> Vec<(TargetKind, String)> {
+    let tracepoints = BTF_TRACEPOINTS
+        .iter()
+        .map(|tp| (TargetKind::Typedef, format!("btf_trace_{tp}")));
+    let functions = FENTRY_FUNCTIONS
+        .iter()
+        .map(|f| (TargetKind::Func, f.to_string()));
+    tracepoints.chain(functions).collect()
 }
 
 fn required(result: Result<(), String>, hook: &str) -> Result<(), LoadError> {

@@ -6,13 +6,14 @@ use std::fs;
 use std::path::Path;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::{Btf, Ebpf, EbpfLoader};
+use aya::{Btf, Ebpf};
 use closetrace_common::{Config, OFFSET_ABSENT};
 use closetrace_core::host::{privileges, procs};
 use closetrace_core::model::hooks::HookReport;
 use closetrace_core::model::netns::NetnsReach;
 
 use super::attach::{self, brief};
+use super::attach_btf;
 use super::maps::{NetnsActivity, take_hash, take_map};
 use super::offsets;
 use super::{CloseHook, LoadError, LoadOptions, SYSFS_BTF};
@@ -89,8 +90,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cl
 pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
     super::ids::check_floor()?;
     let config = config(opts)?;
-    let btf =
-        Btf::from_sys_fs().map_err(|e| LoadError::Load(format!("reading kernel BTF: {e}")))?;
+    // Only the attach targets' ids, not the whole BTF (see `attach_btf`).
+    let btf = attach_btf::read(Path::new(SYSFS_BTF), &attach::btf_targets())?;
     let mut ebpf = open(&btf, &config, opts.ring_bytes)?;
     fill_selection(&mut ebpf, opts)?;
     let (close_hook, hooks) = attach::attach_all(&mut ebpf, &btf, opts)?;
@@ -154,7 +155,7 @@ fn config(opts: &LoadOptions<'_>) -> Result<Config, LoadError> {
 
 /// The object, loaded into the kernel with `config` (no program attached).
 fn open(btf: &Btf, config: &Config, ring_bytes: u32) -> Result<Ebpf, LoadError> {
-    EbpfLoader::new()
+    attach_btf::loader()
         .btf(Some(btf))
         .override_global("CONFIG", config, true)
         .map_max_entries("EVENTS", ring_bytes)

@@ -3,6 +3,7 @@
 //! buffer. Kernel bytes become model types only in
 //! `closetrace_core::kernel::decode`, which `ring` and `maps` call.
 pub mod attach;
+pub mod attach_btf;
 pub mod ids;
 pub mod load;
 pub mod maps;
@@ -34,6 +35,8 @@ pub enum LoadError {
     TooOld(String, &'static str),
     #[error("{0}")]
     Offsets(#[from] OffsetError),
+    #[error("{0}")]
+    AttachBtf(#[from] attach_btf::AttachBtfError),
     #[error("loading the eBPF programs failed: {0}")]
     Load(String),
     #[error("attaching {hook} failed: {reason}")]
