@@ -288,6 +288,37 @@ pub fn brief(err: impl std::fmt::Display) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use aya::Btf;
+    use aya_obj::btf::BtfKind;
+
+    use crate::kernel::attach_btf::{self, TargetKind};
+
+    /// On the running kernel, the stand-in and the whole parse agree on
+    /// every target closetrace attaches to.
+    #[test]
+    fn running_kernel_ids_match_the_whole_parse() {
+        let path = Path::new(crate::kernel::SYSFS_BTF);
+        if !path.exists() {
+            assert!(std::env::var_os("CI").is_none(), "CI kernels have BTF");
+            return;
+        }
+        let full = Btf::from_sys_fs().unwrap();
+        let stand = attach_btf::read(path, &super::btf_targets()).unwrap();
+        for (kind, name) in super::btf_targets() {
+            let aya_kind = match kind {
+                TargetKind::Typedef => BtfKind::Typedef,
+                TargetKind::Func => BtfKind::Func,
+            };
+            let want = full.id_by_type_name_kind(&name, aya_kind).ok();
+            let got = stand.id_by_type_name_kind(&name, aya_kind).ok();
+            assert_eq!(got, want, "{name}");
+        }
+        let state = stand.id_by_type_name_kind("btf_trace_inet_sock_set_state", BtfKind::Typedef);
+        assert!(state.is_ok(), "the state hook's target is found");
+    }
+
     #[test]
     fn verifier_logs_are_cut_to_their_verdict() {
         let log = (0..5000)
