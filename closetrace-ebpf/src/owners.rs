@@ -2,11 +2,11 @@
 //! context (the default), send/recv in the caller's (`--owner-from-io`),
 //! a peer's reset, and threads inside shutdown(2).
 use aya_ebpf::{
-    bindings::BPF_ANY,
+    bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use closetrace_common::{EMFILE, ENFILE, SockInfo, flags, owner_src, syscall};
+use closetrace_common::{EMFILE, ENFILE, SockInfo, flags, owner_src, syscall, tcp_state::CLOSE};
 
 use crate::calls::emit_sock_error;
 use crate::kread::{
@@ -36,23 +36,30 @@ pub(crate) fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
     if sock_id == 0 {
         return Ok(());
     }
+    let state = u32::from(read::<u8>(sk, off.state)?);
+    if state == CLOSE {
+        // Reset before it was accepted: its end already passed, and an
+        // entry now would outlive it.
+        return Ok(());
+    }
     let owner = current_task(off);
-    match SOCKS.get_ptr_mut(sock_id) {
-        // Known (it entered CLOSE_WAIT before it was accepted): keep when.
-        Some(p) => unsafe {
+    let info = SockInfo {
+        owner,
+        owner_src: owner_src::ACCEPT,
+        state,
+        since_ns: 0,
+        flags: 0,
+        _pad: 0,
+    };
+    // Usually new: insert without looking first (a lookup costs as much
+    // again). Known (it entered CLOSE_WAIT before it was accepted): keep
+    // when, and set the owner in place.
+    if SOCKS.insert(sock_id, info, BPF_NOEXIST as u64).is_err()
+        && let Some(p) = SOCKS.get_ptr_mut(sock_id)
+    {
+        unsafe {
             (*p).owner = owner;
             (*p).owner_src = owner_src::ACCEPT;
-        },
-        None => {
-            let info = SockInfo {
-                owner,
-                owner_src: owner_src::ACCEPT,
-                state: u32::from(read::<u8>(sk, off.state)?),
-                since_ns: 0,
-                flags: 0,
-                _pad: 0,
-            };
-            let _ = SOCKS.insert(sock_id, info, BPF_ANY as u64);
         }
     }
     Ok(())
