@@ -392,8 +392,12 @@ pub struct Config {
     /// kernels): by a hash of the socket keyed with this random value,
     /// opaque and stable for the socket's life, never its address.
     pub id_key: u64,
+    /// Non-zero: `bpf_get_current_task_btf` exists (Linux 5.11), so the
+    /// current task's fields are plain loads instead of probe reads.
+    pub task_btf: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 176);
+const _: () = assert!(core::mem::size_of::<Config>() == 184);
 
 impl Config {
     /// Every offset absent: programs emit nothing until userspace fills it in.
@@ -442,6 +446,8 @@ impl Config {
         owner_from_io: 0,
         scan_all_netns: 0,
         id_key: 0,
+        task_btf: 0,
+        _pad: 0,
     };
 }
 

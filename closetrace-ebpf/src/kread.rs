@@ -5,8 +5,8 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_socket_cookie,
-    bpf_probe_read_kernel,
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf,
+    bpf_get_socket_cookie, bpf_probe_read_kernel,
 };
 use closetrace_common::{
     AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP, OFFSET_ABSENT, PF_EXITING, SockOffsets, TaskId,
@@ -144,21 +144,46 @@ pub(crate) fn same_start(a: u64, b: u64) -> bool {
     }
 }
 
+/// The current task as a BTF pointer, where the kernel has the helper
+/// (`Config::task_btf`, 5.11+): its fields are then plain loads, not
+/// probe reads. The flag is frozen .rodata, so on older kernels the
+/// verifier never visits the call (as for `sock_id`).
+#[inline(always)]
+fn current_task_btf() -> Option<*const u8> {
+    if config().task_btf == 0 {
+        return None;
+    }
+    Some(unsafe { bpf_get_current_task_btf() } as *const u8)
+}
+
 /// When the current process (its thread group leader) started; 0 when
 /// unknown. With the pid it names one process: pids are reused.
 #[inline(always)]
 pub(crate) fn current_start(off: &SockOffsets) -> u64 {
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    pointer(read(task, off.task_group_leader))
-        .and_then(|leader| read::<u64>(leader, off.task_start).ok())
+    match current_task_btf() {
+        Some(task) => start_of::<Btf>(task, off),
+        None => start_of::<Probe>(unsafe { bpf_get_current_task() } as *const u8, off),
+    }
+}
+
+#[inline(always)]
+fn start_of<M: Mem>(task: *const u8, off: &SockOffsets) -> u64 {
+    pointer(M::get(task, off.task_group_leader))
+        .and_then(|leader| M::get::<u64>(leader, off.task_start).ok())
         .unwrap_or(0)
 }
 
 /// PF_EXITING on the current task: its files are closed by do_exit().
 #[inline(always)]
 pub(crate) fn current_exiting(off: &SockOffsets) -> bool {
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    matches!(read::<u32>(task, off.task_flags), Ok(f) if f & PF_EXITING != 0)
+    let flags = match current_task_btf() {
+        Some(task) => Btf::get::<u32>(task, off.task_flags),
+        None => read::<u32>(
+            unsafe { bpf_get_current_task() } as *const u8,
+            off.task_flags,
+        ),
+    };
+    matches!(flags, Ok(f) if f & PF_EXITING != 0)
 }
 
 #[inline(always)]
@@ -264,16 +289,27 @@ pub(crate) fn endpoints<M: Mem>(sk: *const u8, off: &SockOffsets) -> Result<Endp
 /// an fd known to be a socket (accept()'s result).
 #[inline(always)]
 pub(crate) fn socket_of_fd(fd: u32, off: &SockOffsets) -> Option<*const u8> {
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let files = pointer(read(task, off.task_files))?;
-    let fdt = pointer(read(files, off.files_fdt))?;
-    let max_fds: u32 = read(fdt, off.fdt_max_fds).ok()?;
+    let (fds, max_fds) = match current_task_btf() {
+        Some(task) => fd_array::<Btf>(task, off),
+        None => fd_array::<Probe>(unsafe { bpf_get_current_task() } as *const u8, off),
+    }?;
     if fd >= max_fds {
         return None;
     }
-    let fds = pointer(read(fdt, off.fdt_fd))?;
+    // `fd` is `struct file **`: a number to the verifier, so the element
+    // and what follows are probe reads either way.
     let slot = fds.wrapping_add(fd as usize * size_of::<usize>());
     let file = pointer(read(slot, ELEMENT))?;
     let socket = pointer(read(file, off.file_private))?;
     pointer(read(socket, off.socket_sk))
+}
+
+/// A task's fd array and its length: `files->fdt->{fd, max_fds}`.
+#[inline(always)]
+fn fd_array<M: Mem>(task: *const u8, off: &SockOffsets) -> Option<(*const u8, u32)> {
+    let files = pointer(M::get(task, off.task_files))?;
+    let fdt = pointer(M::get(files, off.files_fdt))?;
+    let max_fds: u32 = M::get(fdt, off.fdt_max_fds).ok()?;
+    let fds = pointer(M::get(fdt, off.fdt_fd))?;
+    Some((fds, max_fds))
 }

@@ -11,6 +11,14 @@ use closetrace_core::model::hooks::{Attach, HookReport, HookStatus};
 /// The first kernel whose tracing programs may ask for socket cookies.
 const COOKIE_HELPER: KernelVersion = KernelVersion::new(5, 12, 0);
 
+/// The first kernel with `bpf_get_current_task_btf`.
+const TASK_BTF_HELPER: KernelVersion = KernelVersion::new(5, 11, 0);
+
+/// Whether the programs may read the current task through a BTF pointer.
+pub fn task_btf_helper() -> bool {
+    matches!(KernelVersion::current(), Ok(v) if v >= TASK_BTF_HELPER)
+}
+
 /// Set to `keyed` (or `cookie`) to choose regardless of the kernel: how
 /// the tests exercise the older kernels' path on a new one.
 pub const OVERRIDE_ENV: &str = "CLOSETRACE_SOCKET_IDS";

@@ -123,9 +123,9 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
 
 /// The programs' configuration, with the running kernel's struct offsets.
 fn config(opts: &LoadOptions<'_>) -> Result<Config, LoadError> {
-    // Two parses of the kernel's BTF (btf-rs's for offsets, aya's for
-    // loading) are the largest allocations closetrace ever makes: the first
-    // is made in a child process, so it never counts here.
+    // Parsing the kernel's whole BTF is the largest allocation closetrace
+    // could make: btf-rs's, for offsets, is made in a child process, so it
+    // never counts here (aya gets a stand-in, see `attach_btf`).
     let offsets = offsets::resolve_in_child(Path::new(SYSFS_BTF))?;
     if opts.cgroups.is_some() && offsets.sk_cgroup == OFFSET_ABSENT {
         return Err(LoadError::NoSocketCgroups);
@@ -150,6 +150,10 @@ fn config(opts: &LoadOptions<'_>) -> Result<Config, LoadError> {
         } else {
             0
         },
+        // Kernels with keyed ids (or tests posing as one) take the older
+        // kernels' path here too.
+        task_btf: u32::from(!opts.keyed_ids && super::ids::task_btf_helper()),
+        _pad: 0,
     })
 }
 
