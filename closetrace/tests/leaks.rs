@@ -434,3 +434,35 @@ fn distinct_lines(peer: &mut Peer, prefix: &str, n: usize) -> Vec<String> {
     }
     got
 }
+
+/// `--no-syscall-hooks`: the syscall tracepoints are reported off (not
+/// unavailable), and a leak is still found and named, from the listener's
+/// owner and the fd tables.
+#[test]
+fn without_syscall_hooks_a_leak_is_still_named() {
+    let Some(_k) = kernel_test("without_syscall_hooks_a_leak_is_still_named") else {
+        return;
+    };
+    let mut tracer = Tracer::start(&["--no-syscall-hooks", "--close-wait-threshold", "2s"]);
+    let hooks = tracer.ready["hooks"].as_array().unwrap().clone();
+    let syscall_hooks: Vec<&Value> = hooks
+        .iter()
+        .filter(|h| h["hook"].as_str().unwrap().starts_with("syscalls:"))
+        .collect();
+    assert_eq!(syscall_hooks.len(), 3, "{hooks:?}");
+    for h in syscall_hooks {
+        assert_eq!(h["status"], "off", "{h}");
+        assert!(h["reason"].as_str().unwrap().contains("--no-syscall-hooks"));
+    }
+    let mut server = Peer::spawn(&["server", "--never-close"]);
+    let port = server.value("LISTENING");
+    connect_and_close(port, "127.0.0.1");
+    let fd = server.number("FD");
+    let leak = tracer
+        .wait_record(Duration::from_secs(5), is_leak(port))
+        .expect("a close_wait_leak within threshold + 3 s");
+    assert_eq!(leak["pid"], server.pid(), "{leak}");
+    assert_eq!(leak["holders"][0]["fd"], fd, "{leak}");
+    kill(server.pid());
+    tracer.stop();
+}

@@ -41,7 +41,7 @@ _closetrace() {
 
     case "${cmd}" in
         closetrace)
-            opts="-o -h -V --pid --pid-tree --cgroup --netns --format --states --color --metrics --output --duration --close-wait-threshold --tw-warn --close-hook --ring-buffer-size --owner-from-io --help --version report generate-assets help"
+            opts="-o -h -V --pid --pid-tree --cgroup --netns --format --states --color --metrics --output --duration --close-wait-threshold --tw-warn --close-hook --ring-buffer-size --owner-from-io --no-syscall-hooks --help --version report generate-assets help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_closetrace_global_optspecs
-    string join \n pid= pid-tree= cgroup= netns= format= states color= metrics= o/output= duration= close-wait-threshold= tw-warn= close-hook= ring-buffer-size= owner-from-io h/help V/version
+    string join \n pid= pid-tree= cgroup= netns= format= states color= metrics= o/output= duration= close-wait-threshold= tw-warn= close-hook= ring-buffer-size= owner-from-io no-syscall-hooks h/help V/version
 end
 
 function __fish_closetrace_needs_command
@@ -45,6 +45,7 @@ transitions\t''"
 complete -c closetrace -n "__fish_closetrace_needs_command" -l ring-buffer-size -d 'Ring buffer size in bytes: a power of two, at least one page. Default: 4 MiB, or 16 MiB with --states (about 400 ms of the busiest churn here, enough to ride out the reader being scheduled out)' -r
 complete -c closetrace -n "__fish_closetrace_needs_command" -l states -d 'Stream every state change and every close too. Without it closetrace hunts: it reports leaks and their end, TIME_WAIT pressure, connect and bind failures, listen overflows and losses, and the kernel sends only the transitions those need (all transitions are still counted)'
 complete -c closetrace -n "__fish_closetrace_needs_command" -l owner-from-io -d 'Also learn owners from every send and receive (the sock_send_length and sock_recv_length tracepoints, 6.3+). Off by default: owners come from accept(), connect(), listen() and close, once per connection, and this adds a program run to every message (see the README\'s Performance section for what it costs). Useful where an fd is handed to another process that neither accepted nor closes it'
+complete -c closetrace -n "__fish_closetrace_needs_command" -l no-syscall-hooks -d 'Attach no syscall tracepoint (accept, connect, bind, shutdown). While any syscall tracepoint is attached, the kernel takes its slower syscall path for every syscall of every process, about 45 ns each here (see the README\'s Performance section). Without them: accepted sockets belong to their listener\'s owner until the acceptor closes them, connect() and bind() failures are not reported, and a half-close counts as a close'
 complete -c closetrace -n "__fish_closetrace_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c closetrace -n "__fish_closetrace_needs_command" -s V -l version -d 'Print version'
 complete -c closetrace -n "__fish_closetrace_needs_command" -f -a "report" -d 'Sum up JSON lines that closetrace wrote: leaks per process, the busiest TIME_WAIT destinations, errors, losses and the time range. Needs no privileges'

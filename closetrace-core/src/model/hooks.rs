@@ -58,6 +58,9 @@ pub enum HookStatus {
     Degraded,
     /// Not working; `reason` says what that costs.
     Unavailable,
+    /// Turned off by a flag (`reason` says which, and what that costs):
+    /// the operator's choice, so no alert.
+    Off,
 }
 
 impl fmt::Display for HookStatus {
@@ -66,6 +69,7 @@ impl fmt::Display for HookStatus {
             HookStatus::Ok => "ok",
             HookStatus::Degraded => "degraded",
             HookStatus::Unavailable => "unavailable",
+            HookStatus::Off => "off",
         })
     }
 }
@@ -96,6 +100,15 @@ impl HookReport {
             hook: hook.into(),
             attach,
             status: HookStatus::Degraded,
+            reason: Some(reason),
+        }
+    }
+
+    pub fn off(hook: &str, reason: String) -> Self {
+        HookReport {
+            hook: hook.into(),
+            attach: Attach::None,
+            status: HookStatus::Off,
             reason: Some(reason),
         }
     }

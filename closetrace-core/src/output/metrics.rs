@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::model::TcpState;
+use crate::model::hooks::HookStatus;
 use crate::model::threads::FdBudget;
 use crate::output::records::{HookReport, LeakStats};
 
@@ -130,7 +131,9 @@ impl Metrics {
             "1 when a kernel hook is attached (attach says how), 0 when unavailable",
             attached.clone(),
         );
-        for h in hooks {
+        // A hook turned off by a flag is the operator's choice: no series,
+        // so ClosetraceHookDegraded does not fire for it.
+        for h in hooks.iter().filter(|h| h.status != HookStatus::Off) {
             attached
                 .get_or_create(&vec![
                     ("hook", h.hook.clone()),
@@ -326,6 +329,24 @@ mod tests {
             HookReport::ok("sock:inet_sock_set_state", Attach::TpBtf),
             HookReport::degraded("tcp_close", Attach::Transitions, "no fentry".into()),
         ]
+    }
+
+    /// A hook the operator turned off has no series, so the hook alert
+    /// stays quiet; an unavailable one is 0.
+    #[test]
+    fn hooks_turned_off_are_not_exported() {
+        let hooks = [
+            HookReport::off("syscalls:sys_exit_accept", "--no-syscall-hooks".into()),
+            HookReport::unavailable("tcp:tcp_receive_reset", "absent".into()),
+        ];
+        let text = Metrics::new(&hooks).render();
+        assert!(!text.contains("sys_exit_accept"), "{text}");
+        assert!(
+            text.contains(
+                "closetrace_hook_attached{hook=\"tcp:tcp_receive_reset\",attach=\"none\"} 0"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -52,6 +52,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         cgroups: sel.cgroup.as_ref().map(|(_, ids)| ids.as_slice()),
         follow_forks: !sel.roots.is_empty(),
         owner_from_io: cli.owner_from_io,
+        syscall_hooks: !cli.no_syscall_hooks,
         keyed_ids: ids.keyed(),
     })?;
     let pids = follow_late_children(&mut kernel, &sel)?;

@@ -23,8 +23,8 @@ pub fn attach_all(
         "sock:inet_sock_set_state",
     )?;
     hooks.push(HookReport::ok("sock:inet_sock_set_state", Attach::TpBtf));
-    attach_owner_hooks(ebpf, btf, opts.owner_from_io, &mut hooks);
-    attach_optional(ebpf, btf, &mut hooks);
+    attach_owner_hooks(ebpf, btf, opts, &mut hooks);
+    attach_optional(ebpf, btf, opts.syscall_hooks, &mut hooks);
     let (close_hook, report) = attach_close_hook(ebpf, btf, opts.close_hook);
     hooks.push(report);
     attach_process_hooks(ebpf, btf, opts, &mut hooks)?;
@@ -64,17 +64,20 @@ fn required(result: Result<(), String>, hook: &str) -> Result<(), LoadError> {
 
 /// Where accepted sockets' owners come from: accept() by default, once a
 /// connection; every send and receive too with `--owner-from-io`.
-fn attach_owner_hooks(ebpf: &mut Ebpf, btf: &Btf, from_io: bool, hooks: &mut Vec<HookReport>) {
-    let accept =
-        attach_syscall_exit(ebpf, "accept").and_then(|()| attach_syscall_exit(ebpf, "accept4"));
-    hooks.push(optional_hook(
+fn attach_owner_hooks(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    opts: &LoadOptions<'_>,
+    hooks: &mut Vec<HookReport>,
+) {
+    hooks.push(syscall_hook(
+        opts.syscall_hooks,
         "syscalls:sys_exit_accept/sys_exit_accept4",
-        Attach::Tracepoint,
-        accept,
         "accepted sockets are owned by their listener's owner until the acceptor closes or \
          shuts them down",
+        || attach_syscall_exit(ebpf, "accept").and_then(|()| attach_syscall_exit(ebpf, "accept4")),
     ));
-    if !from_io {
+    if !opts.owner_from_io {
         return;
     }
     // The tracepoints are 6.3+.
@@ -92,25 +95,24 @@ fn attach_owner_hooks(ebpf: &mut Ebpf, btf: &Btf, from_io: bool, hooks: &mut Vec
 }
 
 /// Hooks whose absence costs one detail, each said in its report.
-fn attach_optional(ebpf: &mut Ebpf, btf: &Btf, hooks: &mut Vec<HookReport>) {
+fn attach_optional(ebpf: &mut Ebpf, btf: &Btf, syscalls: bool, hooks: &mut Vec<HookReport>) {
     hooks.push(optional_hook(
         "tcp:tcp_receive_reset",
         Attach::TpBtf,
         attach_btf_tp(ebpf, btf, "tcp_receive_reset", "tcp:tcp_receive_reset"),
         "a peer's reset is told from a close only by the socket's pending error",
     ));
-    hooks.push(optional_hook(
+    hooks.push(syscall_hook(
+        syscalls,
         "syscalls:sys_enter_shutdown/sys_exit_shutdown",
-        Attach::Tracepoint,
-        attach_syscall(ebpf, "shutdown"),
         "shutdown(SHUT_WR) cannot be told from close(); half-closes count as closes",
+        || attach_syscall(ebpf, "shutdown"),
     ));
-    let calls = attach_syscall(ebpf, "connect").and_then(|()| attach_syscall(ebpf, "bind"));
-    hooks.push(optional_hook(
+    hooks.push(syscall_hook(
+        syscalls,
         "syscalls:sys_enter/exit_connect, sys_enter/exit_bind",
-        Attach::Tracepoint,
-        calls,
         "connect() EADDRNOTAVAIL and bind() EADDRINUSE failures are not reported",
+        || attach_syscall(ebpf, "connect").and_then(|()| attach_syscall(ebpf, "bind")),
     ));
 }
 
@@ -150,6 +152,20 @@ fn optional_hook(hook: &str, attach: Attach, result: Result<(), String>, cost: &
         Ok(()) => HookReport::ok(hook, attach),
         Err(reason) => HookReport::unavailable(hook, format!("{reason}; {cost}")),
     }
+}
+
+/// A syscall tracepoint hook, attached by `attach` unless
+/// `--no-syscall-hooks` turned them off; `cost` is what its absence costs.
+fn syscall_hook(
+    on: bool,
+    hook: &str,
+    cost: &str,
+    attach: impl FnOnce() -> Result<(), String>,
+) -> HookReport {
+    if !on {
+        return HookReport::off(hook, format!("--no-syscall-hooks; {cost}"));
+    }
+    optional_hook(hook, Attach::Tracepoint, attach(), cost)
 }
 
 /// A syscall's exit tracepoint (program `sys_exit_NAME`).

@@ -66,6 +66,8 @@ pub struct LoadOptions<'a> {
     pub follow_forks: bool,
     /// `--owner-from-io`: refresh owners on every send and receive.
     pub owner_from_io: bool,
+    /// Off with `--no-syscall-hooks`: no syscall tracepoint is attached.
+    pub syscall_hooks: bool,
     /// Name sockets by a keyed hash, not their cookie (see `ids`).
     pub keyed_ids: bool,
 }
