@@ -24,7 +24,7 @@ use crate::measure::{
     BpfStats, BpfStatsEnabled, Netns, RssSampler, bpf_stats, cpu_seconds, ensure_tracefs,
     interrupt_and_reap, machine, median, peak_rss_kib, tail,
 };
-use crate::{bench_scale, bench_servers};
+use crate::{bench_scale, bench_servers, bench_syscalls};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Tracer {
@@ -159,6 +159,7 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     let bounded = bounded_run(&plan.bins, &plan.scratch, connections, &mut checks)?;
     let scale = bench_scale::run(&plan.bins, &plan.scratch, size, &mut checks)?;
     let servers = real_servers(&plan, &tracers, opts.quick)?;
+    let syscalls = bench_syscalls::run(&plan.bins, &plan.scratch, plan.rounds)?;
     let report = json!({
         "closetrace": env!("CARGO_PKG_VERSION"),
         "date": today(),
@@ -168,6 +169,7 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         "seconds_per_trial": plan.seconds,
         "workloads": results,
         "servers": servers,
+        "syscalls": syscalls,
         "bounded": bounded,
         "scale": scale,
         "checks": checks.iter().map(|(n, ok, d)| json!({"check": n, "ok": ok, "detail": d})).collect::<Vec<_>>(),

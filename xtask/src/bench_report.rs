@@ -98,6 +98,9 @@ pub fn markdown(r: &Value) -> String {
         }
         s += &per_program(l, "request");
     }
+    if r["syscalls"].is_object() {
+        s += &crate::bench_syscalls::markdown(&r["syscalls"]);
+    }
     let b = &r["bounded"];
     s += &format!(
         "\nBounded run: {} connections (client-close, 0.1% leaked) through closetrace: peak RSS {} MiB \

@@ -9,6 +9,7 @@ mod bench;
 mod bench_report;
 mod bench_scale;
 mod bench_servers;
+mod bench_syscalls;
 mod deb;
 mod demo;
 mod fuzz;
