@@ -93,9 +93,10 @@ pub struct Cli {
     pub close_hook: crate::kernel::CloseHookChoice,
 
     /// Ring buffer size in bytes: a power of two, at least one page.
-    /// Default: 4 MiB, or 16 MiB with --states (about 400 ms of the
-    /// busiest churn here, enough to ride out the reader being scheduled
-    /// out).
+    /// Default: 2 MiB, or 16 MiB with --states: about 300 and 400 ms of
+    /// the busiest churn here (where every connection leaves a record
+    /// in the default mode), enough to ride out the reader being scheduled
+    /// out. Mapped twice, so resident memory counts it twice.
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
     pub ring_buffer_size: Option<u32>,
 
@@ -168,7 +169,7 @@ pub fn assets() -> std::io::Result<Vec<(&'static str, Vec<u8>)>> {
 impl Cli {
     pub fn ring_bytes(&self) -> u32 {
         self.ring_buffer_size
-            .unwrap_or(if self.states { 16 << 20 } else { 4 << 20 })
+            .unwrap_or(if self.states { 16 << 20 } else { 2 << 20 })
     }
 }
 
@@ -283,7 +284,7 @@ mod tests {
         assert_eq!(c.pids, vec![1, 2]);
         assert_eq!(c.format, Format::Json);
         assert!(!c.states, "hunting is the default");
-        assert_eq!(c.ring_bytes(), 4 << 20);
+        assert_eq!(c.ring_bytes(), 2 << 20);
         let c = Cli::try_parse_from(["closetrace", "--states"]).unwrap();
         assert_eq!(c.ring_bytes(), 16 << 20);
         let c =
