@@ -76,6 +76,8 @@ pub struct Options {
     pub out: Option<PathBuf>,
     /// Only the node-scale run.
     pub scale_only: bool,
+    /// Only the bounded run.
+    pub bounded_only: bool,
 }
 
 pub(crate) struct Bins {
@@ -151,11 +153,21 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         println!("{}", bench_scale::markdown(&scale));
         return verdict(&checks);
     }
+    let connections = if opts.quick { 1_000_000 } else { 5_000_000 };
+    if opts.bounded_only {
+        let bounded = bounded_run(&plan.bins, &plan.scratch, connections, &mut checks)?;
+        let out = opts
+            .out
+            .clone()
+            .unwrap_or_else(|| plan.scratch.join("bounded.json"));
+        fs::write(&out, serde_json::to_string_pretty(&bounded)?)?;
+        println!("{bounded}");
+        return verdict(&checks);
+    }
     let mut results = Vec::new();
     for w in workloads {
         results.push(workload(&plan, &tracers, w, &mut checks)?);
     }
-    let connections = if opts.quick { 1_000_000 } else { 5_000_000 };
     let bounded = bounded_run(&plan.bins, &plan.scratch, connections, &mut checks)?;
     let scale = bench_scale::run(&plan.bins, &plan.scratch, size, &mut checks)?;
     let servers = real_servers(&plan, &tracers, opts.quick)?;

@@ -100,6 +100,11 @@ enum Task {
         /// target/bench/scale.json.
         #[arg(long)]
         scale_only: bool,
+        /// Only the bounded run (5 million connections, 1 million with
+        /// --quick, through closetrace with its RSS sampled); results to
+        /// target/bench/bounded.json.
+        #[arg(long, conflicts_with = "scale_only")]
+        bounded_only: bool,
     },
     /// Bootstrap, check formatting and lints, run every test.
     Test {
@@ -388,6 +393,7 @@ fn main() -> anyhow::Result<()> {
             out,
             render: None,
             scale_only,
+            bounded_only,
         } => {
             bootstrap()?;
             build_release(&["closetrace", "closetrace-churn"])?;
@@ -399,6 +405,7 @@ fn main() -> anyhow::Result<()> {
                     seconds,
                     out,
                     scale_only,
+                    bounded_only,
                 },
             )?;
         }
