@@ -31,3 +31,14 @@ pub(crate) fn caused_by_owner(old: u32, new: u32) -> bool {
         (CLOSE, SYN_SENT) | (CLOSE, LISTEN) | (ESTABLISHED, FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK)
     )
 }
+
+/// Transitions userspace may read as an application's close (or a
+/// shutdown(2), when the thread is inside one): `closes::infer_close` and
+/// `how_left_close_wait`.
+#[inline(always)]
+pub(crate) fn may_close(old: u32, new: u32) -> bool {
+    matches!(
+        (old, new),
+        (ESTABLISHED, FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK) | (LISTEN, CLOSE)
+    ) || (new == CLOSE && matches!(old, ESTABLISHED | CLOSE_WAIT | SYN_RECV | SYN_SENT))
+}

@@ -6,7 +6,9 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use closetrace_common::{EMFILE, ENFILE, SockInfo, flags, owner_src, syscall, tcp_state::CLOSE};
+use closetrace_common::{
+    EMFILE, ENFILE, SockInfo, TaskId, flags, owner_src, syscall, tcp_state::CLOSE,
+};
 
 use crate::calls::emit_sock_error;
 use crate::kread::{
@@ -23,7 +25,8 @@ pub(crate) fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
     if ret < 0 {
         return out_of_fds((-ret) as u32);
     }
-    let off = &config().offsets;
+    let cfg = config();
+    let off = &cfg.offsets;
     let Some(sk) = socket_of_fd(ret as u32, off) else {
         return Ok(());
     };
@@ -43,6 +46,15 @@ pub(crate) fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let owner = current_task(off);
+    // With --states every child has an entry since LISTEN -> SYN_RECV:
+    // update it in place. Otherwise it is usually new: insert without
+    // looking first (a miss costs as much again); known (it entered
+    // CLOSE_WAIT before it was accepted), keep when and set the owner.
+    // A refused NOEXIST insert on an LRU map still takes and returns a
+    // free node, so it is not the way to find one known.
+    if cfg.stream_all != 0 && set_owner(sock_id, owner) {
+        return Ok(());
+    }
     let info = SockInfo {
         owner,
         owner_src: owner_src::ACCEPT,
@@ -51,18 +63,24 @@ pub(crate) fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
         flags: 0,
         _pad: 0,
     };
-    // Usually new: insert without looking first (a lookup costs as much
-    // again). Known (it entered CLOSE_WAIT before it was accepted): keep
-    // when, and set the owner in place.
-    if SOCKS.insert(sock_id, info, BPF_NOEXIST as u64).is_err()
-        && let Some(p) = SOCKS.get_ptr_mut(sock_id)
-    {
-        unsafe {
-            (*p).owner = owner;
-            (*p).owner_src = owner_src::ACCEPT;
-        }
+    if SOCKS.insert(sock_id, info, BPF_NOEXIST as u64).is_err() {
+        set_owner(sock_id, owner);
     }
     Ok(())
+}
+
+/// The acceptor as the owner of a socket already in `SOCKS`; false when
+/// it is not there.
+#[inline(always)]
+fn set_owner(sock_id: u64, owner: TaskId) -> bool {
+    let Some(p) = SOCKS.get_ptr_mut(sock_id) else {
+        return false;
+    };
+    unsafe {
+        (*p).owner = owner;
+        (*p).owner_src = owner_src::ACCEPT;
+    }
+    true
 }
 
 /// accept() failed for want of fds: reported (at most once a second per

@@ -15,7 +15,7 @@ use closetrace_common::{
 };
 
 use crate::emit::{count, count_transition, mark_netns, wakeup};
-use crate::filters::{caused_by_owner, outside, scanned, watched};
+use crate::filters::{caused_by_owner, may_close, outside, scanned, watched};
 use crate::kread::{
     Btf, Mem, current_exiting, current_task, current_thread, endpoints, is_tcp, local_port,
     netns_of, sock_cgroup, sock_id,
@@ -271,7 +271,9 @@ fn context_flags(cfg: &Config, t: &Transition, o: &Owned, ctx_task: &TaskId) -> 
         if current_exiting(off) {
             fl |= flags::CTX_EXITING;
         }
-        if unsafe { IN_SHUTDOWN.get(ctx_task.tid) }.is_some() {
+        // Only a close it would otherwise be taken for needs telling
+        // apart: a lookup saved on every other record.
+        if may_close(t.old, t.new) && unsafe { IN_SHUTDOWN.get(ctx_task.tid) }.is_some() {
             fl |= flags::CTX_IN_SHUTDOWN;
         }
     }
