@@ -248,6 +248,11 @@ fn stand_in(found: &Found) -> Vec<u8> {
         types.extend_from_slice(&(kind << 24).to_le_bytes());
         types.extend_from_slice(&0u32.to_le_bytes());
     }
+    blob(&types, &strings)
+}
+
+/// A little-endian BTF blob of these type and string sections.
+pub(crate) fn blob(types: &[u8], strings: &[u8]) -> Vec<u8> {
     let mut blob = Vec::with_capacity(HEADER_LEN + types.len() + strings.len());
     blob.extend_from_slice(&BTF_MAGIC.to_le_bytes());
     blob.extend_from_slice(&[1, 0]); // version 1, no flags
@@ -260,8 +265,8 @@ fn stand_in(found: &Found) -> Vec<u8> {
     ] {
         blob.extend_from_slice(&field.to_le_bytes());
     }
-    blob.extend_from_slice(&types);
-    blob.extend_from_slice(&strings);
+    blob.extend_from_slice(types);
+    blob.extend_from_slice(strings);
     blob
 }
 
@@ -289,21 +294,7 @@ mod tests {
         ty(9, 8, 0, 2, &[]);
         ty(0, 13, 1, 1, &[0, 1]);
         ty(21, 12, 1, 4, &[]);
-        let mut blob = Vec::new();
-        blob.extend_from_slice(&BTF_MAGIC.to_le_bytes());
-        blob.extend_from_slice(&[1, 0]);
-        for f in [
-            24u32,
-            0,
-            t.len() as u32,
-            t.len() as u32,
-            strings.len() as u32,
-        ] {
-            blob.extend_from_slice(&f.to_le_bytes());
-        }
-        blob.extend(t);
-        blob.extend(strings);
-        blob
+        blob(&t, &strings)
     }
 
     #[test]

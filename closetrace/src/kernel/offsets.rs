@@ -409,20 +409,7 @@ mod tests {
         put(sk_common);
         put(3);
         put(0);
-        let mut blob = Vec::new();
-        blob.extend_from_slice(&0xeb9fu16.to_le_bytes());
-        blob.extend_from_slice(&[1, 0]);
-        for v in [
-            24u32,
-            0,
-            types.len() as u32,
-            types.len() as u32,
-            strings.len() as u32,
-        ] {
-            blob.extend_from_slice(&v.to_le_bytes());
-        }
-        blob.extend_from_slice(&types);
-        blob.extend_from_slice(&strings);
+        let blob = crate::kernel::attach_btf::blob(&types, &strings);
         Btf::from_bytes(&blob).expect("hand-built BTF parses")
     }
 
