@@ -11,9 +11,10 @@ use closetrace_common::{
 };
 
 use crate::calls::emit_sock_error;
+use crate::filters::outside;
 use crate::kread::{
-    Btf, Probe, SYSCALL_RET, current_start, current_task, is_tcp, read, same_start, sock_id,
-    sock_id_read, socket_of_fd,
+    Btf, Probe, SYSCALL_RET, current_start, current_task, is_tcp, netns_of, read, same_start,
+    sock_cgroup, sock_id, sock_id_read, socket_of_fd,
 };
 use crate::maps::{IN_SHUTDOWN, OUT_OF_FDS_LAST, SOCKS, config};
 
@@ -35,6 +36,18 @@ pub(crate) fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
     }
     // The state hook asked for the cookie at the child's first transition;
     // a classic tracepoint cannot call the helper, so read what it made.
+    // A socket outside `--netns`/`--cgroup` is skipped by the state
+    // program, its CLOSE included: an entry made here would never go.
+    let filtered = cfg.filter_netns != 0 || cfg.filter_cgroups != 0;
+    if filtered
+        && outside(
+            cfg,
+            netns_of::<Probe>(sk, off),
+            sock_cgroup::<Probe>(sk, off),
+        )
+    {
+        return Ok(());
+    }
     let sock_id = sock_id_read(sk)?;
     if sock_id == 0 {
         return Ok(());
@@ -108,8 +121,14 @@ pub(crate) fn try_io(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if ret < 0 {
         return Ok(());
     }
-    let off = &config().offsets;
+    let cfg = config();
+    let off = &cfg.offsets;
     if !is_tcp::<Btf>(sk, off) {
+        return Ok(());
+    }
+    // As in accept: what the state program skips must not enter the table.
+    let filtered = cfg.filter_netns != 0 || cfg.filter_cgroups != 0;
+    if filtered && outside(cfg, netns_of::<Btf>(sk, off), sock_cgroup::<Btf>(sk, off)) {
         return Ok(());
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;

@@ -48,3 +48,44 @@ fn churn_leaves_the_owner_table_empty() {
         "{socks} entries left after {connections} connections closed"
     );
 }
+
+/// `--netns` of another namespace: sockets accepted outside it are never
+/// seen to close, so they must never enter the table either. With keyed
+/// ids (older kernels), where every socket has an id at accept; with
+/// cookies, one outside the selection usually has none yet.
+#[test]
+fn sockets_outside_the_selection_stay_out_of_the_owner_table() {
+    let Some(_k) = kernel_test("sockets_outside_the_selection_stay_out_of_the_owner_table") else {
+        return;
+    };
+    let watched = Netns::new("owners-sel");
+    let churned = Netns::new("owners-out");
+    let inode = watched.inode().to_string();
+    let tracer = Tracer::start_env(&[("CLOSETRACE_SOCKET_IDS", "keyed")], &["--netns", &inode]);
+    let connections = 5_000;
+    let out = churned
+        .exec(CHURN)
+        .args([
+            "--mode",
+            "client-close",
+            "--connections",
+            &connections.to_string(),
+        ])
+        .output()
+        .expect("closetrace-churn");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let done = tracer.stop();
+    let summary = done.summary();
+    let socks = summary["kernel_maps"]["SOCKS"]["entries"]
+        .as_u64()
+        .expect("SOCKS occupancy in the summary");
+    assert!(
+        socks < connections / 20,
+        "{socks} entries after {connections} connections outside --netns"
+    );
+}
