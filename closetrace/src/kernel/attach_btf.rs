@@ -34,7 +34,7 @@ pub enum TargetKind {
 pub enum AttachBtfError {
     #[error("reading {path}: {error}")]
     Read { path: String, error: io::Error },
-    #[error("{path} is not BTF: {0}", .what)]
+    #[error("{path} is not BTF: {what}")]
     Format { path: String, what: String },
     #[error("the stand-in BTF does not parse: {0}")]
     Parse(String),
@@ -329,6 +329,22 @@ mod tests {
             stand.id_by_type_name_kind("btf_trace_absent", BtfKind::Typedef),
             Err(BtfError::UnknownBtfTypeName { .. })
         ));
+    }
+
+    /// The file is hidden from the loader's thread only: the process
+    /// still reads the kernel's BTF afterwards.
+    #[test]
+    fn the_loader_hides_the_btf_from_no_one_else() {
+        let path = Path::new(crate::kernel::SYSFS_BTF);
+        let Ok(before) = std::fs::metadata(path) else {
+            return;
+        };
+        let _loader = loader();
+        let after = std::fs::metadata(path).expect("still there");
+        assert_eq!(after.len(), before.len());
+        assert!(after.len() > 0);
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains("/sys/kernel/btf/vmlinux"), "{mounts}");
     }
 
     #[test]
