@@ -6,9 +6,33 @@ mod support;
 
 use std::time::Duration;
 
+use serde_json::Value;
 use support::{Netns, Tracer, kernel_test};
 
 const CHURN: &str = env!("CARGO_BIN_EXE_closetrace-churn");
+
+/// `connections` of closetrace-churn in `mode` inside `ns`, while `tracer`
+/// runs; then its summary, once the last events are in.
+fn churn_then_summary(tracer: Tracer, ns: &Netns, mode: &str, connections: u64) -> Value {
+    let out = ns
+        .exec(CHURN)
+        .args(["--mode", mode, "--connections", &connections.to_string()])
+        .output()
+        .expect("closetrace-churn");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    tracer.stop().summary().clone()
+}
+
+fn socks_entries(summary: &Value) -> u64 {
+    summary["kernel_maps"]["SOCKS"]["entries"]
+        .as_u64()
+        .expect("SOCKS occupancy in the summary")
+}
 
 /// RST churn: the client resets as soon as it is connected, so many
 /// children are reset before their server accepts them. Accepting one
@@ -19,29 +43,14 @@ fn churn_leaves_the_owner_table_empty() {
         return;
     };
     let ns = Netns::new("owners");
-    let tracer = Tracer::start(&[]);
     let connections = 20_000;
-    let out = ns
-        .exec(CHURN)
-        .args(["--mode", "rst", "--connections", &connections.to_string()])
-        .output()
-        .expect("closetrace-churn");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    let done = tracer.stop();
-    let summary = done.summary();
+    let summary = churn_then_summary(Tracer::start(&[]), &ns, "rst", connections);
     let accepted = &summary["transitions"]["LISTEN->SYN_RECV"];
     assert!(
         accepted.as_u64().unwrap_or(0) >= connections,
         "the churn was seen: {summary}"
     );
-    let socks = summary["kernel_maps"]["SOCKS"]["entries"]
-        .as_u64()
-        .expect("SOCKS occupancy in the summary");
+    let socks = socks_entries(&summary);
     // Whatever else the host runs keeps a few; the dead would be thousands.
     assert!(
         socks < connections / 20,
@@ -63,27 +72,8 @@ fn sockets_outside_the_selection_stay_out_of_the_owner_table() {
     let inode = watched.inode().to_string();
     let tracer = Tracer::start_env(&[("CLOSETRACE_SOCKET_IDS", "keyed")], &["--netns", &inode]);
     let connections = 5_000;
-    let out = churned
-        .exec(CHURN)
-        .args([
-            "--mode",
-            "client-close",
-            "--connections",
-            &connections.to_string(),
-        ])
-        .output()
-        .expect("closetrace-churn");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    let done = tracer.stop();
-    let summary = done.summary();
-    let socks = summary["kernel_maps"]["SOCKS"]["entries"]
-        .as_u64()
-        .expect("SOCKS occupancy in the summary");
+    let summary = churn_then_summary(tracer, &churned, "client-close", connections);
+    let socks = socks_entries(&summary);
     assert!(
         socks < connections / 20,
         "{socks} entries after {connections} connections outside --netns"
