@@ -302,7 +302,7 @@ fn dump(host: &mut dyn Host, job: &TickJob) -> Option<Result<Dump, SnapshotError
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::{Family, TcpState};
+    use crate::model::TcpState;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
@@ -336,23 +336,7 @@ pub(crate) mod tests {
     }
 
     fn sock(cookie: u64, state: TcpState) -> DiagSocket {
-        let lo = "127.0.0.1".parse().unwrap();
-        DiagSocket {
-            cookie,
-            inode: 1,
-            state,
-            timer: 0,
-            family: Family::Ipv4,
-            saddr: lo,
-            sport: 9000,
-            daddr: lo,
-            dport: 40000,
-            rqueue: 0,
-            wqueue: 0,
-            drops: None,
-            cgroup: 0,
-            netns: 5,
-        }
+        DiagSocket::on_loopback(cookie, state, 9000, 5)
     }
 
     impl Host for Slow {

@@ -209,6 +209,30 @@ pub(crate) fn parse_diag_msg(m: &[u8]) -> Result<Option<DiagSocket>, SnapshotErr
 /// idiag_timer of a timewait socket.
 pub const TIMER_TIME_WAIT: u8 = 3;
 
+/// A test's socket: 127.0.0.1:`sport` to 127.0.0.1:40000, empty queues.
+#[cfg(test)]
+impl DiagSocket {
+    pub(crate) fn on_loopback(cookie: u64, state: TcpState, sport: u16, netns: u32) -> Self {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        DiagSocket {
+            cookie,
+            inode: cookie as u32,
+            state,
+            timer: 0,
+            family: Family::Ipv4,
+            saddr: lo,
+            sport,
+            daddr: lo,
+            dport: 40000,
+            rqueue: 0,
+            wqueue: 0,
+            drops: None,
+            cgroup: 0,
+            netns,
+        }
+    }
+}
+
 impl DiagSocket {
     /// As the event model names sockets.
     pub fn sock_ref(&self) -> SockRef {
@@ -574,23 +598,8 @@ mod tests {
     /// that are not cookies), and never a socket of another namespace.
     #[test]
     fn a_view_finds_sockets_by_cookie_or_by_their_ends() {
-        let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        let sock = |cookie, netns| DiagSocket {
-            cookie,
-            inode: cookie as u32,
-            state: TcpState::CloseWait,
-            timer: 0,
-            family: Family::Ipv4,
-            saddr: lo,
-            sport: 9501,
-            daddr: lo,
-            dport: 40000,
-            rqueue: 0,
-            wqueue: 0,
-            drops: None,
-            cgroup: 0,
-            netns,
-        };
+        let sock =
+            |cookie, netns| DiagSocket::on_loopback(cookie, TcpState::CloseWait, 9501, netns);
         let by_cookie = [(7, sock(7, 1)), (8, sock(8, 2))].into_iter().collect();
         let holders = [(8, vec![])].into_iter().collect();
         let view = KernelView::new(by_cookie, holders);
