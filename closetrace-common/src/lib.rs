@@ -38,8 +38,8 @@ pub mod flags {
     pub const CTX_EXITING: u16 = 1;
     /// The task on the CPU is inside shutdown(2).
     pub const CTX_IN_SHUTDOWN: u16 = 2;
-    /// An RST was received on this socket.
-    pub const SOCK_RESET: u16 = 4;
+    // 4 was SOCK_RESET: a peer's reset sets `sk_err` before the socket
+    // leaves its state, so SOCK_ERROR says it.
     /// `sk_err` is set (reset, timeout, refused).
     pub const SOCK_ERROR: u16 = 8;
 }
@@ -240,11 +240,8 @@ pub struct SockInfo {
     pub state: u32,
     /// When the socket entered `state`; 0 when unknown.
     pub since_ns: u64,
-    /// Sticky socket facts (`flags::SOCK_RESET`).
-    pub flags: u32,
-    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockInfo>() == 56);
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 48);
 
 /// Key of the `LISTENERS` map: a listening port inside a network namespace.
 #[repr(C)]
@@ -342,9 +339,19 @@ pub struct SockOffsets {
     /// Non-zero: `sk_cgroup` is `sock.sk_cgrp_data.val` (u64; kernels
     /// before 5.15 pack it), the cgroup pointer when its bit 0 is clear.
     pub sk_cgroup_packed: u32,
-    pub _pad: [u32; 2],
+    /// `sock.sk_shutdown` (u8): close() sets it before leaving SYN_SENT,
+    /// a failed connect() does not
+    pub sk_shutdown: u32,
+    /// `pt_regs.orig_ax` (unsigned long): the syscall a task is in, read
+    /// through `bpf_task_pt_regs` (`Config::task_regs`)
+    pub regs_syscall: u32,
+    /// `pt_regs.si` (unsigned long): a syscall's second argument, still
+    /// there at its exit
+    pub regs_arg1: u32,
+    /// `pt_regs.dx` (unsigned long): its third
+    pub regs_arg2: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 128);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 136);
 
 /// Everything userspace hands the programs at load time.
 #[repr(C)]
@@ -395,9 +402,13 @@ pub struct Config {
     /// Non-zero: `bpf_get_current_task_btf` exists (Linux 5.11), so the
     /// current task's fields are plain loads instead of probe reads.
     pub task_btf: u32,
-    pub _pad: u32,
+    /// Non-zero: `bpf_task_pt_regs` exists (Linux 5.15), so a syscall's
+    /// arguments are read from the caller's registers at its exit, and
+    /// shutdown(2) from the syscall number: no syscall entry hooks, whose
+    /// mere presence slows every syscall on the host.
+    pub task_regs: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 184);
+const _: () = assert!(core::mem::size_of::<Config>() == 192);
 
 impl Config {
     /// Every offset absent: programs emit nothing until userspace fills it in.
@@ -433,7 +444,10 @@ impl Config {
             file_private: OFFSET_ABSENT,
             socket_sk: OFFSET_ABSENT,
             sk_cgroup_packed: 0,
-            _pad: [0; 2],
+            sk_shutdown: OFFSET_ABSENT,
+            regs_syscall: OFFSET_ABSENT,
+            regs_arg1: OFFSET_ABSENT,
+            regs_arg2: OFFSET_ABSENT,
         },
         filter_pids: 0,
         stream_all: 0,
@@ -447,7 +461,7 @@ impl Config {
         scan_all_netns: 0,
         id_key: 0,
         task_btf: 0,
-        _pad: 0,
+        task_regs: 0,
     };
 }
 

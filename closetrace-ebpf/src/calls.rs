@@ -1,6 +1,7 @@
-//! connect() and bind(): arguments are stashed per CPU at entry and looked
-//! at again at exit, where only EADDRNOTAVAIL and EADDRINUSE produce a
-//! record, with the caller and the address it wanted.
+//! connect() and bind() failures: EADDRNOTAVAIL and EADDRINUSE, with the
+//! caller and the address it wanted. bind()'s arguments are stashed per
+//! CPU at entry and looked at again at exit; connect() needs no syscall
+//! hook (see `connect_failed`).
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
@@ -9,13 +10,44 @@ use aya_ebpf::{
 };
 use closetrace_common::{
     AF_INET, AF_INET6, EADDRINUSE, EADDRNOTAVAIL, LOST_CALL_ARGS, LOST_RINGBUF, PendingCall,
-    RECORD_SOCK_ERROR, SockErrorRecord,
+    RECORD_SOCK_ERROR, SockErrorRecord, syscall,
 };
 
 use crate::emit::{count, wakeup};
 use crate::filters::outside;
-use crate::kread::{SYSCALL_ARG1, SYSCALL_ARG2, SYSCALL_RET, current_netns, current_task};
+use crate::kread::{
+    Btf, Mem, SYSCALL_ARG1, SYSCALL_ARG2, SYSCALL_RET, current_netns, current_regs, current_task,
+    endpoints,
+};
 use crate::maps::{CALLS, EVENTS, PIDS, config};
+
+/// A `SYN_SENT -> CLOSE` in process context: a failed connect() when
+/// nothing else explains it. tcp_v4_connect() and tcp_v6_connect() enter
+/// SYN_SENT before they pick the local port, and on failure (no port free
+/// toward this destination, or a bound port whose 4-tuple is taken) go
+/// back to CLOSE in the caller, with no error pending and no shutdown.
+/// Every other way out of SYN_SENT sets one of them first: a reset, a
+/// timeout or an ICMP error sets `sk_err`, close() sets `sk_shutdown`. (The
+/// local port tells nothing: the tracepoint fires after an auto-bound
+/// port is released.) Only connect(AF_UNSPEC) on a connecting socket
+/// looks the same. This replaces two syscall tracepoints that ran on
+/// every connect() on the host.
+#[inline(always)]
+pub(crate) fn connect_failed(sk: *const u8) -> Result<(), i32> {
+    let cfg = config();
+    let off = &cfg.offsets;
+    if Btf::get::<i32>(sk, off.sk_err)? != 0 || Btf::get::<u8>(sk, off.sk_shutdown)? != 0 {
+        return Ok(());
+    }
+    let ep = endpoints::<Btf>(sk, off)?;
+    emit_sock_error(
+        syscall::CONNECT,
+        EADDRNOTAVAIL,
+        ep.family,
+        ep.dport,
+        ep.daddr,
+    )
+}
 
 pub(crate) fn stash_call(ctx: &TracePointContext, which: u32) -> Result<(), i32> {
     let Some(slot) = CALLS.get_ptr_mut(0) else {
@@ -38,12 +70,22 @@ pub(crate) fn stash_call(ctx: &TracePointContext, which: u32) -> Result<(), i32>
 pub(crate) fn finish_call(ctx: &TracePointContext, which: u32) -> Result<(), i32> {
     let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET)? };
     let errno = (-ret) as u32;
-    let Some(call) = take_call(which) else {
-        return Ok(());
+    let reported = errno == EADDRNOTAVAIL || errno == EADDRINUSE;
+    let call = if let Some(regs) = current_regs() {
+        if !reported {
+            return Ok(());
+        }
+        Some(call_from_regs(regs, which)?)
+    } else {
+        // The stash is cleared whatever the outcome.
+        let Some(call) = take_call(which) else {
+            return Ok(());
+        };
+        if !reported {
+            return Ok(());
+        }
+        call
     };
-    if errno != EADDRNOTAVAIL && errno != EADDRINUSE {
-        return Ok(());
-    }
     let Some(call) = call else {
         count(LOST_CALL_ARGS);
         return Ok(());
@@ -54,7 +96,20 @@ pub(crate) fn finish_call(ctx: &TracePointContext, which: u32) -> Result<(), i32
     emit_sock_error(which, errno, family, port, addr)
 }
 
-/// This thread's stashed call, cleared: `Some(None)` when the slot holds
+/// The call's arguments from the caller's registers, at its exit (5.15+:
+/// no entry hook, see `Config::task_regs`).
+#[inline(always)]
+fn call_from_regs(regs: *const u8, which: u32) -> Result<PendingCall, i32> {
+    let off = &config().offsets;
+    Ok(PendingCall {
+        syscall: which,
+        tid: bpf_get_current_pid_tgid() as u32,
+        uaddr: Btf::get(regs, off.regs_arg1)?,
+        len: Btf::get(regs, off.regs_arg2)?,
+    })
+}
+
+/// Before 5.15, this thread's stashed call, cleared: `Some(None)` when the slot holds
 /// another call (ours was overwritten), `None` without a slot.
 #[inline(always)]
 fn take_call(which: u32) -> Option<Option<PendingCall>> {

@@ -6,7 +6,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf,
-    bpf_get_socket_cookie, bpf_probe_read_kernel,
+    bpf_get_socket_cookie, bpf_probe_read_kernel, bpf_task_pt_regs,
 };
 use closetrace_common::{
     AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP, OFFSET_ABSENT, PF_EXITING, SockOffsets, TaskId,
@@ -18,6 +18,9 @@ use crate::maps::config;
 pub(crate) const SYSCALL_ARG1: usize = 24;
 pub(crate) const SYSCALL_ARG2: usize = 32;
 pub(crate) const SYSCALL_RET: usize = 16;
+
+/// x86-64's number for shutdown(2), as `pt_regs.orig_ax` holds it.
+pub(crate) const SYS_SHUTDOWN: u64 = 48;
 
 /// The offset that reads an array element itself rather than a field in
 /// it (for `fdtable.fd[fd]`): not a struct offset.
@@ -154,6 +157,20 @@ fn current_task_btf() -> Option<*const u8> {
         return None;
     }
     Some(unsafe { bpf_get_current_task_btf() } as *const u8)
+}
+
+/// The current task's saved user registers, where the kernel has
+/// `bpf_task_pt_regs` (`Config::task_regs`, 5.15+): the syscall it is in
+/// and that syscall's arguments, still there at its exit. A BTF pointer:
+/// its fields are plain loads. Frozen .rodata again keeps older kernels'
+/// verifiers from visiting the call.
+#[inline(always)]
+pub(crate) fn current_regs() -> Option<*const u8> {
+    if config().task_regs == 0 {
+        return None;
+    }
+    let task = unsafe { bpf_get_current_task_btf() };
+    Some(unsafe { bpf_task_pt_regs(task) } as *const u8)
 }
 
 /// When the current process (its thread group leader) started; 0 when

@@ -9,8 +9,8 @@
 //! `--owner-from-io`, every send and receive.
 //!
 //! Each entry point below is one line calling a `try_` function in its
-//! module: `state` (state changes), `owners` (send/recv, resets,
-//! shutdown), `calls` (connect and bind failures), `close` (tcp_close),
+//! module: `state` (state changes, failed connects), `owners` (accept,
+//! send/recv, shutdown), `calls` (bind failures), `close` (tcp_close),
 //! `process_tree` (fork and exit); `maps`, `kread` (kernel reads),
 //! `filters` and `emit` serve them all.
 #![no_std]
@@ -34,7 +34,7 @@ use closetrace_common::syscall;
 
 use calls::{finish_call, stash_call};
 use close::{try_close_fentry, try_close_kprobe};
-use owners::{shutdown_mark, try_accept, try_io, try_reset};
+use owners::{shutdown_mark, try_accept, try_io};
 use process_tree::{try_exit, try_fork};
 use state::try_state;
 
@@ -51,11 +51,6 @@ pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     try_io(&ctx).map_or_else(|e| e, |()| 0)
-}
-
-#[btf_tracepoint(function = "tcp_receive_reset")]
-pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
-    try_reset(&ctx).map_or_else(|e| e, |()| 0)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_shutdown")]
@@ -76,16 +71,6 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
     try_accept(&ctx).map_or_else(|e| e as u32, |()| 0)
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
-pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    stash_call(&ctx, syscall::CONNECT).map_or_else(|e| e as u32, |()| 0)
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
-pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    finish_call(&ctx, syscall::CONNECT).map_or_else(|e| e as u32, |()| 0)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_bind")]

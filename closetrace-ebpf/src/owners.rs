@@ -1,14 +1,12 @@
 //! Owners learned outside state changes: accept() in the acceptor's
-//! context (the default), send/recv in the caller's (`--owner-from-io`),
-//! a peer's reset, and threads inside shutdown(2).
+//! context (the default), send/recv in the caller's (`--owner-from-io`);
+//! and, on kernels before 5.15, threads inside shutdown(2).
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use closetrace_common::{
-    EMFILE, ENFILE, SockInfo, TaskId, flags, owner_src, syscall, tcp_state::CLOSE,
-};
+use closetrace_common::{EMFILE, ENFILE, SockInfo, TaskId, owner_src, syscall, tcp_state::CLOSE};
 
 use crate::calls::emit_sock_error;
 use crate::filters::outside;
@@ -73,8 +71,6 @@ pub(crate) fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
         owner_src: owner_src::ACCEPT,
         state,
         since_ns: 0,
-        flags: 0,
-        _pad: 0,
     };
     if SOCKS.insert(sock_id, info, BPF_NOEXIST as u64).is_err() {
         set_owner(sock_id, owner);
@@ -156,8 +152,6 @@ pub(crate) fn try_io(ctx: &BtfTracePointContext) -> Result<(), i32> {
                 owner_src: owner_src::IO,
                 state: 0,
                 since_ns: 0,
-                flags: 0,
-                _pad: 0,
             };
             let _ = SOCKS.insert(sock_id, info, BPF_ANY as u64);
         }
@@ -165,17 +159,8 @@ pub(crate) fn try_io(ctx: &BtfTracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-/// Remember that the peer reset this socket, so the transition to CLOSE that
-/// follows is not mistaken for the application closing it.
-pub(crate) fn try_reset(ctx: &BtfTracePointContext) -> Result<(), i32> {
-    let sk: *const u8 = ctx.arg(0);
-    let sock_id = sock_id(sk);
-    if let Some(p) = SOCKS.get_ptr_mut(sock_id) {
-        unsafe { (*p).flags |= flags::SOCK_RESET as u32 };
-    }
-    Ok(())
-}
-
+/// Older kernels (no `Config::task_regs`): threads inside shutdown(2),
+/// for the state program's `in_shutdown`.
 pub(crate) fn shutdown_mark(enter: bool) -> Result<(), i32> {
     let tid = bpf_get_current_pid_tgid() as u32;
     if enter {

@@ -14,11 +14,12 @@ use closetrace_common::{
     findings_need, flags, owner_src, tcp_state::*,
 };
 
+use crate::calls::connect_failed;
 use crate::emit::{count, count_transition, mark_netns, wakeup};
 use crate::filters::{caused_by_owner, may_close, outside, scanned, watched};
 use crate::kread::{
-    Btf, Mem, current_exiting, current_task, current_thread, endpoints, is_tcp, local_port,
-    netns_of, sock_cgroup, sock_id,
+    Btf, Mem, SYS_SHUTDOWN, current_exiting, current_regs, current_task, current_thread, endpoints,
+    is_tcp, local_port, netns_of, sock_cgroup, sock_id,
 };
 use crate::maps::{EVENTS, IN_SHUTDOWN, LISTENERS, PIDS, SOCKS, config};
 
@@ -64,6 +65,9 @@ pub(crate) fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // are read only for what is sent.
     let cookie = sock_id(sk);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if old == SYN_SENT && new == CLOSE && tgid != 0 {
+        let _ = connect_failed(sk);
+    }
     let by_owner = caused_by_owner(old, new) && tgid != 0;
     // Most transitions (SYN_SENT -> ESTABLISHED, an RST's -> CLOSE, ...)
     // neither change the owner nor are sent in the default mode: count them,
@@ -139,8 +143,6 @@ fn owner_of(t: &Transition, listen_key: &ListenKey, task: &TaskId) -> Owned {
         owner_src: owner_src::UNKNOWN,
         state: 0,
         since_ns: 0,
-        flags: 0,
-        _pad: 0,
     };
     let mut known_ptr: *mut SockInfo = core::ptr::null_mut();
     // A socket leaving CLOSE, or a child just cloned from its listener, is
@@ -224,8 +226,6 @@ fn keep_books(t: &Transition, o: &Owned, listen_key: &ListenKey, now: u64) {
             owner_src: o.src,
             state: new,
             since_ns: now,
-            flags: 0,
-            _pad: 0,
         };
         let _ = SOCKS.insert(o.sock_id, info, BPF_ANY as u64);
     }
@@ -261,9 +261,9 @@ fn sent(cfg: &Config, t: &Transition, o: &Owned, netns: u32) -> bool {
 /// What userspace needs to tell a close from a reset, a half-close or an
 /// exit, in this transition's context.
 #[inline(always)]
-fn context_flags(cfg: &Config, t: &Transition, o: &Owned, ctx_task: &TaskId) -> u16 {
+fn context_flags(cfg: &Config, t: &Transition, ctx_task: &TaskId) -> u16 {
     let off = &cfg.offsets;
-    let mut fl = (o.known.flags as u16) & flags::SOCK_RESET;
+    let mut fl = 0;
     if matches!(Btf::get::<i32>(t.sk, off.sk_err), Ok(e) if e != 0) {
         fl |= flags::SOCK_ERROR;
     }
@@ -273,11 +273,24 @@ fn context_flags(cfg: &Config, t: &Transition, o: &Owned, ctx_task: &TaskId) -> 
         }
         // Only a close it would otherwise be taken for needs telling
         // apart: a lookup saved on every other record.
-        if may_close(t.old, t.new) && unsafe { IN_SHUTDOWN.get(ctx_task.tid) }.is_some() {
+        if may_close(t.old, t.new) && in_shutdown(cfg, ctx_task.tid) {
             fl |= flags::CTX_IN_SHUTDOWN;
         }
     }
     fl
+}
+
+/// Whether the current thread is inside shutdown(2): its syscall number,
+/// or on kernels before 5.15 the mark the shutdown hooks leave.
+#[inline(always)]
+fn in_shutdown(cfg: &Config, tid: u32) -> bool {
+    match current_regs() {
+        Some(regs) => matches!(
+            Btf::get::<u64>(regs, cfg.offsets.regs_syscall),
+            Ok(SYS_SHUTDOWN)
+        ),
+        None => unsafe { IN_SHUTDOWN.get(tid) }.is_some(),
+    }
 }
 
 /// The record, written field by field into the ring buffer: a whole
@@ -301,7 +314,7 @@ fn emit_state(
     } else {
         0
     };
-    let fl = context_flags(cfg, t, o, &ctx_task);
+    let fl = context_flags(cfg, t, &ctx_task);
     let cgroup = sock_cgroup::<Btf>(t.sk, off);
     let Some(mut entry) = EVENTS.reserve::<StateRecord>(0) else {
         count(LOST_RINGBUF);

@@ -200,7 +200,7 @@ fn our_programs() -> usize {
         .filter(|p| {
             matches!(
                 p.name_as_str(),
-                Some("inet_sock_set_s" | "sys_enter_conne" | "tcp_receive_res")
+                Some("inet_sock_set_s" | "sys_exit_accept" | "sys_exit_bind")
             )
         })
         .count()

@@ -161,6 +161,57 @@ fn listen_overflow_names_the_listener() {
     assert_eq!(o["backlog"], 1);
     assert!(o["dropped"].as_u64().unwrap() > 0, "{o}");
     assert!(out.summary()["listen_overflows"].as_u64().unwrap() >= 1);
+    // The client gave up on connects still in SYN_SENT and closed them:
+    // closes, not failed connects (see `connect_failed` in the eBPF crate).
+    assert_eq!(
+        out.of_type("connect_error").count(),
+        0,
+        "{:?}",
+        out.of_type("connect_error").collect::<Vec<_>>()
+    );
+}
+
+/// A client bound to a fixed port reconnects to where that port's last
+/// connection sits in TIME_WAIT: connect() fails with EADDRNOTAVAIL
+/// although the socket has its port. Reported with no syscall hook at all,
+/// from the transition the failure makes.
+#[test]
+fn bound_port_in_time_wait_is_eaddrnotavail_without_syscall_hooks() {
+    let Some(_k) = kernel_test("bound_port_in_time_wait_is_eaddrnotavail_without_syscall_hooks")
+    else {
+        return;
+    };
+    let ns = narrow_netns("boundtw");
+    let only = format!("/run/netns/{}", ns.name);
+    let tracer = Tracer::start_in(&ns, &["--netns", &only, "--no-syscall-hooks"]);
+    let mut server = Peer::spawn_in(&ns, &["server", "--listen", SERVER, "--connections", "0"]);
+    server.value("LISTENING");
+    let mut client = Peer::spawn_in(
+        &ns,
+        &[
+            "client",
+            "--connect",
+            SERVER,
+            "--source-port",
+            "40100",
+            "--count",
+            "2",
+            "--until-error",
+        ],
+    );
+    assert_eq!(client.number("ERROR"), 99, "EADDRNOTAVAIL");
+    let out = tracer.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let errors: Vec<&Value> = out.of_type("connect_error").collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = errors[0];
+    assert_eq!(e["pid"], client.pid(), "{e}");
+    assert_eq!(e["errno"], "EADDRNOTAVAIL");
+    assert_eq!(
+        (e["daddr"].as_str(), e["dport"].as_u64()),
+        (Some("127.0.0.1"), Some(9501))
+    );
+    assert_eq!(out.summary()["errors"]["connect"]["EADDRNOTAVAIL"], 1);
 }
 
 /// Acceptance 4: the server closes first, so TIME_WAIT sits on the server:

@@ -27,6 +27,9 @@ const TESTS: &[(&str, &str)] = &[
     ("leaks", "prefork_workers_own_what_they_accept"),
     ("state_stream", "owner_from_io_is_opt_in"),
     ("leaks", "leak_from_before_startup_is_reported"),
+    // shutdown(2) told from a close: by the syscall entry/exit hooks
+    // before 5.15, by the caller's syscall number from its registers after.
+    ("leaks", "shutdown_is_not_a_close"),
     // The default mode's watched exit from CLOSE_WAIT, through fentry.
     ("leaks", "late_closer_is_reported_once_then_resolved"),
     // Fork and exit hooks, and socket cgroups read through BTF offsets.

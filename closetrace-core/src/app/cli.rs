@@ -109,13 +109,14 @@ pub struct Cli {
     #[arg(long)]
     pub owner_from_io: bool,
 
-    /// Attach no syscall tracepoint (accept, connect, bind, shutdown).
-    /// While any syscall tracepoint is attached, the kernel takes its
-    /// slower syscall path for every syscall of every process, about 45 ns
-    /// each here (see the README's Performance section). Without them:
-    /// accepted sockets belong to their listener's owner until the
-    /// acceptor closes them, connect() and bind() failures are not
-    /// reported, and a half-close counts as a close.
+    /// Attach no syscall tracepoint (accept, bind; shutdown too before
+    /// Linux 5.15). While any syscall tracepoint is attached, the kernel
+    /// takes its slower syscall path for every syscall of every process,
+    /// about 30 ns each here (see the README's Performance section).
+    /// Without them: accepted sockets belong to their listener's owner
+    /// until the acceptor closes them, and bind() failures are not
+    /// reported (connect() failures still are; before 5.15 a half-close
+    /// counts as a close).
     #[arg(long)]
     pub no_syscall_hooks: bool,
 }

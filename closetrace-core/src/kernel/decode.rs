@@ -124,7 +124,6 @@ fn decode_state(r: &StateRecord) -> Result<StateChange, DecodeError> {
         context: Context {
             exiting: r.flags & flags::CTX_EXITING != 0,
             in_shutdown: r.flags & flags::CTX_IN_SHUTDOWN != 0,
-            reset: r.flags & flags::SOCK_RESET != 0,
             error: r.flags & flags::SOCK_ERROR != 0,
         },
     })
@@ -248,8 +247,6 @@ pub fn seed_info(owner: &Task, state: TcpState) -> SockInfo {
         owner_src: owner_src::SNAPSHOT,
         state: state as u32,
         since_ns: 0,
-        flags: 0,
-        _pad: 0,
     }
 }
 
@@ -295,7 +292,7 @@ mod tests {
             family: AF_INET,
             sport: 9501,
             dport: 54004,
-            flags: flags::SOCK_RESET | flags::CTX_EXITING,
+            flags: flags::SOCK_ERROR | flags::CTX_EXITING,
             _pad: [0; 4],
             saddr,
             daddr: saddr,
@@ -437,8 +434,7 @@ mod tests {
             Context {
                 exiting: true,
                 in_shutdown: false,
-                reset: true,
-                error: false
+                error: true
             }
         );
         assert_eq!(s.old, TcpState::Established);

@@ -211,9 +211,8 @@ pub struct Context {
     pub exiting: bool,
     /// The task on the CPU was inside shutdown(2).
     pub in_shutdown: bool,
-    /// The socket had received an RST.
-    pub reset: bool,
-    /// The socket had an error pending (reset, timeout, refused).
+    /// The socket had an error pending: the peer reset it, a timeout or
+    /// an ICMP error (the kernel sets it before leaving the state).
     pub error: bool,
 }
 

@@ -337,13 +337,13 @@ mod tests {
     fn hooks_turned_off_are_not_exported() {
         let hooks = [
             HookReport::off("syscalls:sys_exit_accept", "--no-syscall-hooks".into()),
-            HookReport::unavailable("tcp:tcp_receive_reset", "absent".into()),
+            HookReport::unavailable("syscalls:sys_exit_bind", "absent".into()),
         ];
         let text = Metrics::new(&hooks).render();
         assert!(!text.contains("sys_exit_accept"), "{text}");
         assert!(
             text.contains(
-                "closetrace_hook_attached{hook=\"tcp:tcp_receive_reset\",attach=\"none\"} 0"
+                "closetrace_hook_attached{hook=\"syscalls:sys_exit_bind\",attach=\"none\"} 0"
             ),
             "{text}"
         );

@@ -50,7 +50,7 @@ pub fn infer_close(ev: &StateChange) -> Option<Close> {
     }
     let closes = match (ev.old, ev.new) {
         (Established, FinWait1) | (CloseWait, LastAck) | (Listen, Closed) => true,
-        (Established | CloseWait | SynRecv | SynSent, Closed) => !c.reset && !c.error,
+        (Established | CloseWait | SynRecv | SynSent, Closed) => !c.error,
         _ => false,
     };
     closes.then(|| Close {
@@ -66,7 +66,7 @@ pub fn infer_close(ev: &StateChange) -> Option<Close> {
 /// For a transition out of CLOSE_WAIT: how it ended.
 pub fn how_left_close_wait(ev: &StateChange) -> How {
     let c = &ev.context;
-    if ev.new == TcpState::Close && (c.reset || c.error) {
+    if ev.new == TcpState::Close && c.error {
         return How::Reset;
     }
     if ev.ctx.pid == 0 {
@@ -129,7 +129,7 @@ mod tests {
         // close() with unread data: straight to CLOSE with our own RST.
         assert!(infer_close(&change(1, 80, CloseWait, Close)).is_some());
         let mut ev = change(1, 80, CloseWait, Close);
-        ev.context.reset = true;
+        ev.context.error = true;
         assert_eq!(infer_close(&ev), None, "the peer's RST is not our close");
         ev.context = Default::default();
         ev.context.error = true;
@@ -154,7 +154,7 @@ mod tests {
         ev.context.in_shutdown = true;
         assert_eq!(how_left_close_wait(&ev), How::Shutdown);
         let mut ev = change(1, 80, CloseWait, Close);
-        ev.context.reset = true;
+        ev.context.error = true;
         assert_eq!(how_left_close_wait(&ev), How::Reset);
         let mut ev = change(1, 80, CloseWait, Close);
         ev.ctx.pid = 0;

@@ -321,7 +321,7 @@ mod tests {
         exit.context.exiting = true;
         assert_eq!(d.on_state(&exit).unwrap().how, How::ProcessExit);
         let mut rst = change(2, 9501, CloseWait, Close);
-        rst.context.reset = true;
+        rst.context.error = true;
         assert_eq!(d.on_state(&rst).unwrap().how, How::Reset);
         let mut shut = leave(3, 2 * S);
         shut.context.in_shutdown = true;
@@ -443,7 +443,7 @@ mod tests {
         d.on_state(&ev);
         d.mark();
         let mut rst = change(9, 9501, CloseWait, Close);
-        rst.context.reset = true;
+        rst.context.error = true;
         assert!(d.on_state(&rst).is_some() || !d.is_tracked(9));
         d.found(sock.clone(), None, S, false);
         assert!(!d.is_tracked(9), "revived from a dump older than its end");

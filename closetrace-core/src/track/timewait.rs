@@ -209,8 +209,7 @@ pub fn entered_time_wait(ev: &StateChange) -> bool {
     matches!(
         (ev.old, ev.new),
         (TcpState::FinWait2 | TcpState::Closing, TcpState::Close)
-    ) && !ev.context.reset
-        && !ev.context.error
+    ) && !ev.context.error
 }
 
 impl TimeWaitCounter {
@@ -468,7 +467,7 @@ mod tests {
             TcpState::Close
         )));
         let mut rst = change(1, 1, TcpState::FinWait2, TcpState::Close);
-        rst.context.reset = true;
+        rst.context.error = true;
         assert!(!entered_time_wait(&rst));
         assert!(!entered_time_wait(&change(
             1,

@@ -15,6 +15,7 @@ pub fn attach_all(
     ebpf: &mut Ebpf,
     btf: &Btf,
     opts: &LoadOptions<'_>,
+    task_regs: bool,
 ) -> Result<(CloseHook, Vec<HookReport>), LoadError> {
     let mut hooks = Vec::new();
     // The state hook is the tool; without it there is nothing to run.
@@ -24,7 +25,7 @@ pub fn attach_all(
     )?;
     hooks.push(HookReport::ok("sock:inet_sock_set_state", Attach::TpBtf));
     attach_owner_hooks(ebpf, btf, opts, &mut hooks);
-    attach_optional(ebpf, btf, opts.syscall_hooks, &mut hooks);
+    attach_optional(ebpf, opts.syscall_hooks, task_regs, &mut hooks);
     let (close_hook, report) = attach_close_hook(ebpf, btf, opts.close_hook);
     hooks.push(report);
     attach_process_hooks(ebpf, btf, opts, &mut hooks)?;
@@ -37,7 +38,6 @@ const BTF_TRACEPOINTS: &[&str] = &[
     "inet_sock_set_state",
     "sock_send_length",
     "sock_recv_length",
-    "tcp_receive_reset",
     "sched_process_fork",
     "sched_process_exit",
 ];
@@ -94,14 +94,24 @@ fn attach_owner_hooks(
     }
 }
 
-/// Hooks whose absence costs one detail, each said in its report.
-fn attach_optional(ebpf: &mut Ebpf, btf: &Btf, syscalls: bool, hooks: &mut Vec<HookReport>) {
-    hooks.push(optional_hook(
-        "tcp:tcp_receive_reset",
-        Attach::TpBtf,
-        attach_btf_tp(ebpf, btf, "tcp_receive_reset", "tcp:tcp_receive_reset"),
-        "a peer's reset is told from a close only by the socket's pending error",
-    ));
+/// Hooks whose absence costs one detail, each said in its report. With
+/// `task_regs` (5.15+) only syscall exits are hooked: bind()'s arguments
+/// and shutdown(2) are read from the caller's registers. A syscall entry
+/// hook slows every syscall on the host even when it runs nothing (see
+/// `xtask bench`'s syscall rows). A peer's reset and a failed connect()
+/// need no hook: the state program tells them by `sk_err` and
+/// `sk_shutdown` (see `connect_failed` in the eBPF crate).
+fn attach_optional(ebpf: &mut Ebpf, syscalls: bool, task_regs: bool, hooks: &mut Vec<HookReport>) {
+    const NO_BIND_ERRORS: &str = "bind() EADDRINUSE and EADDRNOTAVAIL failures are not reported";
+    if task_regs {
+        hooks.push(syscall_hook(
+            syscalls,
+            "syscalls:sys_exit_bind",
+            NO_BIND_ERRORS,
+            || attach_syscall_exit(ebpf, "bind"),
+        ));
+        return;
+    }
     hooks.push(syscall_hook(
         syscalls,
         "syscalls:sys_enter_shutdown/sys_exit_shutdown",
@@ -110,9 +120,9 @@ fn attach_optional(ebpf: &mut Ebpf, btf: &Btf, syscalls: bool, hooks: &mut Vec<H
     ));
     hooks.push(syscall_hook(
         syscalls,
-        "syscalls:sys_enter/exit_connect, sys_enter/exit_bind",
-        "connect() EADDRNOTAVAIL and bind() EADDRINUSE failures are not reported",
-        || attach_syscall(ebpf, "connect").and_then(|()| attach_syscall(ebpf, "bind")),
+        "syscalls:sys_enter/exit_bind",
+        NO_BIND_ERRORS,
+        || attach_syscall(ebpf, "bind"),
     ));
 }
 

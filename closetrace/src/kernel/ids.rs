@@ -19,6 +19,14 @@ pub fn task_btf_helper() -> bool {
     matches!(KernelVersion::current(), Ok(v) if v >= TASK_BTF_HELPER)
 }
 
+/// The first kernel with `bpf_task_pt_regs`.
+const TASK_REGS_HELPER: KernelVersion = KernelVersion::new(5, 15, 0);
+
+/// Whether the programs may read a task's saved user registers.
+pub fn task_regs_helper() -> bool {
+    matches!(KernelVersion::current(), Ok(v) if v >= TASK_REGS_HELPER)
+}
+
 /// Set to `keyed` (or `cookie`) to choose regardless of the kernel: how
 /// the tests exercise the older kernels' path on a new one.
 pub const OVERRIDE_ENV: &str = "CLOSETRACE_SOCKET_IDS";

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::{Btf, Ebpf};
-use closetrace_common::{Config, OFFSET_ABSENT};
+use closetrace_common::{Config, OFFSET_ABSENT, SockOffsets};
 use closetrace_core::host::{privileges, procs};
 use closetrace_core::model::hooks::HookReport;
 use closetrace_core::model::netns::NetnsReach;
@@ -94,7 +94,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
     let btf = attach_btf::read(Path::new(SYSFS_BTF), &attach::btf_targets())?;
     let mut ebpf = open(&btf, &config, opts.ring_bytes)?;
     fill_selection(&mut ebpf, opts)?;
-    let (close_hook, hooks) = attach::attach_all(&mut ebpf, &btf, opts)?;
+    let (close_hook, hooks) = attach::attach_all(&mut ebpf, &btf, opts, config.task_regs != 0)?;
     Ok(Kernel {
         events: RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?)
             .map_err(|e| LoadError::Map("EVENTS", e.to_string()))?,
@@ -153,8 +153,18 @@ fn config(opts: &LoadOptions<'_>) -> Result<Config, LoadError> {
         // Kernels with keyed ids (or tests posing as one) take the older
         // kernels' path here too.
         task_btf: u32::from(!opts.keyed_ids && super::ids::task_btf_helper()),
-        _pad: 0,
+        task_regs: u32::from(uses_task_regs(opts, &offsets)),
     })
+}
+
+/// Whether syscall arguments come from the caller's registers at exit
+/// (`Config::task_regs`); the keyed-ids tests take the older path too.
+fn uses_task_regs(opts: &LoadOptions<'_>, offsets: &SockOffsets) -> bool {
+    !opts.keyed_ids
+        && super::ids::task_regs_helper()
+        && [offsets.regs_syscall, offsets.regs_arg1, offsets.regs_arg2]
+            .iter()
+            .all(|&o| o != OFFSET_ABSENT)
 }
 
 /// The object, loaded into the kernel with `config` (no program attached).

@@ -170,7 +170,16 @@ pub fn resolve(btf: &Btf) -> Result<SockOffsets, OffsetError> {
         fdt_fd: field_offset(btf, "fdtable", "fd", 8)?,
         file_private: field_offset(btf, "file", "private_data", 8)?,
         socket_sk: field_offset(btf, "socket", "sk", 8)?,
-        _pad: [0; 2],
+        // Without it only failed connects that got no port are told from
+        // closes (a bitfield in some kernel would be the same).
+        sk_shutdown: match sock("sk_shutdown", 1) {
+            Err(OffsetError::Bitfield { .. }) => OFFSET_ABSENT,
+            r => optional(r)?,
+        },
+        // x86-64's names: the syscall number and its arguments 1 and 2.
+        regs_syscall: optional(field_offset(btf, "pt_regs", "orig_ax", 8))?,
+        regs_arg1: optional(field_offset(btf, "pt_regs", "si", 8))?,
+        regs_arg2: optional(field_offset(btf, "pt_regs", "dx", 8))?,
     })
 }
 

@@ -6,6 +6,7 @@
 //!   FD <fd>   CHILD <pid>   WORKER <pid>   PASSED   RECEIVED <fd>   DONE
 //!   HANDLER <tid>   LOCKER <tid>   BACKEND <local port>   ERROR <errno>
 mod handlers;
+mod sockets;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
@@ -137,6 +138,9 @@ struct ClientOptions {
     /// Stop at the first failing connect, printing ERROR <errno>.
     #[arg(long)]
     until_error: bool,
+    /// Bind this local port (SO_REUSEADDR) before each connect (IPv4).
+    #[arg(long)]
+    source_port: Option<u16>,
     /// Give up on a connect after this long and go on (listen overflow).
     #[arg(long)]
     connect_timeout_ms: Option<u64>,
@@ -146,27 +150,6 @@ fn say(line: &str) -> io::Result<()> {
     let mut out = io::stdout().lock();
     writeln!(out, "{line}")?;
     out.flush()
-}
-
-fn linger_zero(s: &TcpStream) -> io::Result<()> {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: valid socket fd and a correctly sized linger struct.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 fn serve(opts: ServeOptions, mode: ServeMode) -> anyhow::Result<()> {
@@ -506,9 +489,10 @@ fn client(o: ClientOptions) -> anyhow::Result<()> {
     let connect_timeout = o.connect_timeout_ms.map(Duration::from_millis);
     let mut pending = Vec::new();
     for _ in 0..o.count {
-        let attempt = match connect_timeout {
-            Some(t) => TcpStream::connect_timeout(&o.connect, t),
-            None => TcpStream::connect(o.connect),
+        let attempt = match (o.source_port, connect_timeout) {
+            (Some(port), _) => sockets::connect_from(port, o.connect),
+            (None, Some(t)) => TcpStream::connect_timeout(&o.connect, t),
+            (None, None) => TcpStream::connect(o.connect),
         };
         let mut s = match attempt {
             Ok(s) => s,
@@ -537,7 +521,7 @@ fn client(o: ClientOptions) -> anyhow::Result<()> {
         }
         sleep(Duration::from_millis(o.hold_ms));
         if o.reset {
-            linger_zero(&s)?;
+            sockets::linger_zero(&s)?;
         }
         drop(s);
     }

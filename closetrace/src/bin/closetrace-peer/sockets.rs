@@ -1,0 +1,84 @@
+//! Socket options std does not offer: SO_LINGER 0, and a fixed local port
+//! before connect().
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+pub fn linger_zero(s: &TcpStream) -> io::Result<()> {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    setsockopt(s.as_raw_fd(), libc::SO_LINGER, &l)
+}
+
+/// connect() from 127.0.0.1:`port` (SO_REUSEADDR, so a port whose earlier
+/// connection sits in TIME_WAIT binds again, and connect() decides).
+pub fn connect_from(port: u16, to: SocketAddr) -> io::Result<TcpStream> {
+    let SocketAddr::V4(to) = to else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--source-port is IPv4 only",
+        ));
+    };
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    setsockopt(fd.as_raw_fd(), libc::SO_REUSEADDR, &1i32)?;
+    let local = sockaddr(u32::from(std::net::Ipv4Addr::LOCALHOST), port);
+    let remote = sockaddr(u32::from(*to.ip()), to.port());
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: valid fd and sockaddr_in of the given length.
+    if unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&local as *const libc::sockaddr_in).cast(),
+            len,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&remote as *const libc::sockaddr_in).cast(),
+            len,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(TcpStream::from(fd))
+}
+
+fn sockaddr(ip: u32, port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: ip.to_be() },
+        sin_zero: [0; 8],
+    }
+}
+
+fn setsockopt<T>(fd: i32, opt: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: valid fd, and a value of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
