@@ -8,14 +8,18 @@
 //! that the state tracepoint never reports). Expiries are not guessed: the
 //! counts are replaced by the kernel's own (sock_diag) at each
 //! reconciliation. Pure: events, dumps and the clock come in as arguments.
-use std::collections::hash_map::RandomState;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashSet};
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::model::ports::PortPolicy;
 use crate::model::{SockRef, StateChange, Task, TcpState};
+
+/// The tables here are filled from every TIME_WAIT entry and every socket
+/// of each dump: a fast seeded hasher, not SipHash.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Window for `rate_per_s`, kept in this many fixed buckets.
 const RATE_WINDOW_NS: u64 = 5_000_000_000;
@@ -177,11 +181,14 @@ pub struct TimeWaitCounter {
     dests: HashMap<Dest, DestState>,
     /// TIME_WAIT sockets by a 64-bit hash of their tuple (see `Remembered`).
     tuples: HashMap<u64, Remembered>,
-    /// Hashes tuples for `tuples`; keyed per run.
-    hasher: RandomState,
+    /// Hashes tuples for `tuples`; keyed per run, and of quality: two
+    /// tuples sharing a hash would share a closer.
+    hasher: foldhash::quality::RandomState,
     /// Each closer once, shared by its tuples: a churning client closes
     /// tens of thousands of them.
     closers: HashMap<(u32, u32, Option<u64>), Arc<Task>>,
+    /// The closer interned last: a churning client is the next one too.
+    last_closer: Option<Arc<Task>>,
     /// Reconciliations begun so far.
     generation: u64,
     /// When the kernel's counts were last taken; None before the first time.
@@ -216,10 +223,11 @@ impl TimeWaitCounter {
     pub fn new(warn: f64) -> Self {
         TimeWaitCounter {
             warn,
-            dests: HashMap::new(),
-            tuples: HashMap::new(),
-            hasher: RandomState::new(),
-            closers: HashMap::new(),
+            dests: HashMap::default(),
+            tuples: HashMap::default(),
+            hasher: foldhash::quality::RandomState::default(),
+            closers: HashMap::default(),
+            last_closer: None,
             generation: 0,
             last_reconcile_ns: None,
         }
@@ -234,7 +242,9 @@ impl TimeWaitCounter {
         }
         st.rate.add(ts_ns);
         if let Some(c) = closer {
-            st.pids.insert(c.pid, c.comm.clone());
+            if st.pids.get(&c.pid) != Some(&c.comm) {
+                st.pids.insert(c.pid, c.comm.clone());
+            }
             self.credit(tuple, c, ts_ns);
         }
     }
@@ -249,14 +259,19 @@ impl TimeWaitCounter {
     /// `by_process`, but no destination counts it.
     pub fn credit(&mut self, tuple: Tuple, closer: Task, ts_ns: u64) {
         let key = self.key_of(&tuple);
-        if self.tuples.len() < TUPLE_CAPACITY || self.tuples.contains_key(&key) {
-            let remembered = Remembered {
-                closer: self.intern(closer),
-                ts_ns,
-                seen: self.generation,
-                netns: tuple.0.netns,
-            };
-            self.tuples.insert(key, remembered);
+        let room = self.tuples.len() < TUPLE_CAPACITY;
+        let remembered = Remembered {
+            closer: self.intern(closer),
+            ts_ns,
+            seen: self.generation,
+            netns: tuple.0.netns,
+        };
+        match self.tuples.entry(key) {
+            Entry::Occupied(mut e) => *e.get_mut() = remembered,
+            Entry::Vacant(e) if room => {
+                e.insert(remembered);
+            }
+            Entry::Vacant(_) => {}
         }
     }
 
@@ -265,15 +280,22 @@ impl TimeWaitCounter {
     }
 
     fn intern(&mut self, task: Task) -> Arc<Task> {
+        if let Some(last) = &self.last_closer
+            && **last == task
+        {
+            return last.clone();
+        }
         let key = (task.pid, task.tid, task.start);
-        match self.closers.get(&key) {
+        let shared = match self.closers.get(&key) {
             Some(known) if known.comm == task.comm => known.clone(),
             _ => {
                 let shared = Arc::new(task);
                 self.closers.insert(key, shared.clone());
                 shared
             }
-        }
+        };
+        self.last_closer = Some(shared.clone());
+        shared
     }
 
     /// Replace the counts with the kernel's: `dump` is every TIME_WAIT
@@ -299,7 +321,7 @@ impl TimeWaitCounter {
         self.generation += 1;
         Reconciliation {
             generation: self.generation,
-            counts: HashMap::new(),
+            counts: HashMap::default(),
             read,
         }
     }
@@ -317,6 +339,8 @@ impl TimeWaitCounter {
         // Sockets gone from TIME_WAIT no longer count for their closer.
         self.tuples
             .retain(|_, t| t.ts_ns > now_ns || t.seen == r.generation || !covered(t.netns));
+        // The cache holds a reference too: drop it first.
+        self.last_closer = None;
         self.closers.retain(|_, t| Arc::strong_count(t) > 1);
         self.dests
             .retain(|_, st| st.count > 0 || st.raised.is_some() || st.rate.in_window(now_ns) > 0);
