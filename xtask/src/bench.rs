@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use crate::bench_report::markdown;
 use crate::measure::{
     BpfStats, BpfStatsEnabled, Netns, RssSampler, bpf_stats, cpu_seconds, ensure_tracefs,
-    interrupt_and_reap, machine, median, peak_rss_kib, tail,
+    interrupt_and_reap, machine, median, paired_ratio, peak_rss_kib, tail,
 };
 use crate::{bench_scale, bench_servers, bench_syscalls};
 
@@ -260,6 +260,11 @@ fn workload(
     }
     let untraced = median_of(&trials, Tracer::Untraced, |t| Some(t.conn_per_s))
         .context("no untraced trial")?;
+    let by_round: Vec<(usize, Tracer, f64)> = trials
+        .iter()
+        .enumerate()
+        .map(|(i, (t, x))| (i / tracers.len(), *t, x.conn_per_s))
+        .collect();
     let mut rows = Vec::new();
     for &t in tracers {
         let (cost, half) = if t == Tracer::Untraced {
@@ -284,7 +289,7 @@ fn workload(
         rows.push(summarize(
             t,
             &trials,
-            untraced,
+            &by_round,
             cost.as_ref(),
             half.as_ref(),
         ));
@@ -570,7 +575,7 @@ fn median_of(
 fn summarize(
     t: Tracer,
     trials: &[(Tracer, Trial)],
-    untraced: f64,
+    by_round: &[(usize, Tracer, f64)],
     cost: Option<&Trial>,
     half: Option<&Trial>,
 ) -> Value {
@@ -586,7 +591,8 @@ fn summarize(
     json!({
         "tracer": t.name(),
         "conn_per_s": rate.round(),
-        "retained": round(rate / untraced, 3),
+        "retained": paired_ratio(by_round, t, Tracer::Untraced).map(|r| round(r, 3)),
+        "conn_per_s_by_round": by_round.iter().filter(|r| r.1 == t).map(|r| r.2.round()).collect::<Vec<_>>(),
         "events": events.map(f64::round),
         "lost": lost.map(f64::round),
         "lost_pct": events.zip(lost).map(|(e, l)| round(100.0 * l / (e + l).max(1.0), 3)),

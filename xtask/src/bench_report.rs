@@ -22,7 +22,8 @@ pub fn render(results: &Path) -> anyhow::Result<()> {
 pub fn markdown(r: &Value) -> String {
     let m = &r["machine"];
     let mut s = format!(
-        "Measured {} on {} ({} CPUs, {} MiB, kernel {}); medians of {} rounds of {} s{}.\n",
+        "Measured {} on {} ({} CPUs, {} MiB, kernel {}); medians of {} rounds of {} s{}; \
+         \"retained\" and \"of untraced\" are medians of each round's ratio to that round's untraced run.\n",
         r["date"].as_str().unwrap_or(""),
         m["cpu"].as_str().unwrap_or("?"),
         m["cpus"],

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::bench::programs_json;
 use crate::bench::{Baseline, Bins, Tracer, Trial, settle, start_tracer};
-use crate::measure::{BpfStatsEnabled, Netns, median};
+use crate::measure::{BpfStatsEnabled, Netns, median, paired_ratio};
 
 const NETNS: &str = "closetrace-bench-srv";
 const PORT: u16 = 16379;
@@ -257,7 +257,7 @@ pub fn load(
     seconds: u64,
 ) -> anyhow::Result<Value> {
     eprintln!("bench: {}: {rounds} rounds of {seconds} s", load.name);
-    let mut runs: Vec<(Tracer, f64)> = Vec::new();
+    let mut runs: Vec<(usize, Tracer, f64)> = Vec::new();
     for round in 0..rounds {
         for i in 0..tracers.len() {
             let t = tracers[(i + round) % tracers.len()];
@@ -268,10 +268,10 @@ pub fn load(
                 t.name(),
                 r.req_per_s
             );
-            runs.push((t, r.req_per_s));
+            runs.push((round, t, r.req_per_s));
         }
     }
-    let rate_of = |t: Tracer| median(runs.iter().filter(|r| r.0 == t).map(|r| r.1).collect());
+    let rate_of = |t: Tracer| median(runs.iter().filter(|r| r.1 == t).map(|r| r.2).collect());
     let untraced = rate_of(Tracer::Untraced).context("no untraced run")?;
     let mut rows = Vec::new();
     for &t in tracers {
@@ -287,7 +287,8 @@ pub fn load(
         rows.push(json!({
             "tracer": t.name(),
             "req_per_s": rate.round(),
-            "ratio": (rate / untraced * 1000.0).round() / 1000.0,
+            "ratio": paired_ratio(&runs, t, Tracer::Untraced).map(|r| (r * 1000.0).round() / 1000.0),
+            "req_per_s_by_round": runs.iter().filter(|r| r.1 == t).map(|r| r.2.round()).collect::<Vec<_>>(),
             "bpf_ns_per_run": bpf.as_ref().and_then(|b| b.total().ns_per_run()).map(f64::round),
             "bpf_runs_per_req": bpf.as_ref().map(|b| {
                 ((b.total().run_cnt as f64 / reqs.max(1.0)) * 100.0).round() / 100.0

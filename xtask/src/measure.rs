@@ -265,6 +265,22 @@ pub fn machine() -> serde_json::Value {
 }
 
 /// The median of `v` (NaN-free input), or None when empty.
+/// The median over rounds of `t`'s rate divided by `base`'s rate in the
+/// same round. A round runs every configuration back to back, so a ratio
+/// within it cancels the machine's drift between rounds, which a ratio of
+/// medians taken across rounds does not. `runs`: (round, config, rate).
+pub fn paired_ratio<T: PartialEq + Copy>(runs: &[(usize, T, f64)], t: T, base: T) -> Option<f64> {
+    let ratios = runs
+        .iter()
+        .filter(|r| r.1 == t)
+        .filter_map(|&(round, _, rate)| {
+            let b = runs.iter().find(|r| r.0 == round && r.1 == base)?.2;
+            (b > 0.0).then(|| rate / b)
+        })
+        .collect();
+    median(ratios)
+}
+
 pub fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
@@ -326,6 +342,24 @@ mod tests {
         assert_eq!(median(vec![3.0]), Some(3.0));
         assert_eq!(median(vec![5.0, 1.0, 3.0]), Some(3.0));
         assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn paired_ratios_follow_each_rounds_base() {
+        // The base drifts from 100 to 50; the traced config is always 90 %
+        // of its round's base, which a ratio of medians would not say.
+        let runs = [
+            (0, 'b', 100.0),
+            (0, 't', 90.0),
+            (1, 't', 72.0),
+            (1, 'b', 80.0),
+            (2, 'b', 50.0),
+            (2, 't', 45.0),
+        ];
+        let r = paired_ratio(&runs, 't', 'b').unwrap();
+        assert!((r - 0.9).abs() < 1e-9, "{r}");
+        assert_eq!(paired_ratio(&runs, 'x', 'b'), None);
+        assert_eq!(paired_ratio(&runs[..2], 't', 'm'), None);
     }
 
     #[test]
