@@ -112,7 +112,7 @@ pub struct Cli {
     /// Attach no syscall tracepoint (accept, bind; shutdown too before
     /// Linux 5.15). While any syscall tracepoint is attached, the kernel
     /// takes its slower syscall path for every syscall of every process,
-    /// about 30 ns each here (see the README's Performance section).
+    /// 30-50 ns each here (see the README's Performance section).
     /// Without them: accepted sockets belong to their listener's owner
     /// until the acceptor closes them, and bind() failures are not
     /// reported (connect() failures still are; before 5.15 a half-close
