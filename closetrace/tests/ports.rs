@@ -18,6 +18,29 @@ fn narrow_netns(tag: &str) -> Netns {
     ns
 }
 
+/// closetrace (with `tracer_args`) and a server in a narrow namespace of
+/// their own, and a client (with `client_args`) connecting until connect()
+/// fails. Only that namespace is traced: other tests' TIME_WAIT elsewhere
+/// on the host must not crowd it out of the summary's top ten.
+fn connect_until_error(
+    tag: &str,
+    tracer_args: &[&str],
+    client_args: &[&str],
+) -> (Netns, Tracer, Peer, Peer) {
+    let ns = narrow_netns(tag);
+    let only = format!("/run/netns/{}", ns.name);
+    let tracer = Tracer::start_in(&ns, &[&["--netns", only.as_str()], tracer_args].concat());
+    let mut server = Peer::spawn_in(&ns, &["server", "--listen", SERVER, "--connections", "0"]);
+    server.value("LISTENING");
+    let client_args = [
+        &["client", "--connect", SERVER, "--until-error"],
+        client_args,
+    ]
+    .concat();
+    let client = Peer::spawn_in(&ns, &client_args);
+    (ns, tracer, server, client)
+}
+
 /// Acceptance 1: 200 ephemeral ports, no tcp_tw_reuse, a client that
 /// closes first: pressure crosses 0.5 before connect() fails with
 /// EADDRNOTAVAIL; both name the client, and the count agrees with ss.
@@ -26,24 +49,7 @@ fn time_wait_pressure_then_eaddrnotavail() {
     let Some(_k) = kernel_test("time_wait_pressure_then_eaddrnotavail") else {
         return;
     };
-    let ns = narrow_netns("tw");
-    // Only this namespace: other tests' TIME_WAIT elsewhere on the host
-    // must not crowd it out of the summary's top ten.
-    let only = format!("/run/netns/{}", ns.name);
-    let tracer = Tracer::start_in(&ns, &["--netns", &only]);
-    let mut server = Peer::spawn_in(&ns, &["server", "--listen", SERVER, "--connections", "0"]);
-    server.value("LISTENING");
-    let mut client = Peer::spawn_in(
-        &ns,
-        &[
-            "client",
-            "--connect",
-            SERVER,
-            "--count",
-            "1000",
-            "--until-error",
-        ],
-    );
+    let (ns, tracer, _server, mut client) = connect_until_error("tw", &[], &["--count", "1000"]);
     let errno = client.number("ERROR");
     assert_eq!(errno, 99, "the client ran out of ports: EADDRNOTAVAIL");
     let ss_tw = ns.ss_timewait_count();
@@ -181,23 +187,10 @@ fn bound_port_in_time_wait_is_eaddrnotavail_without_syscall_hooks() {
     else {
         return;
     };
-    let ns = narrow_netns("boundtw");
-    let only = format!("/run/netns/{}", ns.name);
-    let tracer = Tracer::start_in(&ns, &["--netns", &only, "--no-syscall-hooks"]);
-    let mut server = Peer::spawn_in(&ns, &["server", "--listen", SERVER, "--connections", "0"]);
-    server.value("LISTENING");
-    let mut client = Peer::spawn_in(
-        &ns,
-        &[
-            "client",
-            "--connect",
-            SERVER,
-            "--source-port",
-            "40100",
-            "--count",
-            "2",
-            "--until-error",
-        ],
+    let (_ns, tracer, _server, mut client) = connect_until_error(
+        "boundtw",
+        &["--no-syscall-hooks"],
+        &["--source-port", "40100", "--count", "2"],
     );
     assert_eq!(client.number("ERROR"), 99, "EADDRNOTAVAIL");
     let out = tracer.stop();

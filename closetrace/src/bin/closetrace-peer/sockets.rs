@@ -32,28 +32,11 @@ pub fn connect_from(port: u16, to: SocketAddr) -> io::Result<TcpStream> {
     let local = sockaddr(u32::from(std::net::Ipv4Addr::LOCALHOST), port);
     let remote = sockaddr(u32::from(*to.ip()), to.port());
     let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let raw = |a: &libc::sockaddr_in| (a as *const libc::sockaddr_in).cast::<libc::sockaddr>();
     // SAFETY: valid fd and sockaddr_in of the given length.
-    if unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&local as *const libc::sockaddr_in).cast(),
-            len,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
+    ok(unsafe { libc::bind(fd.as_raw_fd(), raw(&local), len) })?;
     // SAFETY: as above.
-    if unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&remote as *const libc::sockaddr_in).cast(),
-            len,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
+    ok(unsafe { libc::connect(fd.as_raw_fd(), raw(&remote), len) })?;
     Ok(TcpStream::from(fd))
 }
 
@@ -77,6 +60,11 @@ fn setsockopt<T>(fd: i32, opt: libc::c_int, value: &T) -> io::Result<()> {
             std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
+    ok(rc)
+}
+
+/// A libc call's return code as a result: -1 means errno.
+fn ok(rc: libc::c_int) -> io::Result<()> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
