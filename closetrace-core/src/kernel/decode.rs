@@ -6,6 +6,7 @@ use closetrace_common::{
     RECORD_CLOSE, RECORD_SOCK_ERROR, RECORD_STATE, SOCK_ERROR_RECORD_SIZE, STATE_RECORD_SIZE,
     SockErrorRecord, SockInfo, StateRecord, TaskId, close_src, flags, owner_src, syscall,
 };
+use compact_str::CompactString;
 use thiserror::Error;
 
 use crate::model::{
@@ -210,9 +211,9 @@ fn sock_ref(
 }
 
 /// `comm` is NUL-padded and may hold any bytes the process chose.
-pub fn comm_string(comm: &[u8; COMM_LEN]) -> String {
+pub fn comm_string(comm: &[u8; COMM_LEN]) -> CompactString {
     let end = comm.iter().position(|&c| c == 0).unwrap_or(COMM_LEN);
-    String::from_utf8_lossy(&comm[..end]).into_owned()
+    CompactString::from_utf8_lossy(&comm[..end])
 }
 
 pub fn task(t: &TaskId) -> Task {

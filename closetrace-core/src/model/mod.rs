@@ -8,6 +8,8 @@ pub mod ports;
 pub mod threads;
 
 use std::fmt;
+
+use compact_str::CompactString;
 use std::net::IpAddr;
 
 use closetrace_common::{owner_src, tcp_state};
@@ -170,7 +172,9 @@ impl Family {
 pub struct Task {
     pub pid: u32,
     pub tid: u32,
-    pub comm: String,
+    /// Inline up to 24 bytes (a comm is at most 15): decoding an event
+    /// allocates nothing for it, and copies are a memcpy.
+    pub comm: CompactString,
     /// When the process started, in /proc's clock ticks since boot (field
     /// 22 of /proc/PID/stat); None when unknown. Pids are reused; (pid,
     /// start) names one process for the whole boot.
@@ -359,7 +363,7 @@ impl Holder {
         Task {
             pid: self.pid,
             tid: self.pid,
-            comm: self.comm.clone(),
+            comm: self.comm.as_str().into(),
             start: self.start,
         }
     }

@@ -574,15 +574,21 @@ impl Ts {
     pub fn at(clock: &WallClock, mono_ns: u64) -> Ts {
         Ts(clock.wall(mono_ns))
     }
+
+    /// `2026-11-30T09:03:55.511361Z`, as ASCII; None before the epoch.
+    pub fn rfc3339(&self) -> Option<[u8; 27]> {
+        let since_epoch = self.0.duration_since(UNIX_EPOCH).ok()?;
+        let mut text = [0u8; 27];
+        rfc3339_micros(since_epoch, &mut text);
+        Some(text)
+    }
 }
 
 impl Serialize for Ts {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let Ok(since_epoch) = self.0.duration_since(UNIX_EPOCH) else {
+        let Some(text) = self.rfc3339() else {
             return s.collect_str(&humantime::format_rfc3339_micros(self.0));
         };
-        let mut text = [0u8; 27];
-        rfc3339_micros(since_epoch, &mut text);
         // Only ASCII digits and separators were written.
         s.serialize_str(std::str::from_utf8(&text).unwrap_or_default())
     }

@@ -85,7 +85,9 @@ impl Sink {
         match self.format {
             Format::Json => {
                 let rec = State::new(ev, &self.clock, self.names.as_ref());
-                self.json(&Record::State(rec))
+                self.line.clear();
+                rec.write_json_line(&mut self.line);
+                self.out.write_all(&self.line)
             }
             Format::Text => {
                 if !self.header_done {
@@ -98,7 +100,14 @@ impl Sink {
     }
 
     pub fn close(&mut self, rec: Close<'_>) -> io::Result<()> {
-        self.emit(rec, Record::Close, close_text)
+        match self.format {
+            Format::Json => {
+                self.line.clear();
+                rec.write_json_line(&mut self.line);
+                self.out.write_all(&self.line)
+            }
+            Format::Text => self.text_line(close_text(&rec)),
+        }
     }
 
     /// `process_leaks`: this process's leaks so far, for the running count.

@@ -74,7 +74,7 @@ impl Summary {
             .or_insert_with(|| LeakStats {
                 pid: who.pid,
                 pid_start: who.start,
-                comm: who.comm.clone(),
+                comm: who.comm.to_string(),
                 ..Default::default()
             });
         if first {
@@ -147,7 +147,7 @@ impl Summary {
                     .map(|(t, n)| TimeWaitProcess {
                         pid: t.pid,
                         pid_start: t.start,
-                        comm: t.comm.clone(),
+                        comm: t.comm.to_string(),
                         time_wait: *n,
                     })
                     .collect(),

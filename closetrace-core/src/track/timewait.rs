@@ -8,6 +8,7 @@
 //! that the state tracepoint never reports). Expiries are not guessed: the
 //! counts are replaced by the kernel's own (sock_diag) at each
 //! reconciliation. Pure: events, dumps and the clock come in as arguments.
+use compact_str::CompactString;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashSet};
 use std::hash::BuildHasher;
@@ -94,7 +95,7 @@ struct DestState {
     count: u32,
     rate: RateWindow,
     /// Processes whose active closes put sockets here, recently.
-    pids: BTreeMap<u32, String>,
+    pids: BTreeMap<u32, CompactString>,
     /// Ratio at the last report while raised; None when not raised.
     raised: Option<f64>,
 }
@@ -385,7 +386,7 @@ impl TimeWaitCounter {
             exhaustion_s: (rate > 0.0 && left > 0.0 && level != Level::Cleared)
                 .then(|| (left / rate * 10.0).round() / 10.0),
             tw_reuse: reuse,
-            pids: st.pids.iter().map(|(p, c)| (*p, c.clone())).collect(),
+            pids: st.pids.iter().map(|(p, c)| (*p, c.to_string())).collect(),
         })
     }
 

@@ -216,7 +216,7 @@ fn peer(t: &Task, how: PeerHow) -> Peer {
     Peer {
         pid: t.pid,
         pid_start: t.start,
-        comm: t.comm.clone(),
+        comm: t.comm.to_string(),
         how,
     }
 }

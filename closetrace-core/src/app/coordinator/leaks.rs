@@ -194,7 +194,7 @@ impl Monitor {
                 .or_insert_with(|| LeakStats {
                     pid: o.pid,
                     pid_start: o.start,
-                    comm: o.comm.clone(),
+                    comm: o.comm.to_string(),
                     ..LeakStats::default()
                 });
             p.leaks += 1;
