@@ -42,6 +42,10 @@ pub mod flags {
     // leaves its state, so SOCK_ERROR says it.
     /// `sk_err` is set (reset, timeout, refused).
     pub const SOCK_ERROR: u16 = 8;
+    /// SYN_SENT -> CLOSE in the caller of connect() with neither `sk_err`
+    /// nor `sk_shutdown` set: connect() failed before sending (no port),
+    /// rather than the application closing a connecting socket.
+    pub const CONNECT_FAILED: u16 = 16;
 }
 
 /// How a `CloseRecord` was observed.

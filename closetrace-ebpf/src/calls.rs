@@ -33,13 +33,19 @@ use crate::maps::{CALLS, EVENTS, PIDS, config};
 /// looks the same. This replaces two syscall tracepoints that ran on
 /// every connect() on the host.
 #[inline(always)]
-pub(crate) fn connect_failed(sk: *const u8) -> Result<(), i32> {
-    let cfg = config();
-    let off = &cfg.offsets;
-    if Btf::get::<i32>(sk, off.sk_err)? != 0 || Btf::get::<u8>(sk, off.sk_shutdown)? != 0 {
+pub(crate) fn connect_failed(sk: *const u8) -> bool {
+    let off = &config().offsets;
+    matches!(Btf::get::<i32>(sk, off.sk_err), Ok(0))
+        && matches!(Btf::get::<u8>(sk, off.sk_shutdown), Ok(0))
+}
+
+/// A failed connect (see `connect_failed`) as a `connect_error` record.
+#[inline(always)]
+pub(crate) fn report_failed_connect(sk: *const u8) -> Result<(), i32> {
+    if !connect_failed(sk) {
         return Ok(());
     }
-    let ep = endpoints::<Btf>(sk, off)?;
+    let ep = endpoints::<Btf>(sk, &config().offsets)?;
     emit_sock_error(
         syscall::CONNECT,
         EADDRNOTAVAIL,

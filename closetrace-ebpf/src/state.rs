@@ -14,7 +14,7 @@ use closetrace_common::{
     findings_need, flags, owner_src, tcp_state::*,
 };
 
-use crate::calls::connect_failed;
+use crate::calls::{connect_failed, report_failed_connect};
 use crate::emit::{count, count_transition, mark_netns, wakeup};
 use crate::filters::{caused_by_owner, may_close, outside, scanned, watched};
 use crate::kread::{
@@ -66,7 +66,7 @@ pub(crate) fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let cookie = sock_id(sk);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if old == SYN_SENT && new == CLOSE && tgid != 0 {
-        let _ = connect_failed(sk);
+        let _ = report_failed_connect(sk);
     }
     let by_owner = caused_by_owner(old, new) && tgid != 0;
     // Most transitions (SYN_SENT -> ESTABLISHED, an RST's -> CLOSE, ...)
@@ -268,6 +268,10 @@ fn context_flags(cfg: &Config, t: &Transition, ctx_task: &TaskId) -> u16 {
         fl |= flags::SOCK_ERROR;
     }
     if t.tgid != 0 {
+        // Told apart so that userspace does not read it as a close.
+        if t.old == SYN_SENT && t.new == CLOSE && connect_failed(t.sk) {
+            fl |= flags::CONNECT_FAILED;
+        }
         if current_exiting(off) {
             fl |= flags::CTX_EXITING;
         }

@@ -180,7 +180,8 @@ fn listen_overflow_names_the_listener() {
 /// A client bound to a fixed port reconnects to where that port's last
 /// connection sits in TIME_WAIT: connect() fails with EADDRNOTAVAIL
 /// although the socket has its port. Reported with no syscall hook at all,
-/// from the transition the failure makes.
+/// from the transition the failure makes; with `--states`, that transition
+/// is written, and is not taken for the client closing its socket.
 #[test]
 fn bound_port_in_time_wait_is_eaddrnotavail_without_syscall_hooks() {
     let Some(_k) = kernel_test("bound_port_in_time_wait_is_eaddrnotavail_without_syscall_hooks")
@@ -189,7 +190,7 @@ fn bound_port_in_time_wait_is_eaddrnotavail_without_syscall_hooks() {
     };
     let (_ns, tracer, _server, mut client) = connect_until_error(
         "boundtw",
-        &["--no-syscall-hooks"],
+        &["--no-syscall-hooks", "--states"],
         &["--source-port", "40100", "--count", "2"],
     );
     assert_eq!(client.number("ERROR"), 99, "EADDRNOTAVAIL");
@@ -205,6 +206,21 @@ fn bound_port_in_time_wait_is_eaddrnotavail_without_syscall_hooks() {
         (Some("127.0.0.1"), Some(9501))
     );
     assert_eq!(out.summary()["errors"]["connect"]["EADDRNOTAVAIL"], 1);
+    let mine = |r: &&Value| r["pid"] == client.pid();
+    let failed: Vec<&Value> = out
+        .of_type("state")
+        .filter(mine)
+        .filter(|r| r["old"] == "SYN_SENT" && r["new"] == "CLOSE")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    // The first connection's close, which put its port in TIME_WAIT, and
+    // nothing for the connect that failed.
+    let closes: Vec<&str> = out
+        .of_type("close")
+        .filter(mine)
+        .filter_map(|c| c["state"].as_str())
+        .collect();
+    assert_eq!(closes, ["ESTABLISHED"]);
 }
 
 /// Acceptance 4: the server closes first, so TIME_WAIT sits on the server:

@@ -126,6 +126,7 @@ fn decode_state(r: &StateRecord) -> Result<StateChange, DecodeError> {
             exiting: r.flags & flags::CTX_EXITING != 0,
             in_shutdown: r.flags & flags::CTX_IN_SHUTDOWN != 0,
             error: r.flags & flags::SOCK_ERROR != 0,
+            connect_failed: r.flags & flags::CONNECT_FAILED != 0,
         },
     })
 }
@@ -435,7 +436,8 @@ mod tests {
             Context {
                 exiting: true,
                 in_shutdown: false,
-                error: true
+                error: true,
+                connect_failed: false,
             }
         );
         assert_eq!(s.old, TcpState::Established);

@@ -218,6 +218,9 @@ pub struct Context {
     /// The socket had an error pending: the peer reset it, a timeout or
     /// an ICMP error (the kernel sets it before leaving the state).
     pub error: bool,
+    /// connect() failed in its caller before sending a SYN (no local
+    /// port): SYN_SENT -> CLOSE that no close caused.
+    pub connect_failed: bool,
 }
 
 /// One TCP state transition.

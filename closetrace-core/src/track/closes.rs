@@ -50,7 +50,8 @@ pub fn infer_close(ev: &StateChange) -> Option<Close> {
     }
     let closes = match (ev.old, ev.new) {
         (Established, FinWait1) | (CloseWait, LastAck) | (Listen, Closed) => true,
-        (Established | CloseWait | SynRecv | SynSent, Closed) => !c.error,
+        (Established | CloseWait | SynRecv, Closed) => !c.error,
+        (SynSent, Closed) => !c.error && !c.connect_failed,
         _ => false,
     };
     closes.then(|| Close {
@@ -134,6 +135,15 @@ mod tests {
         ev.context = Default::default();
         ev.context.error = true;
         assert_eq!(infer_close(&ev), None, "a timeout is not our close");
+    }
+
+    #[test]
+    fn a_failed_connect_is_not_a_close_but_closing_a_connecting_socket_is() {
+        let closing = change(1, 80, SynSent, Close);
+        assert!(infer_close(&closing).is_some());
+        let mut failed = change(1, 80, SynSent, Close);
+        failed.context.connect_failed = true;
+        assert_eq!(infer_close(&failed), None);
     }
 
     #[test]
