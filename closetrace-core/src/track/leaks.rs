@@ -6,10 +6,10 @@
 //! leaks ended. Reports back off (at ages T, 3T, 7T, 15T, ...) so a long
 //! leak is re-reported at most once per threshold period and ever more
 //! rarely, never flooding. Bounded: at capacity the oldest is dropped.
-use std::collections::{HashMap, HashSet};
 
 use crate::model::{Holder, SockRef, StateChange, Task, TcpState};
 use crate::track::closes::{How, how_left_close_wait};
+use crate::track::{FastHashMap, FastHashSet};
 
 /// How long a socket must be missing from the kernel's view before it is
 /// taken as gone unseen: several times the pipeline's ring-buffer drain
@@ -54,22 +54,22 @@ pub struct Resolved {
 #[derive(Debug)]
 pub struct LeakDetector {
     threshold_ns: u64,
-    socks: HashMap<u64, Tracked>,
+    socks: FastHashMap<u64, Tracked>,
     capacity: usize,
     dropped: u64,
     /// Sockets whose CLOSE_WAIT ended since `mark`: a scan taken before
     /// they ended may still list them, and must not bring them back.
-    ended_since_mark: HashSet<u64>,
+    ended_since_mark: FastHashSet<u64>,
 }
 
 impl LeakDetector {
     pub fn new(threshold_ns: u64, capacity: usize) -> Self {
         LeakDetector {
             threshold_ns: threshold_ns.max(1),
-            socks: HashMap::new(),
+            socks: FastHashMap::default(),
             capacity: capacity.max(1),
             dropped: 0,
-            ended_since_mark: HashSet::new(),
+            ended_since_mark: FastHashSet::default(),
         }
     }
 

@@ -6,9 +6,10 @@
 //! owners the kernel could not know: sockets found by the start-up snapshot,
 //! and children of listeners that existed before closetrace started.
 //! Pure: events in, no clock, no I/O; bounded so it cannot grow without limit.
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use crate::model::{OwnerSource, StateChange, Task, TcpState};
+use crate::track::FastHashMap;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SockEntry {
@@ -21,8 +22,8 @@ pub struct SockEntry {
 
 #[derive(Debug)]
 pub struct OwnerTable {
-    socks: HashMap<u64, SockEntry>,
-    listeners: HashMap<(u32, u16), Task>,
+    socks: FastHashMap<u64, SockEntry>,
+    listeners: FastHashMap<(u32, u16), Task>,
     /// Insertion order, for evicting the oldest when full.
     order: VecDeque<u64>,
     capacity: usize,
@@ -36,8 +37,8 @@ pub struct OwnerTable {
 impl OwnerTable {
     pub fn new(capacity: usize, complete: bool) -> Self {
         OwnerTable {
-            socks: HashMap::new(),
-            listeners: HashMap::new(),
+            socks: FastHashMap::default(),
+            listeners: FastHashMap::default(),
             order: VecDeque::new(),
             capacity: capacity.max(1),
             evicted: 0,

@@ -19,8 +19,8 @@ use crate::model::ports::PortPolicy;
 use crate::model::{SockRef, StateChange, Task, TcpState};
 
 /// The tables here are filled from every TIME_WAIT entry and every socket
-/// of each dump: a fast seeded hasher, not SipHash.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// of each dump.
+type HashMap<K, V> = super::FastHashMap<K, V>;
 
 /// Window for `rate_per_s`, kept in this many fixed buckets.
 const RATE_WINDOW_NS: u64 = 5_000_000_000;

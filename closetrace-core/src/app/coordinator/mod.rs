@@ -20,6 +20,7 @@ use crate::model::{Close, KernelEvent, TcpState};
 use crate::output::records::{self, ClosedBy, SockFields, Ts};
 use crate::output::sink::Sink;
 use crate::output::summary::Summary;
+use crate::track::FastHashMap;
 use crate::track::closes::infer_close;
 use crate::track::followed::{Followed, Process};
 use crate::track::leaks::{Due, LeakDetector};
@@ -64,7 +65,7 @@ pub struct Monitor {
     reach: NetnsReach,
     /// Leaks that were displayed (so their resolution is displayed too),
     /// with the number each was given.
-    shown: HashMap<u64, u64>,
+    shown: FastHashMap<u64, u64>,
     /// Leaks numbered so far.
     leaks_numbered: u64,
     diagnoses: diagnosis::Diagnoses,
@@ -99,7 +100,7 @@ impl Monitor {
             infer_closes: s.infer_closes,
             stream_all: s.stream_all,
             reach: s.reach,
-            shown: HashMap::new(),
+            shown: FastHashMap::default(),
             leaks_numbered: 0,
             diagnoses: diagnosis::Diagnoses::default(),
             ids_are_cookies: s.ids_are_cookies,
