@@ -103,7 +103,7 @@ pub fn container_of(path: &str) -> Option<Container> {
         {
             found = Some(Container {
                 runtime,
-                id: id.to_string(),
+                id: id.into(),
             });
         }
         parent = name;
@@ -258,7 +258,7 @@ mod tests {
         ];
         for (path, runtime) in cases {
             let c = container_of(&path).unwrap_or_else(|| panic!("{path}"));
-            assert_eq!((c.runtime, c.id.as_str()), (runtime, ID), "{path}");
+            assert_eq!((c.runtime, &*c.id), (runtime, ID), "{path}");
         }
     }
 

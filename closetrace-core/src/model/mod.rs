@@ -410,8 +410,9 @@ impl Runtime {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Container {
     pub runtime: Runtime,
-    /// The container id (64 hex digits).
-    pub id: String,
+    /// The container id (64 hex digits). Shared: every record about a
+    /// socket in a container names it, and a clone is then a count.
+    pub id: std::sync::Arc<str>,
 }
 
 /// Which container a cgroup belongs to. The host layer answers from

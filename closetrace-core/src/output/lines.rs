@@ -279,7 +279,7 @@ mod tests {
             },
             container: (i % 3 == 1).then(|| Container {
                 runtime: Runtime::CriO,
-                id: format!("{i:064x}"),
+                id: format!("{i:064x}").into(),
             }),
         }
     }

@@ -680,7 +680,7 @@ mod tests {
         fn container(&self, cgroup: u64) -> Option<Container> {
             (cgroup == 7).then(|| Container {
                 runtime: crate::model::Runtime::CriO,
-                id: "ab".repeat(32),
+                id: "ab".repeat(32).into(),
             })
         }
     }

@@ -265,7 +265,7 @@ mod tests {
         assert_eq!(place(&scope(9, None), 5), " [netns 9]");
         let c = Container {
             runtime: Runtime::Containerd,
-            id: "4f6c".repeat(16),
+            id: "4f6c".repeat(16).into(),
         };
         assert_eq!(place(&scope(9, Some(c)), 5), " [containerd 4f6c4f6c4f6c]");
     }
