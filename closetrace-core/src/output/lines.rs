@@ -12,6 +12,7 @@
 //! writes every other record and reads them all back.
 use std::net::IpAddr;
 
+use crate::model::Family;
 use crate::output::records::{Close, ClosedBy, Scope, SockFields, State, Ts};
 
 /// One JSON object being written into `buf`, from `{"type":...` to `}\n`.
@@ -131,13 +132,22 @@ impl<'b> Line<'b> {
     }
 
     fn sock(&mut self, s: &SockFields) {
-        self.name("family", s.family.name());
-        self.ip("saddr", s.saddr);
-        self.uint("sport", s.sport.into());
-        self.ip("daddr", s.daddr);
-        self.uint("dport", s.dport.into());
+        self.endpoints(s.family, (s.saddr, s.sport), (s.daddr, s.dport));
         self.uint("sock", s.sock);
         self.scope(&s.scope);
+    }
+
+    fn endpoints(
+        &mut self,
+        family: Family,
+        (saddr, sport): (IpAddr, u16),
+        (daddr, dport): (IpAddr, u16),
+    ) {
+        self.name("family", family.name());
+        self.ip("saddr", saddr);
+        self.uint("sport", sport.into());
+        self.ip("daddr", daddr);
+        self.uint("dport", dport.into());
     }
 
     fn scope(&mut self, s: &Scope) {
@@ -165,11 +175,11 @@ impl State<'_> {
         l.name("owner", self.owner.name());
         l.uint("ctx_pid", self.ctx_pid.into());
         l.text("ctx_comm", &self.ctx_comm);
-        l.name("family", self.family.name());
-        l.ip("saddr", self.saddr);
-        l.uint("sport", self.sport.into());
-        l.ip("daddr", self.daddr);
-        l.uint("dport", self.dport.into());
+        l.endpoints(
+            self.family,
+            (self.saddr, self.sport),
+            (self.daddr, self.dport),
+        );
         l.uint("sock", self.sock);
         l.name("old", self.old.name());
         l.name("new", self.new.name());
@@ -208,7 +218,7 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
-    use crate::model::{CloseVia, Container, Family, OwnerSource, Runtime, TcpState};
+    use crate::model::{CloseVia, Container, OwnerSource, Runtime, TcpState};
     use crate::output::records::Record;
 
     const STATES: [TcpState; 13] = [
