@@ -6,7 +6,10 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use closetrace_common::{EMFILE, ENFILE, SockInfo, TaskId, owner_src, syscall, tcp_state::CLOSE};
+use closetrace_common::{
+    EMFILE, ENFILE, SockInfo, TaskId, owner_src, syscall,
+    tcp_state::{CLOSE, ESTABLISHED},
+};
 
 use crate::calls::emit_sock_error;
 use crate::filters::outside;
@@ -57,13 +60,13 @@ pub(crate) fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let owner = current_task(off);
-    // With --states every child has an entry since LISTEN -> SYN_RECV:
-    // update it in place. Otherwise it is usually new: insert without
-    // looking first (a miss costs as much again); known (it entered
-    // CLOSE_WAIT before it was accepted), keep when and set the owner.
-    // A refused NOEXIST insert on an LRU map still takes and returns a
-    // free node, so it is not the way to find one known.
-    if cfg.stream_all != 0 && set_owner(sock_id, owner) {
+    // With --states every child has an entry since LISTEN -> SYN_RECV,
+    // and otherwise one that left ESTABLISHED before it was accepted (into
+    // CLOSE_WAIT, which findings keep): update it in place. Otherwise it
+    // is usually new: insert without looking first (a miss costs as much
+    // again). A refused NOEXIST insert on an LRU map still takes and
+    // returns a free node, so it is not the way to find one known.
+    if (cfg.stream_all != 0 || state != ESTABLISHED) && set_owner(sock_id, owner) {
         return Ok(());
     }
     let info = SockInfo {
