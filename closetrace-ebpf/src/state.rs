@@ -72,8 +72,15 @@ pub(crate) fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // Most transitions (SYN_SENT -> ESTABLISHED, an RST's -> CLOSE, ...)
     // neither change the owner nor are sent in the default mode: count them,
     // forget the socket at CLOSE, and stop. Each map operation is a cache
-    // miss or two; this keeps them to about one per transition.
-    if !by_owner && cfg.stream_all == 0 && cfg.filter_pids == 0 && !findings_need(old, new) {
+    // miss or two; this keeps them to about one per transition. So does a
+    // prompt close of a CLOSE_WAIT socket the scans find and nobody
+    // watches: its end is not sent, and its owner would be forgotten at
+    // CLOSE (see `sent`).
+    let quiet = cfg.stream_all == 0 && cfg.filter_pids == 0;
+    if quiet
+        && ((!by_owner && !findings_need(old, new))
+            || (old == CLOSE_WAIT && scanned(cfg, netns_of::<Btf>(sk, off)) && !watched(cookie)))
+    {
         count_transition(old, new);
         if new == CLOSE {
             let _ = SOCKS.remove(cookie);
