@@ -8,11 +8,10 @@ pub mod ports;
 pub mod threads;
 
 use std::fmt;
-
-use compact_str::CompactString;
 use std::net::IpAddr;
 
 use closetrace_common::{owner_src, tcp_state};
+use compact_str::CompactString;
 
 /// A TCP state as the kernel numbers it (`state as u32` is the kernel's
 /// number; `TryFrom<u32>` is the checked way back).

@@ -8,12 +8,13 @@
 //! that the state tracepoint never reports). Expiries are not guessed: the
 //! counts are replaced by the kernel's own (sock_diag) at each
 //! reconciliation. Pure: events, dumps and the clock come in as arguments.
-use compact_str::CompactString;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashSet};
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Arc;
+
+use compact_str::CompactString;
 
 use crate::model::ports::PortPolicy;
 use crate::model::{SockRef, StateChange, Task, TcpState};
