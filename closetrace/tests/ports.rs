@@ -18,16 +18,15 @@ fn narrow_netns(tag: &str) -> Netns {
     ns
 }
 
-/// closetrace (with `tracer_args`) and a server in a narrow namespace of
-/// their own, and a client (with `client_args`) connecting until connect()
-/// fails. Only that namespace is traced: other tests' TIME_WAIT elsewhere
-/// on the host must not crowd it out of the summary's top ten.
+/// closetrace (with `tracer_args`) and a server in `ns`, and a client (with
+/// `client_args`) connecting until connect() fails. Only that namespace is
+/// traced: other tests' TIME_WAIT elsewhere on the host must not crowd it
+/// out of the summary's top ten.
 fn connect_until_error(
-    tag: &str,
+    ns: Netns,
     tracer_args: &[&str],
     client_args: &[&str],
 ) -> (Netns, Tracer, Peer, Peer) {
-    let ns = narrow_netns(tag);
     let only = format!("/run/netns/{}", ns.name);
     let tracer = Tracer::start_in(&ns, &[&["--netns", only.as_str()], tracer_args].concat());
     let mut server = Peer::spawn_in(&ns, &["server", "--listen", SERVER, "--connections", "0"]);
@@ -49,7 +48,8 @@ fn time_wait_pressure_then_eaddrnotavail() {
     let Some(_k) = kernel_test("time_wait_pressure_then_eaddrnotavail") else {
         return;
     };
-    let (ns, tracer, _server, mut client) = connect_until_error("tw", &[], &["--count", "1000"]);
+    let (ns, tracer, _server, mut client) =
+        connect_until_error(narrow_netns("tw"), &[], &["--count", "1000"]);
     let errno = client.number("ERROR");
     assert_eq!(errno, 99, "the client ran out of ports: EADDRNOTAVAIL");
     let ss_tw = ns.ss_timewait_count();
@@ -188,8 +188,14 @@ fn bound_port_in_time_wait_is_eaddrnotavail_without_syscall_hooks() {
     else {
         return;
     };
+    let ns = narrow_netns("boundtw");
+    // With timestamps, connect() on a bound port takes over a TIME_WAIT of
+    // the same four-tuple (tcp_twsk_unique), whatever tcp_tw_reuse says, so
+    // whether it failed depended on the server closing its end before the
+    // client reconnected. Without them, the TIME_WAIT always refuses.
+    ns.sysctl("net/ipv4/tcp_timestamps", "0");
     let (_ns, tracer, _server, mut client) = connect_until_error(
-        "boundtw",
+        ns,
         &["--no-syscall-hooks", "--states"],
         &["--source-port", "40100", "--count", "2"],
     );
