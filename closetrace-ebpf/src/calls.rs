@@ -42,9 +42,6 @@ pub(crate) fn connect_failed(sk: *const u8) -> bool {
 /// A failed connect (see `connect_failed`) as a `connect_error` record.
 #[inline(always)]
 pub(crate) fn report_failed_connect(sk: *const u8) -> Result<(), i32> {
-    if !connect_failed(sk) {
-        return Ok(());
-    }
     let ep = endpoints::<Btf>(sk, &config().offsets)?;
     emit_sock_error(
         syscall::CONNECT,

@@ -31,6 +31,8 @@ struct Transition {
     cookie: u64,
     /// The current task caused it, so it is the owner (see `caused_by_owner`).
     by_owner: bool,
+    /// A connect() that failed in its caller (see `connect_failed`).
+    failed_connect: bool,
     tgid: u32,
 }
 
@@ -65,7 +67,9 @@ pub(crate) fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // are read only for what is sent.
     let cookie = sock_id(sk);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if old == SYN_SENT && new == CLOSE && tgid != 0 {
+    // Reported in every mode, before the quiet path; kept for the flags.
+    let failed_connect = old == SYN_SENT && new == CLOSE && tgid != 0 && connect_failed(sk);
+    if failed_connect {
         let _ = report_failed_connect(sk);
     }
     let by_owner = caused_by_owner(old, new) && tgid != 0;
@@ -93,6 +97,7 @@ pub(crate) fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         new,
         cookie,
         by_owner,
+        failed_connect,
         tgid,
     };
     let now = unsafe { bpf_ktime_get_ns() };
@@ -274,11 +279,11 @@ fn context_flags(cfg: &Config, t: &Transition, ctx_task: &TaskId) -> u16 {
     if matches!(Btf::get::<i32>(t.sk, off.sk_err), Ok(e) if e != 0) {
         fl |= flags::SOCK_ERROR;
     }
+    // Told apart so that userspace does not read it as a close.
+    if t.failed_connect {
+        fl |= flags::CONNECT_FAILED;
+    }
     if t.tgid != 0 {
-        // Told apart so that userspace does not read it as a close.
-        if t.old == SYN_SENT && t.new == CLOSE && connect_failed(t.sk) {
-            fl |= flags::CONNECT_FAILED;
-        }
         if current_exiting(off) {
             fl |= flags::CTX_EXITING;
         }
