@@ -43,8 +43,9 @@ pub mod flags {
     /// `sk_err` is set (reset, timeout, refused).
     pub const SOCK_ERROR: u16 = 8;
     /// SYN_SENT -> CLOSE in the caller of connect() with neither `sk_err`
-    /// nor `sk_shutdown` set: connect() failed before sending (no port),
-    /// rather than the application closing a connecting socket.
+    /// nor `sk_shutdown` set and no SYN in flight: connect() failed before
+    /// sending (no port), rather than the application closing or
+    /// disconnecting (AF_UNSPEC) a connecting socket.
     pub const CONNECT_FAILED: u16 = 16;
 }
 
@@ -354,8 +355,11 @@ pub struct SockOffsets {
     pub regs_arg1: u32,
     /// `pt_regs.dx` (unsigned long): its third
     pub regs_arg2: u32,
+    /// `tcp_sock.packets_out` (u32): the SYN in flight of a socket in
+    /// SYN_SENT; none when connect() failed before sending it
+    pub packets_out: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 136);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 140);
 
 /// Everything userspace hands the programs at load time.
 #[repr(C)]
@@ -398,6 +402,8 @@ pub struct Config {
     /// Non-zero: userspace scans every network namespace (it can enter
     /// them), so every namespace counts as scanned (see `own_netns`).
     pub scan_all_netns: u32,
+    /// Keeps `id_key` 8-aligned with no implicit padding (Config is Pod).
+    pub _pad: u32,
     /// Zero: sockets are named by their cookie (`bpf_get_socket_cookie`,
     /// which tracing programs may call from Linux 5.12). Non-zero (older
     /// kernels): by a hash of the socket keyed with this random value,
@@ -412,7 +418,7 @@ pub struct Config {
     /// mere presence slows every syscall on the host.
     pub task_regs: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 192);
+const _: () = assert!(core::mem::size_of::<Config>() == 200);
 
 impl Config {
     /// Every offset absent: programs emit nothing until userspace fills it in.
@@ -452,6 +458,7 @@ impl Config {
             regs_syscall: OFFSET_ABSENT,
             regs_arg1: OFFSET_ABSENT,
             regs_arg2: OFFSET_ABSENT,
+            packets_out: OFFSET_ABSENT,
         },
         filter_pids: 0,
         stream_all: 0,
@@ -463,6 +470,7 @@ impl Config {
         tick_ns: 0,
         owner_from_io: 0,
         scan_all_netns: 0,
+        _pad: 0,
         id_key: 0,
         task_btf: 0,
         task_regs: 0,

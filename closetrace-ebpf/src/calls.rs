@@ -17,7 +17,7 @@ use crate::emit::{count, wakeup};
 use crate::filters::outside;
 use crate::kread::{
     Btf, Mem, SYSCALL_ARG1, SYSCALL_ARG2, SYSCALL_RET, current_netns, current_regs, current_task,
-    endpoints,
+    endpoints, read,
 };
 use crate::maps::{CALLS, EVENTS, PIDS, config};
 
@@ -25,18 +25,21 @@ use crate::maps::{CALLS, EVENTS, PIDS, config};
 /// nothing else explains it. tcp_v4_connect() and tcp_v6_connect() enter
 /// SYN_SENT before they pick the local port, and on failure (no port free
 /// toward this destination, or a bound port whose 4-tuple is taken) go
-/// back to CLOSE in the caller, with no error pending and no shutdown.
-/// Every other way out of SYN_SENT sets one of them first: a reset, a
-/// timeout or an ICMP error sets `sk_err`, close() sets `sk_shutdown`. (The
-/// local port tells nothing: the tracepoint fires after an auto-bound
-/// port is released.) Only connect(AF_UNSPEC) on a connecting socket
-/// looks the same. This replaces two syscall tracepoints that ran on
-/// every connect() on the host.
+/// back to CLOSE in the caller, with no error pending, no shutdown and no
+/// SYN sent. Every other way out of SYN_SENT sets one of them first: a
+/// reset, a timeout or an ICMP error sets `sk_err`, close() sets
+/// `sk_shutdown`, and connect(AF_UNSPEC) (tcp_disconnect) sets `sk_err`
+/// only after the transition, but leaves the SYN in flight until then.
+/// (The local port tells nothing: the tracepoint fires after an
+/// auto-bound port is released.) This replaces two syscall tracepoints
+/// that ran on every connect() on the host.
 #[inline(always)]
 pub(crate) fn connect_failed(sk: *const u8) -> bool {
     let off = &config().offsets;
     matches!(Btf::get::<i32>(sk, off.sk_err), Ok(0))
         && matches!(Btf::get::<u8>(sk, off.sk_shutdown), Ok(0))
+        // A tcp_sock field, past the BTF type `struct sock`: a probe read.
+        && matches!(read::<u32>(sk, off.packets_out), Ok(0))
 }
 
 /// A failed connect (see `connect_failed`) as a `connect_error` record.

@@ -177,6 +177,65 @@ fn listen_overflow_names_the_listener() {
     );
 }
 
+/// connect(AF_UNSPEC) aborts connects still in SYN_SENT (their SYNs are
+/// dropped by a full listener): the kernel takes them to CLOSE in the
+/// caller before it sets their error, as a failed connect() does, but with
+/// their SYN in flight. No `connect_error`, though each transition is seen.
+#[test]
+fn an_aborted_connect_is_not_a_failed_one() {
+    let Some(_k) = kernel_test("an_aborted_connect_is_not_a_failed_one") else {
+        return;
+    };
+    let ns = Netns::new("unspec");
+    let only = format!("/run/netns/{}", ns.name);
+    let tracer = Tracer::start_in(&ns, &["--netns", &only, "--states"]);
+    let mut server = Peer::spawn_in(
+        &ns,
+        &[
+            "server",
+            "--listen",
+            SERVER,
+            "--backlog",
+            "1",
+            "--no-accept",
+        ],
+    );
+    server.value("LISTENING");
+    let mut client = Peer::spawn_in(
+        &ns,
+        &[
+            "client",
+            "--connect",
+            SERVER,
+            "--count",
+            "5",
+            "--abort-after-ms",
+            "200",
+        ],
+    );
+    client
+        .lines
+        .wait_for(Duration::from_secs(20), |l| l == "DONE")
+        .expect("the client finished");
+    let pending = client.lines.seen.iter().filter(|l| *l == "PENDING").count();
+    assert!(pending > 0, "no connect was still in SYN_SENT when aborted");
+    let out = tracer.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let mine = |r: &&Value| r["pid"] == client.pid();
+    let aborted = out
+        .of_type("state")
+        .filter(mine)
+        .filter(|r| r["old"] == "SYN_SENT" && r["new"] == "CLOSE")
+        .count();
+    assert_eq!(aborted, pending);
+    let errors: Vec<&Value> = out.of_type("connect_error").collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        out.summary()["errors"]["connect"]["EADDRNOTAVAIL"],
+        Value::Null
+    );
+}
+
 /// A client bound to a fixed port reconnects to where that port's last
 /// connection sits in TIME_WAIT: connect() fails with EADDRNOTAVAIL
 /// although the socket has its port. Reported with no syscall hook at all,

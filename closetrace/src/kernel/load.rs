@@ -145,6 +145,7 @@ fn config(opts: &LoadOptions<'_>) -> Result<Config, LoadError> {
         tick_ns: procs::tick_ns() as u32,
         owner_from_io: u32::from(opts.owner_from_io),
         scan_all_netns: u32::from(matches!(opts.scan, Some(NetnsReach::All { .. }))),
+        _pad: 0,
         id_key: if opts.keyed_ids {
             super::ids::random_key()
         } else {

@@ -180,6 +180,9 @@ pub fn resolve(btf: &Btf) -> Result<SockOffsets, OffsetError> {
         regs_syscall: optional(field_offset(btf, "pt_regs", "orig_ax", 8))?,
         regs_arg1: optional(field_offset(btf, "pt_regs", "si", 8))?,
         regs_arg2: optional(field_offset(btf, "pt_regs", "dx", 8))?,
+        // Tells a connect() that failed before its SYN from a
+        // connect(AF_UNSPEC) that aborts one in flight.
+        packets_out: field_offset(btf, "tcp_sock", "packets_out", 4)?,
     })
 }
 

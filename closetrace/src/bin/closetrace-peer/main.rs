@@ -144,6 +144,11 @@ struct ClientOptions {
     /// Give up on a connect after this long and go on (listen overflow).
     #[arg(long)]
     connect_timeout_ms: Option<u64>,
+    /// Start each connect without waiting, and after this long abort it
+    /// with connect(AF_UNSPEC), printing PENDING for each one that was
+    /// still in SYN_SENT (IPv4).
+    #[arg(long, conflicts_with_all = ["source_port", "connect_timeout_ms"])]
+    abort_after_ms: Option<u64>,
 }
 
 fn say(line: &str) -> io::Result<()> {
@@ -486,6 +491,9 @@ fn holder(path: PathBuf) -> anyhow::Result<()> {
 }
 
 fn client(o: ClientOptions) -> anyhow::Result<()> {
+    if let Some(ms) = o.abort_after_ms {
+        return abort_connects(o.connect, o.count, Duration::from_millis(ms));
+    }
     let connect_timeout = o.connect_timeout_ms.map(Duration::from_millis);
     let mut pending = Vec::new();
     for _ in 0..o.count {
@@ -524,6 +532,19 @@ fn client(o: ClientOptions) -> anyhow::Result<()> {
             sockets::linger_zero(&s)?;
         }
         drop(s);
+    }
+    say("DONE")?;
+    Ok(())
+}
+
+fn abort_connects(to: SocketAddr, count: u64, after: Duration) -> anyhow::Result<()> {
+    for _ in 0..count {
+        let s = sockets::connect_nonblocking(to).with_context(|| format!("connect {to}"))?;
+        sleep(after);
+        if sockets::in_syn_sent(&s)? {
+            say("PENDING")?;
+        }
+        sockets::disconnect(&s).context("connect(AF_UNSPEC)")?;
     }
     say("DONE")?;
     Ok(())

@@ -1,5 +1,5 @@
-//! Socket options std does not offer: SO_LINGER 0, and a fixed local port
-//! before connect().
+//! Socket calls std does not offer: SO_LINGER 0, a fixed local port
+//! before connect(), and a connect() started and then aborted.
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -38,6 +38,67 @@ pub fn connect_from(port: u16, to: SocketAddr) -> io::Result<TcpStream> {
     // SAFETY: as above.
     ok(unsafe { libc::connect(fd.as_raw_fd(), raw(&remote), len) })?;
     Ok(TcpStream::from(fd))
+}
+
+/// connect() to `to` (IPv4) without waiting for it to finish.
+pub fn connect_nonblocking(to: SocketAddr) -> io::Result<OwnedFd> {
+    let SocketAddr::V4(to) = to else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--abort-after-ms is IPv4 only",
+        ));
+    };
+    let kind = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, kind, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let remote = sockaddr(u32::from(*to.ip()), to.port());
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: valid fd and sockaddr_in of the given length.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&remote as *const libc::sockaddr_in).cast(),
+            len,
+        )
+    };
+    match ok(rc) {
+        Err(e) if e.raw_os_error() != Some(libc::EINPROGRESS) => Err(e),
+        _ => Ok(fd),
+    }
+}
+
+/// Whether the socket is still in SYN_SENT (TCP_INFO).
+pub fn in_syn_sent(fd: &OwnedFd) -> io::Result<bool> {
+    // SAFETY: tcp_info is plain data; zeroes are a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: valid fd, and a buffer of the length passed.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    ok(rc)?;
+    Ok(u32::from(info.tcpi_state) == closetrace_common::tcp_state::SYN_SENT)
+}
+
+/// connect() with AF_UNSPEC: the kernel disconnects the socket
+/// (tcp_disconnect), aborting a connect in flight.
+pub fn disconnect(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: sockaddr is plain data; zeroes are AF_UNSPEC.
+    let unspec: libc::sockaddr = unsafe { std::mem::zeroed() };
+    let len = std::mem::size_of::<libc::sockaddr>() as libc::socklen_t;
+    // SAFETY: valid fd and a sockaddr of the given length.
+    ok(unsafe { libc::connect(fd.as_raw_fd(), &unspec, len) })
 }
 
 fn sockaddr(ip: u32, port: u16) -> libc::sockaddr_in {
