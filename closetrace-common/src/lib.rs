@@ -358,8 +358,33 @@ pub struct SockOffsets {
     /// `tcp_sock.packets_out` (u32): the SYN in flight of a socket in
     /// SYN_SENT; none when connect() failed before sending it
     pub packets_out: u32,
+    /// `file.f_inode` (struct inode *): the fd iterator's way from an open
+    /// file to its socket inode, with the two below
+    pub file_inode: u32,
+    /// `inode.i_mode` (umode_t, u16)
+    pub inode_mode: u32,
+    /// `inode.i_ino` (unsigned long)
+    pub inode_ino: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 140);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 152);
+
+/// One socket in one process's fd table, as the fd iterator
+/// (`iter/task_file`, the `closetrace-fds` object) writes it: the holders
+/// of leaked sockets without reading every /proc/PID/fd link.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketFd {
+    /// The process (thread group) whose fd table holds it.
+    pub tgid: u32,
+    pub fd: u32,
+    /// The socket's inode (`socket:[N]`).
+    pub inode: u64,
+}
+const _: () = assert!(core::mem::size_of::<SocketFd>() == 16);
+
+/// `S_IFMT` and `S_IFSOCK`: an inode's file type, and a socket's.
+pub const S_IFMT: u16 = 0o170000;
+pub const S_IFSOCK: u16 = 0o140000;
 
 /// Everything userspace hands the programs at load time.
 #[repr(C)]
@@ -402,8 +427,6 @@ pub struct Config {
     /// Non-zero: userspace scans every network namespace (it can enter
     /// them), so every namespace counts as scanned (see `own_netns`).
     pub scan_all_netns: u32,
-    /// Keeps `id_key` 8-aligned with no implicit padding (Config is Pod).
-    pub _pad: u32,
     /// Zero: sockets are named by their cookie (`bpf_get_socket_cookie`,
     /// which tracing programs may call from Linux 5.12). Non-zero (older
     /// kernels): by a hash of the socket keyed with this random value,
@@ -418,7 +441,7 @@ pub struct Config {
     /// mere presence slows every syscall on the host.
     pub task_regs: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 200);
+const _: () = assert!(core::mem::size_of::<Config>() == 208);
 
 impl Config {
     /// Every offset absent: programs emit nothing until userspace fills it in.
@@ -459,6 +482,9 @@ impl Config {
             regs_arg1: OFFSET_ABSENT,
             regs_arg2: OFFSET_ABSENT,
             packets_out: OFFSET_ABSENT,
+            file_inode: OFFSET_ABSENT,
+            inode_mode: OFFSET_ABSENT,
+            inode_ino: OFFSET_ABSENT,
         },
         filter_pids: 0,
         stream_all: 0,
@@ -470,7 +496,6 @@ impl Config {
         tick_ns: 0,
         owner_from_io: 0,
         scan_all_netns: 0,
-        _pad: 0,
         id_key: 0,
         task_btf: 0,
         task_regs: 0,
@@ -532,4 +557,5 @@ mod user {
     unsafe impl aya::Pod for super::ListenerInfo {}
     unsafe impl aya::Pod for super::SockOffsets {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::SocketFd {}
 }

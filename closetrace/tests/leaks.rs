@@ -63,6 +63,20 @@ fn leaky_server_is_reported_with_its_fd() {
         }
         other => panic!("unexpected tcp_close attach {other}"),
     }
+    // Holders come from the kernel's fd tables (a BPF iterator, 5.8+),
+    // not from a readlink of every /proc/PID/fd entry.
+    let holders_hook = hooks
+        .iter()
+        .find(|h| h["hook"] == "socket holders (iter/task_file)")
+        .expect("the holders' source reported");
+    assert_eq!(
+        (
+            holders_hook["attach"].as_str(),
+            holders_hook["status"].as_str()
+        ),
+        (Some("iter"), Some("ok")),
+        "{holders_hook}"
+    );
     let mut server = Peer::spawn(&["server", "--never-close"]);
     let port = server.value("LISTENING");
     let cport = connect_and_close(port, "127.0.0.1");
@@ -106,6 +120,9 @@ fn leaky_server_is_reported_with_its_fd() {
         "{}",
         out.stderr
     );
+    // So the holders above were the iterator's, read after privileges
+    // were dropped: it never fell back to /proc.
+    assert!(!out.stderr.contains("fd iterator failed"), "{}", out.stderr);
 }
 
 /// Acceptance 2: A server that closes promptly is never a leak, over 1,000 connections.

@@ -4,6 +4,7 @@
 pub mod cgroups;
 mod diagnose;
 pub mod filters;
+pub mod holders;
 pub mod lookup;
 pub mod netns;
 pub mod privileges;
@@ -20,6 +21,7 @@ use crate::model::Holder;
 use crate::model::netns::NetnsReach;
 use crate::model::ports::PortPolicy;
 use crate::model::threads::{ProcessSample, TcpInfo};
+use holders::FdTables;
 use netns::{Namespace, NetnsError, Switcher};
 use sockets::{DiagSocket, KernelView, SnapshotError};
 
@@ -117,6 +119,8 @@ pub struct System {
     /// namespace last was (see `visit_where`).
     dumped: HashSet<u32>,
     last_sweep: Option<Instant>,
+    /// The kernel's fd iterator, where it loaded: holders without /proc.
+    fd_tables: Option<Box<dyn FdTables>>,
 }
 
 /// How often socket dumps read every namespace, whatever changed: a safety
@@ -142,7 +146,14 @@ impl System {
             gone: Vec::new(),
             dumped: HashSet::new(),
             last_sweep: None,
+            fd_tables: None,
         }
+    }
+
+    /// Holders from the kernel's fd tables rather than /proc.
+    pub fn with_fd_tables(mut self, tables: Option<Box<dyn FdTables>>) -> System {
+        self.fd_tables = tables;
+        self
     }
 
     pub fn reach(&self) -> NetnsReach {
@@ -316,7 +327,7 @@ impl System {
             by_cookie.insert(s.cookie, s);
         })?;
         let inodes: HashSet<u32> = by_cookie.values().map(|s| s.inode).collect();
-        let holders = sockets::socket_holders_of(&|inode| inodes.contains(&inode));
+        let holders = holders::holders_of(&mut self.fd_tables, &|inode| inodes.contains(&inode));
         Ok(KernelView::new(by_cookie, holders))
     }
 }
@@ -336,7 +347,7 @@ impl Host for System {
     }
 
     fn holders(&mut self, inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>> {
-        sockets::socket_holders_of(&|inode| inodes.contains(&inode))
+        holders::holders_of(&mut self.fd_tables, &|inode| inodes.contains(&inode))
     }
 
     fn everything(&mut self) -> Result<KernelView, SnapshotError> {

@@ -4,11 +4,12 @@
 use closetrace_common::{
     CLOSE_RECORD_SIZE, COMM_LEN, CloseRecord, EADDRINUSE, EADDRNOTAVAIL, EMFILE, ENFILE,
     RECORD_CLOSE, RECORD_SOCK_ERROR, RECORD_STATE, SOCK_ERROR_RECORD_SIZE, STATE_RECORD_SIZE,
-    SockErrorRecord, SockInfo, StateRecord, TaskId, close_src, flags, owner_src, syscall,
+    SockErrorRecord, SockInfo, SocketFd, StateRecord, TaskId, close_src, flags, owner_src, syscall,
 };
 use compact_str::CompactString;
 use thiserror::Error;
 
+use crate::host::holders;
 use crate::model::{
     Close, CloseVia, Context, Errno, Family, KernelEvent, OutOfFds, OwnerSource, SockError,
     SockRef, StateChange, Syscall, Task, TcpState,
@@ -44,6 +45,8 @@ pub enum DecodeError {
     UnknownSyscall(u32),
     #[error("unexpected errno {0}")]
     UnknownErrno(u32),
+    #[error("fd iterator output of {len} bytes is not whole entries of {entry}")]
+    PartialFdEntry { len: usize, entry: usize },
 }
 
 /// Decode one ring-buffer record.
@@ -71,6 +74,30 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         }
         other => Err(DecodeError::UnknownKind(other)),
     }
+}
+
+/// The fd iterator's output: `SocketFd` entries back to back. Sockets
+/// whose inode does not fit the 32 bits sock_diag reports are skipped.
+pub fn socket_fds(bytes: &[u8]) -> Result<Vec<holders::SocketFd>, DecodeError> {
+    let entry = std::mem::size_of::<SocketFd>();
+    if !bytes.len().is_multiple_of(entry) {
+        return Err(DecodeError::PartialFdEntry {
+            len: bytes.len(),
+            entry,
+        });
+    }
+    let mut out = Vec::with_capacity(bytes.len() / entry);
+    for chunk in bytes.chunks_exact(entry) {
+        let raw: SocketFd = read_exact(0, chunk, entry)?;
+        if let Ok(inode) = u32::try_from(raw.inode) {
+            out.push(holders::SocketFd {
+                pid: raw.tgid,
+                fd: raw.fd,
+                inode,
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn read_exact<T: aya::Pod>(kind: u32, bytes: &[u8], expected: usize) -> Result<T, DecodeError> {
@@ -467,6 +494,35 @@ mod tests {
         };
         assert_eq!(s.sock.family, Family::Ipv6);
         assert_eq!(s.sock.saddr, IpAddr::V6(Ipv6Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn socket_fds_are_whole_entries() {
+        let entries = [
+            SocketFd {
+                tgid: 10,
+                fd: 3,
+                inode: 77,
+            },
+            SocketFd {
+                tgid: 11,
+                fd: 4,
+                inode: u64::from(u32::MAX) + 1,
+            },
+        ];
+        let bytes: Vec<u8> = entries.iter().flat_map(pod_bytes).collect();
+        let fds = socket_fds(&bytes).expect("whole entries");
+        let want = holders::SocketFd {
+            pid: 10,
+            fd: 3,
+            inode: 77,
+        };
+        assert_eq!(fds, [want], "the 33-bit inode is skipped");
+        assert!(matches!(
+            socket_fds(&bytes[..20]),
+            Err(DecodeError::PartialFdEntry { len: 20, entry: 16 })
+        ));
+        assert_eq!(socket_fds(&[]), Ok(vec![]));
     }
 
     #[test]

@@ -19,6 +19,10 @@ pub enum Attach {
     Netlink,
     /// Sockets named by a keyed hash, for want of cookies.
     KeyedHash,
+    /// A BPF iterator, read on demand.
+    Iter,
+    /// /proc, read by hand where no BPF program does it.
+    Procfs,
     /// Not attached at all.
     None,
 }
@@ -33,6 +37,8 @@ impl Attach {
             Attach::Transitions => "transitions",
             Attach::Netlink => "netlink",
             Attach::KeyedHash => "keyed_hash",
+            Attach::Iter => "iter",
+            Attach::Procfs => "procfs",
             Attach::None => "none",
         }
     }

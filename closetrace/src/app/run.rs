@@ -12,6 +12,7 @@ use anyhow::{Context, anyhow};
 use closetrace_core::app::cli::Cli;
 use closetrace_core::app::coordinator::{Monitor, Settings};
 use closetrace_core::app::worker::Worker;
+use closetrace_core::host::holders::FdTables;
 use closetrace_core::host::sockets::{self, KernelView};
 use closetrace_core::host::{Host, System, cgroups, privileges, procs};
 use closetrace_core::model::clock::{self, WallClock};
@@ -106,7 +107,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .and_then(|()| sink.flush())
         .context("writing output")?;
     let host = RunHost {
-        system: System::new(reach),
+        system: System::new(reach).with_fd_tables(
+            kernel
+                .fd_tables
+                .take()
+                .map(|t| Box::new(t) as Box<dyn FdTables>),
+        ),
         upkeep,
         activity: kernel.netns_activity.take(),
     };

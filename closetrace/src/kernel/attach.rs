@@ -42,6 +42,8 @@ const BTF_TRACEPOINTS: &[&str] = &[
     "sched_process_exit",
 ];
 const FENTRY_FUNCTIONS: &[&str] = &["tcp_close"];
+/// What the fd iterator (`fds`, `iter/task_file`) loads against.
+const ITER_FUNCTIONS: &[&str] = &["bpf_iter_task_file"];
 
 /// The kernel BTF names aya looks up to attach the programs above
 /// (`btf_trace_<tracepoint>` typedefs, and functions).
@@ -51,6 +53,7 @@ pub fn btf_targets() -> Vec<(TargetKind, String)> {
         .map(|tp| (TargetKind::Typedef, format!("btf_trace_{tp}")));
     let functions = FENTRY_FUNCTIONS
         .iter()
+        .chain(ITER_FUNCTIONS)
         .map(|f| (TargetKind::Func, f.to_string()));
     tracepoints.chain(functions).collect()
 }

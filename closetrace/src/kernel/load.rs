@@ -36,6 +36,8 @@ pub struct Kernel {
     pub pids: Option<BpfHashMap<MapData, u32, u8>>,
     /// `--cgroup`: the cgroup ids seen, which userspace keeps up to date.
     pub cgroups: Option<BpfHashMap<MapData, u64, u8>>,
+    /// The fd iterator, for the host worker; None where it did not load.
+    pub fd_tables: Option<super::fds::FdIterator>,
 }
 
 /// Checks that need no kernel calls: privileges and BTF.
@@ -94,7 +96,9 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
     let btf = attach_btf::read(Path::new(SYSFS_BTF), &attach::btf_targets())?;
     let mut ebpf = open(&btf, &config, opts.ring_bytes)?;
     fill_selection(&mut ebpf, opts)?;
-    let (close_hook, hooks) = attach::attach_all(&mut ebpf, &btf, opts, config.task_regs != 0)?;
+    let (close_hook, mut hooks) = attach::attach_all(&mut ebpf, &btf, opts, config.task_regs != 0)?;
+    let (fd_tables, fd_report) = super::fds::load(&btf, &config.offsets);
+    hooks.push(fd_report);
     Ok(Kernel {
         events: RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?)
             .map_err(|e| LoadError::Map("EVENTS", e.to_string()))?,
@@ -118,6 +122,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
         ebpf,
         hooks,
         close_hook,
+        fd_tables,
     })
 }
 
@@ -145,7 +150,6 @@ fn config(opts: &LoadOptions<'_>) -> Result<Config, LoadError> {
         tick_ns: procs::tick_ns() as u32,
         owner_from_io: u32::from(opts.owner_from_io),
         scan_all_netns: u32::from(matches!(opts.scan, Some(NetnsReach::All { .. }))),
-        _pad: 0,
         id_key: if opts.keyed_ids {
             super::ids::random_key()
         } else {

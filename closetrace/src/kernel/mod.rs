@@ -4,6 +4,7 @@
 //! `closetrace_core::kernel::decode`, which `ring` and `maps` call.
 pub mod attach;
 pub mod attach_btf;
+pub mod fds;
 pub mod ids;
 pub mod load;
 pub mod maps;

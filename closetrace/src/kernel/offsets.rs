@@ -183,6 +183,11 @@ pub fn resolve(btf: &Btf) -> Result<SockOffsets, OffsetError> {
         // Tells a connect() that failed before its SYN from a
         // connect(AF_UNSPEC) that aborts one in flight.
         packets_out: field_offset(btf, "tcp_sock", "packets_out", 4)?,
+        // The fd iterator: an open file's inode, whether it is a socket,
+        // and its number. Missing, holders are read from /proc instead.
+        file_inode: optional(field_offset(btf, "file", "f_inode", 8))?,
+        inode_mode: optional(field_offset(btf, "inode", "i_mode", 2))?,
+        inode_ino: optional(field_offset(btf, "inode", "i_ino", 8))?,
     })
 }
 

@@ -1,0 +1,132 @@
+//! Who holds which socket: every process's fd table, read either by the
+//! kernel's fd iterator (one read for the whole host) or, where it does not
+//! load, by walking /proc/PID/fd (a readlink per open file: at node scale,
+//! most of a core per tick).
+use std::collections::HashMap;
+
+use crate::model::Holder;
+
+use super::{procs, sockets};
+
+/// One socket in one process's fd table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketFd {
+    pub pid: u32,
+    pub fd: u32,
+    pub inode: u32,
+}
+
+/// Every socket in every fd table on the host, in one pass. Implemented
+/// by the kernel layer (a BPF iterator); an error sends the host back to
+/// /proc for good.
+pub trait FdTables: Send {
+    fn socket_fds(&mut self) -> Result<Vec<SocketFd>, String>;
+}
+
+/// Socket inode -> its holders, for the inodes `wanted` names: from
+/// `tables` while it works, else from /proc.
+pub fn holders_of(
+    tables: &mut Option<Box<dyn FdTables>>,
+    wanted: &dyn Fn(u32) -> bool,
+) -> HashMap<u32, Vec<Holder>> {
+    let Some(t) = tables else {
+        return sockets::socket_holders_of(wanted);
+    };
+    match t.socket_fds() {
+        Ok(fds) => name_holders(fds.into_iter().filter(|s| wanted(s.inode))),
+        Err(e) => {
+            log::warn!("the fd iterator failed ({e}): holders are read from /proc from now on");
+            *tables = None;
+            sockets::socket_holders_of(wanted)
+        }
+    }
+}
+
+/// Each socket's holders, named from /proc/PID/stat once per process.
+fn name_holders(fds: impl Iterator<Item = SocketFd>) -> HashMap<u32, Vec<Holder>> {
+    let mut names: HashMap<u32, (String, Option<u64>)> = HashMap::new();
+    let mut map: HashMap<u32, Vec<Holder>> = HashMap::new();
+    for s in fds {
+        let (comm, start) = names
+            .entry(s.pid)
+            .or_insert_with(|| match procs::stat(s.pid) {
+                Some(st) => (st.comm, Some(st.start)),
+                None => (String::new(), None),
+            });
+        map.entry(s.inode).or_default().push(Holder {
+            pid: s.pid,
+            start: *start,
+            comm: comm.clone(),
+            fd: s.fd,
+        });
+    }
+    for holders in map.values_mut() {
+        holders.sort_by_key(|h| (h.pid, h.fd));
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+
+    struct Fixed(Result<Vec<SocketFd>, String>);
+
+    impl FdTables for Fixed {
+        fn socket_fds(&mut self) -> Result<Vec<SocketFd>, String> {
+            self.0.clone()
+        }
+    }
+
+    fn own_listener() -> (TcpListener, u32) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let path = format!("/proc/self/fd/{}", l.as_raw_fd());
+        let inode = std::fs::metadata(path).expect("fd").ino() as u32;
+        (l, inode)
+    }
+
+    #[test]
+    fn tables_are_filtered_and_named() {
+        let me = std::process::id();
+        let fds = vec![
+            SocketFd {
+                pid: me,
+                fd: 9,
+                inode: 7,
+            },
+            SocketFd {
+                pid: me,
+                fd: 3,
+                inode: 7,
+            },
+            SocketFd {
+                pid: me,
+                fd: 4,
+                inode: 8,
+            },
+        ];
+        let mut tables: Option<Box<dyn FdTables>> = Some(Box::new(Fixed(Ok(fds))));
+        let found = holders_of(&mut tables, &|inode| inode == 7);
+        assert_eq!(found.keys().collect::<Vec<_>>(), [&7]);
+        let fds: Vec<u32> = found[&7].iter().map(|h| h.fd).collect();
+        assert_eq!(fds, [3, 9]);
+        assert!(found[&7].iter().all(|h| h.pid == me && !h.comm.is_empty()));
+        assert!(tables.is_some());
+    }
+
+    #[test]
+    fn a_failing_iterator_falls_back_to_proc_for_good() {
+        let (l, inode) = own_listener();
+        let mut tables: Option<Box<dyn FdTables>> = Some(Box::new(Fixed(Err("no".into()))));
+        let found = holders_of(&mut tables, &|i| i == inode);
+        assert!(tables.is_none());
+        let h = &found[&inode];
+        assert_eq!(
+            (h[0].pid, h[0].fd),
+            (std::process::id(), l.as_raw_fd() as u32)
+        );
+    }
+}
