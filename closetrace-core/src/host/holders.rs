@@ -60,8 +60,11 @@ fn name_holders(fds: impl Iterator<Item = SocketFd>) -> HashMap<u32, Vec<Holder>
             fd: s.fd,
         });
     }
+    // A thread with an fd table of its own (clone without CLONE_FILES) is
+    // iterated apart from its leader, under the same pid: one holder each.
     for holders in map.values_mut() {
         holders.sort_by_key(|h| (h.pid, h.fd));
+        holders.dedup_by_key(|h| (h.pid, h.fd));
     }
     map
 }
