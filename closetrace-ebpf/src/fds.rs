@@ -10,6 +10,8 @@
 #![no_std]
 #![no_main]
 
+mod object;
+
 use core::ffi::c_void;
 
 use aya_ebpf::bindings::seq_file;
@@ -88,13 +90,3 @@ fn offsets() -> &'static SockOffsets {
     let addr = &raw const OFFSETS;
     unsafe { &*core::ptr::read_volatile(&addr) }
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

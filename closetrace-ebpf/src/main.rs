@@ -22,6 +22,7 @@ mod emit;
 mod filters;
 mod kread;
 mod maps;
+mod object;
 mod owners;
 mod process_tree;
 mod state;
@@ -108,13 +109,3 @@ pub fn tcp_close_fentry(ctx: FEntryContext) -> i32 {
 pub fn tcp_close_kprobe(ctx: ProbeContext) -> u32 {
     try_close_kprobe(&ctx).map_or_else(|e| e as u32, |()| 0)
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -201,17 +201,10 @@ fn an_aborted_connect_is_not_a_failed_one() {
         ],
     );
     server.value("LISTENING");
+    let aborts = ["--count", "5", "--abort-after-ms", "200"];
     let mut client = Peer::spawn_in(
         &ns,
-        &[
-            "client",
-            "--connect",
-            SERVER,
-            "--count",
-            "5",
-            "--abort-after-ms",
-            "200",
-        ],
+        &[&["client", "--connect", SERVER][..], &aborts].concat(),
     );
     client
         .lines
