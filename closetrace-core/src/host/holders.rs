@@ -3,6 +3,7 @@
 //! load, by walking /proc/PID/fd (a readlink per open file: at node scale,
 //! most of a core per tick).
 use std::collections::HashMap;
+use std::io;
 
 use crate::model::Holder;
 
@@ -20,7 +21,7 @@ pub struct SocketFd {
 /// by the kernel layer (a BPF iterator); an error sends the host back to
 /// /proc for good.
 pub trait FdTables: Send {
-    fn socket_fds(&mut self) -> Result<Vec<SocketFd>, String>;
+    fn socket_fds(&mut self) -> io::Result<Vec<SocketFd>>;
 }
 
 /// Socket inode -> its holders, for the inodes `wanted` names: from
@@ -76,11 +77,12 @@ mod tests {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
 
-    struct Fixed(Result<Vec<SocketFd>, String>);
+    /// The iterator's answer, or its failure (None).
+    struct Fixed(Option<Vec<SocketFd>>);
 
     impl FdTables for Fixed {
-        fn socket_fds(&mut self) -> Result<Vec<SocketFd>, String> {
-            self.0.clone()
+        fn socket_fds(&mut self) -> io::Result<Vec<SocketFd>> {
+            self.0.clone().ok_or_else(|| io::Error::other("refused"))
         }
     }
 
@@ -111,7 +113,7 @@ mod tests {
                 inode: 8,
             },
         ];
-        let mut tables: Option<Box<dyn FdTables>> = Some(Box::new(Fixed(Ok(fds))));
+        let mut tables: Option<Box<dyn FdTables>> = Some(Box::new(Fixed(Some(fds))));
         let found = holders_of(&mut tables, &|inode| inode == 7);
         assert_eq!(found.keys().collect::<Vec<_>>(), [&7]);
         let fds: Vec<u32> = found[&7].iter().map(|h| h.fd).collect();
@@ -123,7 +125,7 @@ mod tests {
     #[test]
     fn a_failing_iterator_falls_back_to_proc_for_good() {
         let (l, inode) = own_listener();
-        let mut tables: Option<Box<dyn FdTables>> = Some(Box::new(Fixed(Err("no".into()))));
+        let mut tables: Option<Box<dyn FdTables>> = Some(Box::new(Fixed(None)));
         let found = holders_of(&mut tables, &|i| i == inode);
         assert!(tables.is_none());
         let h = &found[&inode];
