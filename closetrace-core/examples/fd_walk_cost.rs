@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use closetrace_core::host::sockets;
+use closetrace_core::host::holders;
 
 const ROUNDS: usize = 7;
 
 fn ours() -> usize {
-    sockets::socket_holders().values().map(Vec::len).sum()
+    holders::socket_holders().values().map(Vec::len).sum()
 }
 
 fn with_procfs() -> usize {

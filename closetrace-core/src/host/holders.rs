@@ -3,11 +3,11 @@
 //! load, by walking /proc/PID/fd (a readlink per open file: at node scale,
 //! most of a core per tick).
 use std::collections::HashMap;
-use std::io;
+use std::{fs, io};
 
 use crate::model::Holder;
 
-use super::{procs, sockets};
+use super::procs;
 
 /// One socket in one process's fd table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,16 +31,42 @@ pub fn holders_of(
     wanted: &dyn Fn(u32) -> bool,
 ) -> HashMap<u32, Vec<Holder>> {
     let Some(t) = tables else {
-        return sockets::socket_holders_of(wanted);
+        return socket_holders_of(wanted);
     };
     match t.socket_fds() {
         Ok(fds) => name_holders(fds.into_iter().filter(|s| wanted(s.inode))),
         Err(e) => {
             log::warn!("the fd iterator failed ({e}): holders are read from /proc from now on");
             *tables = None;
-            sockets::socket_holders_of(wanted)
+            socket_holders_of(wanted)
         }
     }
+}
+
+/// Map socket inode -> every process holding it, from /proc/*/fd. Processes
+/// that vanish or deny access mid-scan are skipped: this is best effort, as
+/// with `ss -p`.
+pub fn socket_holders() -> HashMap<u32, Vec<Holder>> {
+    socket_holders_of(&|_| true)
+}
+
+/// `socket_holders`, keeping only the sockets `wanted` names: a node's fd
+/// tables can hold a hundred thousand sockets, and a tick wants a few.
+pub fn socket_holders_of(wanted: &dyn Fn(u32) -> bool) -> HashMap<u32, Vec<Holder>> {
+    let mut found = Vec::new();
+    if let Ok(procs) = fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            socket_fds(pid, &mut |fd, inode| {
+                if wanted(inode) {
+                    found.push(SocketFd { pid, fd, inode });
+                }
+            });
+        }
+    }
+    name_holders(found.into_iter())
 }
 
 /// Each socket's holders, named from /proc/PID/stat once per process.
@@ -70,6 +96,67 @@ fn name_holders(fds: impl Iterator<Item = SocketFd>) -> HashMap<u32, Vec<Holder>
     map
 }
 
+/// Each socket in `pid`'s fd table, as (fd, socket inode). The links are
+/// read relative to the open fd directory (readlinkat): resolving
+/// /proc/PID/fd/N from the root for each of a hundred thousand fds costs
+/// three more path lookups apiece.
+fn socket_fds(pid: u32, visit: &mut dyn FnMut(u32, u32)) {
+    let Ok(path) = std::ffi::CString::new(format!("/proc/{pid}/fd")) else {
+        return;
+    };
+    // SAFETY: open on a valid C string; the result is checked.
+    let dir_fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if dir_fd < 0 {
+        return;
+    }
+    // SAFETY: dir_fd is ours; fdopendir takes it over (closedir closes it).
+    let dir = unsafe { libc::fdopendir(dir_fd) };
+    if dir.is_null() {
+        // SAFETY: still ours when fdopendir fails.
+        unsafe { libc::close(dir_fd) };
+        return;
+    }
+    let mut link = [0u8; 64];
+    loop {
+        // SAFETY: dir is open; the entry stays valid until the next readdir.
+        let entry = unsafe { libc::readdir(dir) };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: d_name is NUL-terminated within the entry.
+        let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
+        let Some(fd) = name.to_str().ok().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        // SAFETY: readlinkat into a buffer of the given length.
+        let n = unsafe {
+            libc::readlinkat(dir_fd, name.as_ptr(), link.as_mut_ptr().cast(), link.len())
+        };
+        let Ok(n) = usize::try_from(n) else { continue };
+        if let Some(inode) = std::str::from_utf8(&link[..n.min(link.len())])
+            .ok()
+            .and_then(parse_socket_link)
+        {
+            visit(fd, inode);
+        }
+    }
+    // SAFETY: closes the stream and dir_fd.
+    unsafe { libc::closedir(dir) };
+}
+
+/// `socket:[12345]` -> 12345
+fn parse_socket_link(link: &str) -> Option<u32> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +178,13 @@ mod tests {
         let path = format!("/proc/self/fd/{}", l.as_raw_fd());
         let inode = std::fs::metadata(path).expect("fd").ino() as u32;
         (l, inode)
+    }
+
+    #[test]
+    fn socket_links() {
+        assert_eq!(parse_socket_link("socket:[12345]"), Some(12345));
+        assert_eq!(parse_socket_link("pipe:[12345]"), None);
+        assert_eq!(parse_socket_link("socket:[x]"), None);
     }
 
     #[test]

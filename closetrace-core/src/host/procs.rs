@@ -3,9 +3,10 @@
 //! is not, so that pair is what names a process for the whole boot.
 //!
 //! Per-process files are read and parsed by the procfs crate. The walk of
-//! every fd table (`sockets::socket_holders`) stays hand-written: procfs
-//! spends four syscalls per fd where a readlink is enough, and measured
-//! 20-25% slower on 18,000 socket fds (see examples/fd_walk_cost.rs).
+//! every fd table (`holders::socket_holders`, where the fd iterator does
+//! not load) stays hand-written: procfs spends four syscalls per fd where
+//! a readlink is enough, and measured 20-25% slower on 18,000 socket fds
+//! (see examples/fd_walk_cost.rs).
 use std::os::unix::fs::MetadataExt;
 use std::sync::OnceLock;
 

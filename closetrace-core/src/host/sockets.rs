@@ -3,7 +3,6 @@
 //! finds them). Sockets opened before closetrace started have had their
 //! process-context moments already; this is how they get an owner anyway.
 use std::collections::HashMap;
-use std::fs;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -357,105 +356,6 @@ impl KernelView {
     }
 }
 
-/// Map socket inode -> every process holding it, from /proc/*/fd. Processes
-/// that vanish or deny access mid-scan are skipped: this is best effort, as
-/// with `ss -p`.
-pub fn socket_holders() -> HashMap<u32, Vec<Holder>> {
-    socket_holders_of(&|_| true)
-}
-
-/// `socket_holders`, keeping only the sockets `wanted` names: a node's fd
-/// tables can hold a hundred thousand sockets, and a tick wants a few.
-pub fn socket_holders_of(wanted: &dyn Fn(u32) -> bool) -> HashMap<u32, Vec<Holder>> {
-    let mut map: HashMap<u32, Vec<Holder>> = HashMap::new();
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return map;
-    };
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let mut who = None;
-        socket_fds(pid, &mut |fd, inode| {
-            if !wanted(inode) {
-                return;
-            }
-            let (comm, start) = who.get_or_insert_with(|| match crate::host::procs::stat(pid) {
-                Some(st) => (st.comm, Some(st.start)),
-                None => (String::new(), None),
-            });
-            map.entry(inode).or_default().push(Holder {
-                pid,
-                start: *start,
-                comm: comm.clone(),
-                fd,
-            });
-        });
-    }
-    map
-}
-
-/// Each socket in `pid`'s fd table, as (fd, socket inode). The links are
-/// read relative to the open fd directory (readlinkat): resolving
-/// /proc/PID/fd/N from the root for each of a hundred thousand fds costs
-/// three more path lookups apiece.
-fn socket_fds(pid: u32, visit: &mut dyn FnMut(u32, u32)) {
-    let Ok(path) = std::ffi::CString::new(format!("/proc/{pid}/fd")) else {
-        return;
-    };
-    // SAFETY: open on a valid C string; the result is checked.
-    let dir_fd = unsafe {
-        libc::open(
-            path.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if dir_fd < 0 {
-        return;
-    }
-    // SAFETY: dir_fd is ours; fdopendir takes it over (closedir closes it).
-    let dir = unsafe { libc::fdopendir(dir_fd) };
-    if dir.is_null() {
-        // SAFETY: still ours when fdopendir fails.
-        unsafe { libc::close(dir_fd) };
-        return;
-    }
-    let mut link = [0u8; 64];
-    loop {
-        // SAFETY: dir is open; the entry stays valid until the next readdir.
-        let entry = unsafe { libc::readdir(dir) };
-        if entry.is_null() {
-            break;
-        }
-        // SAFETY: d_name is NUL-terminated within the entry.
-        let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
-        let Some(fd) = name.to_str().ok().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        // SAFETY: readlinkat into a buffer of the given length.
-        let n = unsafe {
-            libc::readlinkat(dir_fd, name.as_ptr(), link.as_mut_ptr().cast(), link.len())
-        };
-        let Ok(n) = usize::try_from(n) else { continue };
-        if let Some(inode) = std::str::from_utf8(&link[..n.min(link.len())])
-            .ok()
-            .and_then(parse_socket_link)
-        {
-            visit(fd, inode);
-        }
-    }
-    // SAFETY: closes the stream and dir_fd.
-    unsafe { libc::closedir(dir) };
-}
-
-/// `socket:[12345]` -> 12345
-fn parse_socket_link(link: &str) -> Option<u32> {
-    link.strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
 /// Inode of this process's network namespace (what the kernel reports as netns).
 pub fn own_netns() -> Option<u32> {
     crate::host::procs::ns_inode("self", "net").and_then(|i| u32::try_from(i).ok())
@@ -463,6 +363,7 @@ pub fn own_netns() -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
     use std::net::{Ipv4Addr, TcpListener};
     use std::os::unix::fs::MetadataExt;
 
@@ -563,13 +464,6 @@ mod tests {
         assert!(parse_into(&bad_len, &mut Vec::new()).is_err());
     }
 
-    #[test]
-    fn socket_links() {
-        assert_eq!(parse_socket_link("socket:[12345]"), Some(12345));
-        assert_eq!(parse_socket_link("pipe:[12345]"), None);
-        assert_eq!(parse_socket_link("socket:[x]"), None);
-    }
-
     /// Real kernel, no root needed: our own listener shows up with our pid.
     #[test]
     fn finds_own_listener_and_holder() {
@@ -586,7 +480,7 @@ mod tests {
             .unwrap()
             .ino();
         assert_eq!(me.inode as u64, fd_inode);
-        let holders = socket_holders();
+        let holders = crate::host::holders::socket_holders();
         let h = holders.get(&me.inode).expect("holder found");
         assert!(
             h.iter()
