@@ -440,8 +440,16 @@ pub struct Config {
     /// shutdown(2) from the syscall number: no syscall entry hooks, whose
     /// mere presence slows every syscall on the host.
     pub task_regs: u32,
+    /// Non-zero (the default mode, when every socket the programs see is
+    /// in a scanned namespace): no owner entry at connect() or accept().
+    /// Entries are made only where a finding needs one (a socket entering
+    /// CLOSE_WAIT, an active closer, a listener): a leak's holders come
+    /// from the fd tables when it is due, and nothing else in this mode
+    /// reads an owner learned at the connection's start.
+    pub lean_owners: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 208);
+const _: () = assert!(core::mem::size_of::<Config>() == 216);
 
 impl Config {
     /// Every offset absent: programs emit nothing until userspace fills it in.
@@ -499,6 +507,8 @@ impl Config {
         id_key: 0,
         task_btf: 0,
         task_regs: 0,
+        lean_owners: 0,
+        _pad: 0,
     };
 }
 

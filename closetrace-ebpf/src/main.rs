@@ -6,7 +6,8 @@
 //! per socket (by cookie) in `SOCKS` and refreshed only from process context:
 //! owner-only transitions (connect, listen, close), accept() for accepted
 //! sockets (their listener's owner until then), and, with
-//! `--owner-from-io`, every send and receive.
+//! `--owner-from-io`, every send and receive. In the default mode with
+//! lean owners (`Config::lean_owners`) only findings make entries.
 //!
 //! Each entry point below is one line calling a `try_` function in its
 //! module: `state` (state changes, failed connects), `owners` (accept,

@@ -1,6 +1,7 @@
 //! Owners learned outside state changes: accept() in the acceptor's
-//! context (the default), send/recv in the caller's (`--owner-from-io`);
-//! and, on kernels before 5.15, threads inside shutdown(2).
+//! context (except with lean owners, see `Config::lean_owners`), send/recv
+//! in the caller's (`--owner-from-io`); and, on kernels before 5.15,
+//! threads inside shutdown(2).
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -28,6 +29,11 @@ pub(crate) fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
         return out_of_fds((-ret) as u32);
     }
     let cfg = config();
+    // Lean owners: an accepted socket's owner matters only if it leaks,
+    // and then its holders name it.
+    if cfg.lean_owners != 0 {
+        return Ok(());
+    }
     let off = &cfg.offsets;
     let Some(sk) = socket_of_fd(ret as u32, off) else {
         return Ok(());

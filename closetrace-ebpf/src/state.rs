@@ -63,9 +63,8 @@ pub(crate) fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     // Hot path: ~7 transitions per connection. In the default mode most of
-    // them stop at the count just below; the endpoints and context facts
-    // are read only for what is sent.
-    let cookie = sock_id(sk);
+    // them stop at the count just below; the socket's id, the endpoints
+    // and the context facts are read only for what is kept or sent.
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // Reported in every mode, before the quiet path; kept for the flags.
     let failed_connect = old == SYN_SENT && new == CLOSE && tgid != 0 && connect_failed(sk);
@@ -80,17 +79,23 @@ pub(crate) fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // prompt close of a CLOSE_WAIT socket the scans find and nobody
     // watches: its end is not sent, and its owner would be forgotten at
     // CLOSE (see `sent`).
+    // With lean owners a connect() is quiet too: its owner is needed only
+    // if the socket leaks, and then its holders name it.
     let quiet = cfg.stream_all == 0 && cfg.filter_pids == 0;
     if quiet
         && ((!by_owner && !findings_need(old, new))
-            || (old == CLOSE_WAIT && scanned(cfg, netns_of::<Btf>(sk, off)) && !watched(cookie)))
+            || (cfg.lean_owners != 0 && old == CLOSE && new == SYN_SENT)
+            || (old == CLOSE_WAIT
+                && scanned(cfg, netns_of::<Btf>(sk, off))
+                && !watched(sock_id(sk))))
     {
         count_transition(old, new);
         if new == CLOSE {
-            let _ = SOCKS.remove(cookie);
+            forget(cfg, sk, old);
         }
         return Ok(());
     }
+    let cookie = sock_id(sk);
     let t = Transition {
         sk,
         old,
@@ -117,6 +122,31 @@ pub(crate) fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     emit_state(cfg, &t, &o, &task, listen_key.netns, now)
+}
+
+/// Drop a closed socket's owner entry. Every entry is made under the id
+/// `sock_id` gives, which makes the socket's cookie when it has none: a
+/// socket still without one has no entry, and is not given a cookie just
+/// to look. With lean owners only a socket that was closed or entered
+/// CLOSE_WAIT has one: for the others, look before deleting, as a lookup
+/// that misses is cheaper than a delete that does (it takes the bucket's
+/// lock).
+#[inline(always)]
+fn forget(cfg: &Config, sk: *const u8, old: u32) {
+    let id = if cfg.id_key != 0 {
+        sock_id(sk)
+    } else {
+        match Btf::get::<u64>(sk, cfg.offsets.cookie) {
+            Ok(0) => return,
+            Ok(cookie) => cookie,
+            Err(_) => sock_id(sk),
+        }
+    };
+    let expected = matches!(old, CLOSE_WAIT | LAST_ACK | FIN_WAIT1 | FIN_WAIT2 | CLOSING);
+    if cfg.lean_owners != 0 && !expected && unsafe { SOCKS.get(id) }.is_none() {
+        return;
+    }
+    let _ = SOCKS.remove(id);
 }
 
 /// The owner: the current task for an owner-only transition, else the
@@ -161,8 +191,12 @@ fn owner_of(t: &Transition, listen_key: &ListenKey, task: &TaskId) -> Owned {
     // new to the map (CLOSE removed it): skip the lookup. A listener that
     // closes (LISTEN -> CLOSE) is not: its entry must be found and removed.
     let fresh = old == CLOSE || (old == LISTEN && new == SYN_RECV);
+    // Lean owners: an open connection has no entry, unless it predates
+    // start-up (then its snapshot owner gives way to this one, and its
+    // holders name it if it leaks).
+    let unkept = fresh || (config().lean_owners != 0 && old == ESTABLISHED);
     if sock_id != 0
-        && !fresh
+        && !unkept
         && let Some(p) = SOCKS.get_ptr_mut(sock_id)
     {
         known = unsafe { *p };
@@ -175,6 +209,7 @@ fn owner_of(t: &Transition, listen_key: &ListenKey, task: &TaskId) -> Owned {
     if !is_known
         && !has_listener
         && !fresh
+        && !t.by_owner
         && let Some(p) = LISTENERS.get_ptr(*listen_key)
     {
         listener = unsafe { *p };

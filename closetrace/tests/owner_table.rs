@@ -1,9 +1,11 @@
 //! The kernel's owner table (`SOCKS`) holds the living: a socket leaves it
 //! at CLOSE, and nothing enters it after its CLOSE. Under churn a table
 //! filled with the dead evicts live owners and makes every insert an
-//! eviction.
+//! eviction. In the default mode an open connection has no entry at all:
+//! owners are kept only where a finding needs one.
 mod support;
 
+use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -77,5 +79,46 @@ fn sockets_outside_the_selection_stay_out_of_the_owner_table() {
     assert!(
         socks < connections / 20,
         "{socks} entries after {connections} connections outside --netns"
+    );
+}
+
+/// The owner entries `flags` leave for `n` loopback connections held open
+/// (both ends), read from the summary while they still are.
+fn entries_for_open_connections(flags: &[&str], n: usize) -> u64 {
+    let tracer = Tracer::start(flags);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let addr = listener.local_addr().expect("listener address");
+    let held: Vec<(TcpStream, TcpStream)> = (0..n)
+        .map(|_| {
+            let client = TcpStream::connect(addr).expect("connect");
+            let (server, _) = listener.accept().expect("accept");
+            (client, server)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let summary = tracer.stop().summary().clone();
+    drop(held);
+    socks_entries(&summary)
+}
+
+/// Lean owners: the default mode learns no owner at connect() or accept(),
+/// so connections that are only open take no entry; `--states`, which
+/// shows every transition's owner, takes one per socket.
+#[test]
+fn open_connections_take_owner_entries_only_with_states() {
+    let Some(_k) = kernel_test("open_connections_take_owner_entries_only_with_states") else {
+        return;
+    };
+    let n = 200;
+    let default = entries_for_open_connections(&[], n);
+    let states = entries_for_open_connections(&["--states"], n);
+    // Whatever else the host runs may add a few.
+    assert!(
+        default < n as u64 / 10,
+        "the default mode kept {default} owners for {n} open connections"
+    );
+    assert!(
+        states >= 2 * n as u64,
+        "--states kept {states} owners for {n} open connections (two ends each)"
     );
 }

@@ -159,7 +159,25 @@ fn config(opts: &LoadOptions<'_>) -> Result<Config, LoadError> {
         // kernels' path here too.
         task_btf: u32::from(!opts.keyed_ids && super::ids::task_btf_helper()),
         task_regs: u32::from(uses_task_regs(opts, &offsets)),
+        lean_owners: u32::from(lean_owners(opts)),
+        _pad: 0,
     })
+}
+
+/// Whether owners are kept only where findings need them
+/// (`Config::lean_owners`): the default mode with no pid filter, where
+/// every socket the programs see is in a namespace the CLOSE_WAIT scans
+/// read, so a leak is named by its holders. `--states`, `--pid` and
+/// `--owner-from-io` show or filter by owners, and sockets of a namespace
+/// the scans cannot read are reported from events: those keep an owner
+/// per connection.
+fn lean_owners(opts: &LoadOptions<'_>) -> bool {
+    let all_scanned = match opts.scan {
+        Some(NetnsReach::All { .. }) => true,
+        Some(reach) => opts.netns != 0 && reach.home() == opts.netns,
+        None => false,
+    };
+    all_scanned && !opts.stream_all && opts.pids.is_empty() && !opts.owner_from_io
 }
 
 /// Whether syscall arguments come from the caller's registers at exit
