@@ -114,9 +114,9 @@ pub struct Cli {
     /// takes its slower syscall path for every syscall of every process,
     /// 30-50 ns each here (see the README's Performance section).
     /// Without them: accepted sockets belong to their listener's owner
-    /// until the acceptor closes them, and bind() failures are not
-    /// reported (connect() failures still are; before 5.15 a half-close
-    /// counts as a close).
+    /// until the acceptor closes them, and accept() running out of fds
+    /// (EMFILE, ENFILE) and bind() failures are not reported (connect()
+    /// failures still are; before 5.15 a half-close counts as a close).
     #[arg(long)]
     pub no_syscall_hooks: bool,
 }

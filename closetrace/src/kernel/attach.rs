@@ -65,8 +65,9 @@ fn required(result: Result<(), String>, hook: &str) -> Result<(), LoadError> {
     })
 }
 
-/// Where accepted sockets' owners come from: accept() by default, once a
-/// connection; every send and receive too with `--owner-from-io`.
+/// Where accepted sockets' owners come from: accept(), once a connection
+/// (with lean owners it only catches EMFILE/ENFILE); every send and
+/// receive too with `--owner-from-io`.
 fn attach_owner_hooks(
     ebpf: &mut Ebpf,
     btf: &Btf,
@@ -76,8 +77,9 @@ fn attach_owner_hooks(
     hooks.push(syscall_hook(
         opts.syscall_hooks,
         "syscalls:sys_exit_accept/sys_exit_accept4",
-        "accepted sockets are owned by their listener's owner until the acceptor closes or \
-         shuts them down",
+        "accept() failing for want of fds (EMFILE, ENFILE) is not reported, and accepted \
+         sockets are owned by their listener's owner until the acceptor closes or shuts them \
+         down",
         || attach_syscall_exit(ebpf, "accept").and_then(|()| attach_syscall_exit(ebpf, "accept4")),
     ));
     if !opts.owner_from_io {
