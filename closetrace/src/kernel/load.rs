@@ -223,3 +223,62 @@ fn fill_selection(ebpf: &mut Ebpf, opts: &LoadOptions<'_>) -> Result<(), LoadErr
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use closetrace_core::kernel::CloseHookChoice;
+
+    fn opts(scan: Option<NetnsReach>) -> LoadOptions<'static> {
+        LoadOptions {
+            pids: &[],
+            ring_bytes: 1 << 20,
+            close_hook: CloseHookChoice::Auto,
+            stream_all: false,
+            scan,
+            netns: 0,
+            cgroups: None,
+            follow_forks: false,
+            owner_from_io: false,
+            syscall_hooks: true,
+            keyed_ids: false,
+        }
+    }
+
+    #[test]
+    fn owners_are_lean_only_where_every_socket_seen_is_scanned() {
+        let all = Some(NetnsReach::All { own: 7 });
+        assert!(lean_owners(&opts(all)));
+        // Only its own namespace scanned: the others' leaks come from
+        // events, which carry owners.
+        assert!(!lean_owners(&opts(Some(NetnsReach::Own(7)))));
+        assert!(!lean_owners(&opts(None)));
+        // ... unless --netns keeps only that namespace in view.
+        let own_only = LoadOptions {
+            netns: 7,
+            ..opts(Some(NetnsReach::Own(7)))
+        };
+        assert!(lean_owners(&own_only));
+        let elsewhere = LoadOptions {
+            netns: 9,
+            ..opts(Some(NetnsReach::Own(7)))
+        };
+        assert!(!lean_owners(&elsewhere));
+        // Modes that show or filter by owners keep them per connection.
+        let states = LoadOptions {
+            stream_all: true,
+            ..opts(all)
+        };
+        let pids = LoadOptions {
+            pids: &[42],
+            ..opts(all)
+        };
+        let io = LoadOptions {
+            owner_from_io: true,
+            ..opts(all)
+        };
+        for o in [states, pids, io] {
+            assert!(!lean_owners(&o));
+        }
+    }
+}
