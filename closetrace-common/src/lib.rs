@@ -14,6 +14,7 @@ pub const COMM_LEN: usize = 16;
 pub const RECORD_STATE: u32 = 1;
 pub const RECORD_CLOSE: u32 = 2;
 pub const RECORD_SOCK_ERROR: u32 = 3;
+pub const RECORD_ACCEPT: u32 = 4;
 
 /// Syscalls whose failures closetrace reports.
 pub mod syscall {
@@ -220,6 +221,23 @@ pub struct SockErrorRecord {
 }
 pub const SOCK_ERROR_RECORD_SIZE: usize = 88;
 const _: () = assert!(core::mem::size_of::<SockErrorRecord>() == SOCK_ERROR_RECORD_SIZE);
+
+/// accept()/accept4() returned a TCP socket: its acceptor. Sent only with
+/// `--states` and lean owners, where userspace keeps the owner of every
+/// socket instead of the kernel (see `Config::lean_owners`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AcceptRecord {
+    /// Always [`RECORD_ACCEPT`].
+    pub kind: u32,
+    /// TCP state when accept() returned it.
+    pub state: u32,
+    pub sock_id: u64,
+    /// The accepting task.
+    pub task: TaskId,
+}
+pub const ACCEPT_RECORD_SIZE: usize = 48;
+const _: () = assert!(core::mem::size_of::<AcceptRecord>() == ACCEPT_RECORD_SIZE);
 
 /// A connect/bind in flight on one CPU, from syscall entry to exit. The
 /// sockaddr itself is read from user memory only if the call fails.
@@ -440,12 +458,15 @@ pub struct Config {
     /// shutdown(2) from the syscall number: no syscall entry hooks, whose
     /// mere presence slows every syscall on the host.
     pub task_regs: u32,
-    /// Non-zero (the default mode, when every socket the programs see is
-    /// in a scanned namespace): no owner entry at connect() or accept().
-    /// Entries are made only where a finding needs one (a socket entering
-    /// CLOSE_WAIT, an active closer, a listener): a leak's holders come
-    /// from the fd tables when it is due, and nothing else in this mode
-    /// reads an owner learned at the connection's start.
+    /// Non-zero (when every socket the programs see is in a scanned
+    /// namespace and no pid is followed): no owner entry at connect() or
+    /// accept(). Entries are made only where a finding needs one (a socket
+    /// entering CLOSE_WAIT, an active closer, a listener): a leak's holders
+    /// come from the fd tables when it is due, and nothing else in the
+    /// kernel reads an owner learned at the connection's start. With
+    /// `--states` every transition is still sent, with the owner only when
+    /// the transition itself tells it; userspace, which sees them all,
+    /// keeps the rest (accept() sends an `AcceptRecord`).
     pub lean_owners: u32,
     pub _pad: u32,
 }
@@ -562,6 +583,7 @@ mod user {
     unsafe impl aya::Pod for super::StateRecord {}
     unsafe impl aya::Pod for super::CloseRecord {}
     unsafe impl aya::Pod for super::SockErrorRecord {}
+    unsafe impl aya::Pod for super::AcceptRecord {}
     unsafe impl aya::Pod for super::SockInfo {}
     unsafe impl aya::Pod for super::ListenKey {}
     unsafe impl aya::Pod for super::ListenerInfo {}

@@ -1,24 +1,27 @@
 //! Owners learned outside state changes: accept() in the acceptor's
-//! context (except with lean owners, see `Config::lean_owners`), send/recv
-//! in the caller's (`--owner-from-io`); and, on kernels before 5.15,
-//! threads inside shutdown(2).
+//! context (kept here, sent to userspace with `--states` and lean owners,
+//! or not at all with lean owners otherwise: see `Config::lean_owners`),
+//! send/recv in the caller's (`--owner-from-io`); and, on kernels before
+//! 5.15, threads inside shutdown(2).
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use closetrace_common::{
-    EMFILE, ENFILE, SockInfo, TaskId, owner_src, syscall,
+    AcceptRecord, Config, EMFILE, ENFILE, LOST_RINGBUF, RECORD_ACCEPT, SockInfo, TaskId, owner_src,
+    syscall,
     tcp_state::{CLOSE, ESTABLISHED},
 };
 
 use crate::calls::emit_sock_error;
+use crate::emit::{count, wakeup};
 use crate::filters::outside;
 use crate::kread::{
     Btf, Probe, SYSCALL_RET, current_start, current_task, is_tcp, netns_of, read, same_start,
     sock_cgroup, sock_id, sock_id_read, socket_of_fd,
 };
-use crate::maps::{IN_SHUTDOWN, OUT_OF_FDS_LAST, SOCKS, config};
+use crate::maps::{EVENTS, IN_SHUTDOWN, OUT_OF_FDS_LAST, SOCKS, config};
 
 /// accept() and accept4() return the new socket's fd in the acceptor's
 /// context: the acceptor owns it (each prefork worker its own sockets),
@@ -30,8 +33,8 @@ pub(crate) fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let cfg = config();
     // Lean owners: an accepted socket's owner matters only if it leaks,
-    // and then its holders name it.
-    if cfg.lean_owners != 0 {
+    // and then its holders name it; with `--states`, userspace keeps it.
+    if cfg.lean_owners != 0 && cfg.stream_all == 0 {
         return Ok(());
     }
     let off = &cfg.offsets;
@@ -66,6 +69,9 @@ pub(crate) fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let owner = current_task(off);
+    if cfg.lean_owners != 0 {
+        return send_acceptor(cfg, sock_id, state, owner);
+    }
     // With --states every child has an entry since LISTEN -> SYN_RECV,
     // and otherwise one that left ESTABLISHED before it was accepted (into
     // CLOSE_WAIT, which findings keep): update it in place. Otherwise it
@@ -84,6 +90,25 @@ pub(crate) fn try_accept(ctx: &TracePointContext) -> Result<(), i32> {
     if SOCKS.insert(sock_id, info, BPF_NOEXIST as u64).is_err() {
         set_owner(sock_id, owner);
     }
+    Ok(())
+}
+
+/// `--states` with lean owners: the acceptor goes to userspace, which
+/// keeps every socket's owner there.
+#[inline(always)]
+fn send_acceptor(cfg: &Config, sock_id: u64, state: u32, owner: TaskId) -> Result<(), i32> {
+    let Some(mut entry) = EVENTS.reserve::<AcceptRecord>(0) else {
+        count(LOST_RINGBUF);
+        return Ok(());
+    };
+    let r = entry.as_mut_ptr();
+    unsafe {
+        (*r).kind = RECORD_ACCEPT;
+        (*r).state = state;
+        (*r).sock_id = sock_id;
+        (*r).task = owner;
+    }
+    entry.submit(wakeup(cfg, size_of::<AcceptRecord>()));
     Ok(())
 }
 

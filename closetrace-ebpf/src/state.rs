@@ -116,12 +116,60 @@ pub(crate) fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         port: local_port::<Btf>(sk, off),
         _pad: 0,
     };
-    let o = owner_of(&t, &listen_key, &task);
-    keep_books(&t, &o, &listen_key, now);
-    if !sent(cfg, &t, &o, listen_key.netns) {
-        return Ok(());
-    }
+    let o = if cfg.stream_all != 0 && cfg.lean_owners != 0 {
+        // `--states` with lean owners: every transition is sent and
+        // userspace, which sees them all (and every accept()), keeps the
+        // owners; the kernel keeps only listeners, for their children.
+        count_transition(old, new);
+        let o = owner_told(&t, &listen_key, &task);
+        keep_listeners(&t, &o.owner, &listen_key);
+        o
+    } else {
+        let o = owner_of(&t, &listen_key, &task);
+        keep_books(&t, &o, &listen_key, now);
+        if !sent(cfg, &t, &o, listen_key.netns) {
+            return Ok(());
+        }
+        o
+    };
     emit_state(cfg, &t, &o, &task, listen_key.netns, now)
+}
+
+/// The owner as this transition alone tells it, with no owner entry: the
+/// current task when it caused the transition, a new child's listener's
+/// owner, else unknown (userspace fills it in).
+#[inline(always)]
+fn owner_told(t: &Transition, listen_key: &ListenKey, task: &TaskId) -> Owned {
+    let mut o = Owned {
+        sock_id: t.cookie,
+        owner: *task,
+        src: if t.by_owner {
+            owner_src::TRANSITION
+        } else {
+            owner_src::UNKNOWN
+        },
+        known: SockInfo {
+            owner: TaskId::EMPTY,
+            owner_src: owner_src::UNKNOWN,
+            state: 0,
+            since_ns: 0,
+        },
+        known_ptr: core::ptr::null_mut(),
+    };
+    if t.old == LISTEN
+        && t.new == SYN_RECV
+        && let Some(p) = LISTENERS.get_ptr(*listen_key)
+    {
+        let listener = unsafe { *p };
+        // As in `owner_of`: a clone that carries its listener's cookie has
+        // no id of its own yet.
+        if listener.cookie == t.cookie {
+            o.sock_id = 0;
+        }
+        o.owner = listener.owner;
+        o.src = owner_src::LISTENER;
+    }
+    o
 }
 
 /// Drop a closed socket's owner entry. Every entry is made under the id
@@ -238,16 +286,8 @@ fn owner_of(t: &Transition, listen_key: &ListenKey, task: &TaskId) -> Owned {
 /// receives a socket.
 #[inline(always)]
 fn keep_books(t: &Transition, o: &Owned, listen_key: &ListenKey, now: u64) {
-    let (old, new) = (t.old, t.new);
-    if new == LISTEN && listen_key.port != 0 {
-        let info = ListenerInfo {
-            owner: o.owner,
-            cookie: t.cookie,
-        };
-        let _ = LISTENERS.insert(*listen_key, info, BPF_ANY as u64);
-    } else if old == LISTEN && new == CLOSE {
-        let _ = LISTENERS.remove(*listen_key);
-    }
+    let new = t.new;
+    keep_listeners(t, &o.owner, listen_key);
     if new == CLOSE_WAIT {
         mark_netns(listen_key.netns);
     }
@@ -275,6 +315,20 @@ fn keep_books(t: &Transition, o: &Owned, listen_key: &ListenKey, now: u64) {
             since_ns: now,
         };
         let _ = SOCKS.insert(o.sock_id, info, BPF_ANY as u64);
+    }
+}
+
+/// Listeners by namespace and port, for their children's owner.
+#[inline(always)]
+fn keep_listeners(t: &Transition, owner: &TaskId, listen_key: &ListenKey) {
+    if t.new == LISTEN && listen_key.port != 0 {
+        let info = ListenerInfo {
+            owner: *owner,
+            cookie: t.cookie,
+        };
+        let _ = LISTENERS.insert(*listen_key, info, BPF_ANY as u64);
+    } else if t.old == LISTEN && t.new == CLOSE {
+        let _ = LISTENERS.remove(*listen_key);
     }
 }
 

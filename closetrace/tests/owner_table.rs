@@ -1,8 +1,9 @@
 //! The kernel's owner table (`SOCKS`) holds the living: a socket leaves it
 //! at CLOSE, and nothing enters it after its CLOSE. Under churn a table
 //! filled with the dead evicts live owners and makes every insert an
-//! eviction. In the default mode an open connection has no entry at all:
-//! owners are kept only where a finding needs one.
+//! eviction. Unless the kernel filters by owner (`--pid`), an open
+//! connection has no entry at all: owners are kept only where a finding
+//! needs one.
 mod support;
 
 use std::net::{TcpListener, TcpStream};
@@ -101,24 +102,29 @@ fn entries_for_open_connections(flags: &[&str], n: usize) -> u64 {
     socks_entries(&summary)
 }
 
-/// Lean owners: the default mode learns no owner at connect() or accept(),
-/// so connections that are only open take no entry; `--states`, which
-/// shows every transition's owner, takes one per socket.
+/// Lean owners: the kernel learns no owner at connect() or accept() unless
+/// it filters by owner (`--pid`), so connections that are only open take
+/// no entry; with `--states`, userspace keeps their owners from the stream.
 #[test]
-fn open_connections_take_owner_entries_only_with_states() {
-    let Some(_k) = kernel_test("open_connections_take_owner_entries_only_with_states") else {
+fn open_connections_take_owner_entries_only_when_filtering_by_owner() {
+    let Some(_k) = kernel_test("open_connections_take_owner_entries_only_when_filtering_by_owner")
+    else {
         return;
     };
     let n = 200;
     let default = entries_for_open_connections(&[], n);
     let states = entries_for_open_connections(&["--states"], n);
+    let me = std::process::id().to_string();
+    let followed = entries_for_open_connections(&["--pid", &me], n);
     // Whatever else the host runs may add a few.
+    for (mode, kept) in [("the default mode", default), ("--states", states)] {
+        assert!(
+            kept < n as u64 / 10,
+            "{mode} kept {kept} owners for {n} open connections"
+        );
+    }
     assert!(
-        default < n as u64 / 10,
-        "the default mode kept {default} owners for {n} open connections"
-    );
-    assert!(
-        states >= 2 * n as u64,
-        "--states kept {states} owners for {n} open connections (two ends each)"
+        followed >= 2 * n as u64,
+        "--pid kept {followed} owners for {n} open connections (two ends each)"
     );
 }

@@ -2,17 +2,18 @@
 //! checked for its kind and exact size before any field is read, and every
 //! enumerated value goes through `TryFrom`: nothing is transmuted.
 use closetrace_common::{
-    CLOSE_RECORD_SIZE, COMM_LEN, CloseRecord, EADDRINUSE, EADDRNOTAVAIL, EMFILE, ENFILE,
-    RECORD_CLOSE, RECORD_SOCK_ERROR, RECORD_STATE, SOCK_ERROR_RECORD_SIZE, STATE_RECORD_SIZE,
-    SockErrorRecord, SockInfo, SocketFd, StateRecord, TaskId, close_src, flags, owner_src, syscall,
+    ACCEPT_RECORD_SIZE, AcceptRecord, CLOSE_RECORD_SIZE, COMM_LEN, CloseRecord, EADDRINUSE,
+    EADDRNOTAVAIL, EMFILE, ENFILE, RECORD_ACCEPT, RECORD_CLOSE, RECORD_SOCK_ERROR, RECORD_STATE,
+    SOCK_ERROR_RECORD_SIZE, STATE_RECORD_SIZE, SockErrorRecord, SockInfo, SocketFd, StateRecord,
+    TaskId, close_src, flags, owner_src, syscall,
 };
 use compact_str::CompactString;
 use thiserror::Error;
 
 use crate::host::holders;
 use crate::model::{
-    Close, CloseVia, Context, Errno, Family, KernelEvent, OutOfFds, OwnerSource, SockError,
-    SockRef, StateChange, Syscall, Task, TcpState,
+    Accepted, Close, CloseVia, Context, Errno, Family, KernelEvent, OutOfFds, OwnerSource,
+    SockError, SockRef, StateChange, Syscall, Task, TcpState,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -71,6 +72,14 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         RECORD_CLOSE => {
             let raw: CloseRecord = read_exact(kind, bytes, CLOSE_RECORD_SIZE)?;
             decode_close(&raw).map(KernelEvent::Close)
+        }
+        RECORD_ACCEPT => {
+            let raw: AcceptRecord = read_exact(kind, bytes, ACCEPT_RECORD_SIZE)?;
+            Ok(KernelEvent::Accepted(Accepted {
+                sock_id: raw.sock_id,
+                state: TcpState::try_from(raw.state).map_err(DecodeError::UnknownState)?,
+                acceptor: task(&raw.task),
+            }))
         }
         other => Err(DecodeError::UnknownKind(other)),
     }
@@ -427,6 +436,33 @@ mod tests {
             decode(&b[..40]),
             Err(DecodeError::Truncated { .. })
         ));
+    }
+
+    #[test]
+    fn decodes_an_accept() {
+        let mut r = AcceptRecord {
+            kind: RECORD_ACCEPT,
+            state: TcpState::Established as u32,
+            sock_id: 42,
+            task: TaskId {
+                tgid: 300,
+                tid: 301,
+                comm: comm("worker"),
+                start_ns: 5,
+            },
+        };
+        let Ok(KernelEvent::Accepted(a)) = decode(&pod_bytes(&r)) else {
+            panic!("not an accept");
+        };
+        assert_eq!((a.sock_id, a.state), (42, TcpState::Established));
+        assert_eq!((a.acceptor.pid, a.acceptor.comm.as_str()), (300, "worker"));
+        let b = pod_bytes(&r);
+        assert!(matches!(
+            decode(&b[..ACCEPT_RECORD_SIZE - 4]),
+            Err(DecodeError::Truncated { .. })
+        ));
+        r.state = 99;
+        assert_eq!(decode(&pod_bytes(&r)), Err(DecodeError::UnknownState(99)));
     }
 
     #[test]

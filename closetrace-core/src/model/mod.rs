@@ -336,6 +336,15 @@ pub struct OutOfFds {
     pub system_wide: bool,
 }
 
+/// accept() returned a socket: its acceptor owns it. Sent only where
+/// userspace keeps owners (`--states`), never shown on its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    pub sock_id: u64,
+    pub state: TcpState,
+    pub acceptor: Task,
+}
+
 /// Everything the ring buffer can carry, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelEvent {
@@ -343,6 +352,7 @@ pub enum KernelEvent {
     Close(Close),
     SockError(SockError),
     OutOfFds(OutOfFds),
+    Accepted(Accepted),
 }
 
 /// Test builders shared by the state machines' unit tests.

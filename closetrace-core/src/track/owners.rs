@@ -1,14 +1,16 @@
 //! Userspace view of live sockets and their owners.
 //!
-//! The kernel keeps the authoritative owner per socket; this table mirrors
-//! what the stream says so that later stages (leak detection, summaries) can
-//! ask "who holds socket X, and since when is it in state S", and it fills in
-//! owners the kernel could not know: sockets found by the start-up snapshot,
-//! and children of listeners that existed before closetrace started.
+//! This table mirrors what the stream says so that later stages (leak
+//! detection, summaries) can ask "who holds socket X, and since when is it
+//! in state S", and it fills in owners the kernel does not send: sockets
+//! found by the start-up snapshot, children of listeners that existed
+//! before closetrace started, and, with `--states`, where the kernel keeps
+//! no owner per socket, every owner the stream told earlier (the
+//! connecting task, the acceptor) and when the socket entered its state.
 //! Pure: events in, no clock, no I/O; bounded so it cannot grow without limit.
 use std::collections::VecDeque;
 
-use crate::model::{OwnerSource, StateChange, Task, TcpState};
+use crate::model::{Accepted, OwnerSource, StateChange, Task, TcpState};
 use crate::track::FastHashMap;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,26 +89,62 @@ impl OwnerTable {
         );
     }
 
+    /// accept() returned socket `a.sock_id`: its acceptor owns it.
+    pub fn accepted(&mut self, a: &Accepted) {
+        if !self.complete || a.state == TcpState::Close {
+            return;
+        }
+        match self.socks.get_mut(&a.sock_id) {
+            Some(e) => {
+                e.owner = Some(a.acceptor.clone());
+                e.source = OwnerSource::Accept;
+            }
+            None => self.insert(
+                a.sock_id,
+                SockEntry {
+                    owner: Some(a.acceptor.clone()),
+                    source: OwnerSource::Accept,
+                    state: a.state,
+                    since_ns: None,
+                },
+            ),
+        }
+    }
+
     /// Apply one transition, filling in `ev.owner` when the kernel did not
-    /// know it but this table does.
+    /// know it, or knew only the listener's, but this table knows better;
+    /// and how long the socket was in its old state, when the kernel did
+    /// not say.
     pub fn apply(&mut self, ev: &mut StateChange) {
         let id = ev.sock.id;
-        if ev.owner.is_none() {
-            let known = self
-                .socks
-                .get(&id)
-                .and_then(|e| e.owner.clone().map(|o| (o, e.source)));
-            let inherited = || {
-                (ev.old == TcpState::SynRecv
-                    || (ev.old == TcpState::Listen && ev.new == TcpState::SynRecv))
-                    .then(|| self.listeners.get(&(ev.sock.netns, ev.sock.sport)).cloned())
-                    .flatten()
-                    .map(|o| (o, OwnerSource::Listener))
-            };
-            if let Some((owner, source)) = known.or_else(inherited) {
-                ev.owner = Some(owner);
-                ev.owner_source = source;
+        // A listener's owner (all the kernel knows of a child it keeps no
+        // entry for) gives way to one seen first-hand.
+        let weak = ev.owner.is_none() || ev.owner_source == OwnerSource::Listener;
+        let mut known = None;
+        if let Some(e) = self.socks.get(&id) {
+            if ev.old_ns.is_none()
+                && e.state == ev.old
+                && let Some(since) = e.since_ns
+            {
+                ev.old_ns = ev.ts_ns.checked_sub(since);
             }
+            if weak && (ev.owner.is_none() || e.source != OwnerSource::Listener) {
+                known = e.owner.clone().map(|o| (o, e.source));
+            }
+        }
+        if ev.owner.is_none() && known.is_none() {
+            let child = ev.old == TcpState::SynRecv
+                || (ev.old == TcpState::Listen && ev.new == TcpState::SynRecv);
+            if child {
+                known = self
+                    .listeners
+                    .get(&(ev.sock.netns, ev.sock.sport))
+                    .map(|o| (o.clone(), OwnerSource::Listener));
+            }
+        }
+        if let Some((owner, source)) = known {
+            ev.owner = Some(owner);
+            ev.owner_source = source;
         }
         let listen_key = (ev.sock.netns, ev.sock.sport);
         match (ev.old, ev.new) {
@@ -306,6 +344,92 @@ mod tests {
         assert!(t.evicted() > 0);
         // The newest sockets survive eviction.
         assert!(t.get(9_999).is_some());
+    }
+
+    /// `--states` with lean owners: the kernel sends a child's listener
+    /// owner, or none; the acceptor, sent apart, wins from then on.
+    #[test]
+    fn acceptor_overrides_the_listener_owner_the_kernel_sends() {
+        let mut t = OwnerTable::new(16, true);
+        let (parent, worker) = (task(10, "master"), task(11, "worker"));
+        t.apply(&mut change(
+            1,
+            80,
+            TcpState::Close,
+            TcpState::Listen,
+            Some(parent.clone()),
+        ));
+        let mut birth = change(
+            2,
+            80,
+            TcpState::Listen,
+            TcpState::SynRecv,
+            Some(parent.clone()),
+        );
+        birth.owner_source = OwnerSource::Listener;
+        t.apply(&mut birth);
+        t.accepted(&Accepted {
+            sock_id: 2,
+            state: TcpState::Established,
+            acceptor: worker.clone(),
+        });
+        // The kernel knows only the listener's owner: the table knows better.
+        let mut cw = change(
+            2,
+            80,
+            TcpState::Established,
+            TcpState::CloseWait,
+            Some(parent.clone()),
+        );
+        cw.owner_source = OwnerSource::Listener;
+        t.apply(&mut cw);
+        assert_eq!(cw.owner, Some(worker.clone()));
+        assert_eq!(cw.owner_source, OwnerSource::Accept);
+        // Unknown to the kernel: filled in, with the time in CLOSE_WAIT.
+        let mut end = change(2, 80, TcpState::CloseWait, TcpState::LastAck, None);
+        end.ts_ns = cw.ts_ns + 5_000;
+        t.apply(&mut end);
+        assert_eq!(end.owner, Some(worker));
+        assert_eq!(end.old_ns, Some(5_000));
+        // A first-hand owner from the kernel is never replaced.
+        let mut other = change(
+            3,
+            80,
+            TcpState::Listen,
+            TcpState::SynRecv,
+            Some(parent.clone()),
+        );
+        other.owner_source = OwnerSource::Listener;
+        t.apply(&mut other);
+        let mut closer = owned(3, 80, TcpState::CloseWait, TcpState::LastAck, task(12, "x"));
+        t.apply(&mut closer);
+        assert_eq!(closer.owner.unwrap().pid, 12);
+    }
+
+    #[test]
+    fn accepts_are_kept_only_with_every_transition_and_never_when_closed() {
+        let acceptor = task(11, "worker");
+        let accept = |id, state| Accepted {
+            sock_id: id,
+            state,
+            acceptor: acceptor.clone(),
+        };
+        let mut findings = OwnerTable::new(16, false);
+        findings.accepted(&accept(2, TcpState::Established));
+        assert!(findings.is_empty());
+        let mut t = OwnerTable::new(16, true);
+        t.accepted(&accept(2, TcpState::Close));
+        assert!(
+            t.is_empty(),
+            "reset before accept(): its end already passed"
+        );
+        // Accepted before closetrace saw it born: kept as accepted.
+        t.accepted(&accept(4, TcpState::CloseWait));
+        let e = t.get(4).unwrap();
+        assert_eq!(
+            (e.source, e.state),
+            (OwnerSource::Accept, TcpState::CloseWait)
+        );
     }
 
     #[test]

@@ -326,7 +326,7 @@ fn start_coordinator(
         },
         clock,
     );
-    let seeded = maps::seed_existing(&mut kernel.ebpf, &existing.view)?;
+    let seeded = maps::seed_existing(&mut kernel.ebpf, &existing.view, kernel.owners_in_userspace)?;
     for s in &seeded {
         monitor
             .table_mut()

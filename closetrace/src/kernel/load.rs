@@ -38,6 +38,9 @@ pub struct Kernel {
     pub cgroups: Option<BpfHashMap<MapData, u64, u8>>,
     /// The fd iterator, for the host worker; None where it did not load.
     pub fd_tables: Option<super::fds::FdIterator>,
+    /// `--states` with lean owners: the kernel keeps no owner per socket
+    /// (only listeners); userspace keeps them from the stream.
+    pub owners_in_userspace: bool,
 }
 
 /// Checks that need no kernel calls: privileges and BTF.
@@ -123,6 +126,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Kernel, LoadError> {
         hooks,
         close_hook,
         fd_tables,
+        owners_in_userspace: config.lean_owners != 0 && config.stream_all != 0,
     })
 }
 
@@ -165,19 +169,20 @@ fn config(opts: &LoadOptions<'_>) -> Result<Config, LoadError> {
 }
 
 /// Whether owners are kept only where findings need them
-/// (`Config::lean_owners`): the default mode with no pid filter, where
-/// every socket the programs see is in a namespace the CLOSE_WAIT scans
-/// read, so a leak is named by its holders. `--states`, `--pid` and
-/// `--owner-from-io` show or filter by owners, and sockets of a namespace
-/// the scans cannot read are reported from events: those keep an owner
-/// per connection.
+/// (`Config::lean_owners`), with no pid filter and no `--owner-from-io`
+/// (both need the kernel to know every socket's owner), and either:
+/// - `--states`: userspace sees every transition and accept(), so it
+///   keeps the owners;
+/// - or every socket the programs see is in a namespace the CLOSE_WAIT
+///   scans read, so a leak is named by its holders. Sockets of a namespace
+///   the scans cannot read are reported from events, which carry owners.
 fn lean_owners(opts: &LoadOptions<'_>) -> bool {
     let all_scanned = match opts.scan {
         Some(NetnsReach::All { .. }) => true,
         Some(reach) => opts.netns != 0 && reach.home() == opts.netns,
         None => false,
     };
-    all_scanned && !opts.stream_all && opts.pids.is_empty() && !opts.owner_from_io
+    (opts.stream_all || all_scanned) && opts.pids.is_empty() && !opts.owner_from_io
 }
 
 /// Whether syscall arguments come from the caller's registers at exit
@@ -264,11 +269,13 @@ mod tests {
             ..opts(Some(NetnsReach::Own(7)))
         };
         assert!(!lean_owners(&elsewhere));
-        // Modes that show or filter by owners keep them per connection.
+        // --states keeps them in userspace, with or without scans.
         let states = LoadOptions {
             stream_all: true,
-            ..opts(all)
+            ..opts(None)
         };
+        assert!(lean_owners(&states));
+        // Modes that filter by owners keep them per connection.
         let pids = LoadOptions {
             pids: &[42],
             ..opts(all)
@@ -277,7 +284,11 @@ mod tests {
             owner_from_io: true,
             ..opts(all)
         };
-        for o in [states, pids, io] {
+        let states_of_pids = LoadOptions {
+            pids: &[42],
+            ..states
+        };
+        for o in [pids, io, states_of_pids] {
             assert!(!lean_owners(&o));
         }
     }

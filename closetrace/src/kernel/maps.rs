@@ -55,10 +55,16 @@ pub struct Seeded {
 }
 
 /// Give sockets that existed before start-up the owner found in /proc, in
-/// the kernel maps, so the programs report them right. Never overwrites
-/// what the programs already learned since attaching. Returns what was
-/// seeded, for userspace's own tables.
-pub fn seed_existing(ebpf: &mut Ebpf, view: &KernelView) -> Result<Vec<Seeded>, LoadError> {
+/// the kernel maps, so the programs report them right: listeners always,
+/// other sockets unless `listeners_only` (when the kernel keeps no owner
+/// per socket, see `Kernel::owners_in_userspace`). Never overwrites what
+/// the programs already learned since attaching. Returns what was seeded,
+/// for userspace's own tables.
+pub fn seed_existing(
+    ebpf: &mut Ebpf,
+    view: &KernelView,
+    listeners_only: bool,
+) -> Result<Vec<Seeded>, LoadError> {
     let [Some(sock_map), Some(listen_map)] = ebpf.maps_disjoint_mut(["SOCKS", "LISTENERS"]) else {
         return Err(LoadError::Map("SOCKS", "missing".into()));
     };
@@ -75,7 +81,9 @@ pub fn seed_existing(ebpf: &mut Ebpf, view: &KernelView) -> Result<Vec<Seeded>, 
         };
         let owner: Task = h.task();
         // BPF_NOEXIST: what the programs saw since attaching is fresher.
-        let _ = sock_map.insert(s.cookie, seed_info(&owner, s.state), BPF_NOEXIST);
+        if !listeners_only {
+            let _ = sock_map.insert(s.cookie, seed_info(&owner, s.state), BPF_NOEXIST);
+        }
         if s.state == TcpState::Listen {
             let key = ListenKey {
                 netns: s.netns,

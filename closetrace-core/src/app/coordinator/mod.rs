@@ -178,6 +178,10 @@ impl Monitor {
             KernelEvent::Close(close) => self.close(&close, sink),
             KernelEvent::SockError(e) => self.ports.on_error(&e, sink, &self.clock),
             KernelEvent::OutOfFds(e) => self.out_of_fds(&e, sink),
+            KernelEvent::Accepted(a) => {
+                self.table.accepted(&a);
+                Ok(())
+            }
         }
     }
 
