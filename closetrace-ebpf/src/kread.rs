@@ -5,8 +5,8 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf,
-    bpf_get_socket_cookie, bpf_probe_read_kernel, bpf_task_pt_regs,
+    bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf,
+    bpf_get_socket_cookie, bpf_probe_read_kernel, bpf_task_pt_regs, generated,
 };
 use closetrace_common::{
     AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP, OFFSET_ABSENT, PF_EXITING, SockOffsets, TaskId,
@@ -132,9 +132,22 @@ pub(crate) fn current_thread() -> TaskId {
     TaskId {
         tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        comm: current_comm(),
         start_ns: 0,
     }
+}
+
+/// The current task's comm. The helper writes (and zero-pads) all of the
+/// buffer, so it is not cleared byte by byte first, as aya's wrapper does
+/// with a call to memset, which a BPF program runs as a loop; two 8-byte
+/// stores clear it instead, in case the helper fails.
+#[inline(always)]
+fn current_comm() -> [u8; COMM_LEN] {
+    let mut comm: u128 = 0;
+    unsafe {
+        generated::bpf_get_current_comm((&raw mut comm).cast(), COMM_LEN as u32);
+    }
+    comm.to_ne_bytes()
 }
 
 /// Two start times of one process: compared at /proc's tick, the grain of
@@ -276,22 +289,25 @@ pub(crate) struct Endpoints {
 #[inline(always)]
 pub(crate) fn endpoints<M: Mem>(sk: *const u8, off: &SockOffsets) -> Result<Endpoints, i32> {
     let family: u16 = M::get(sk, off.family)?;
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    match family {
+    let (saddr, daddr) = match family {
         AF_INET => {
-            saddr[..4].copy_from_slice(&M::get::<[u8; 4]>(sk, off.rcv_saddr)?);
-            daddr[..4].copy_from_slice(&M::get::<[u8; 4]>(sk, off.daddr)?);
+            // As whole words, loaded and stored in memory order (the
+            // address's first byte first): zeroing byte arrays would be a
+            // memset call each.
+            let v4 = |addr: u32| u128::from(addr).to_ne_bytes();
+            (
+                v4(M::get::<u32>(sk, off.rcv_saddr)?),
+                v4(M::get::<u32>(sk, off.daddr)?),
+            )
         }
         AF_INET6 => {
             // Probed straight into place: 16-byte loads through the BTF
             // pointer would take two more stack temporaries, and the state
             // program's stack is at the verifier's limit.
-            saddr = read(sk, off.v6_rcv_saddr)?;
-            daddr = read(sk, off.v6_daddr)?;
+            (read(sk, off.v6_rcv_saddr)?, read(sk, off.v6_daddr)?)
         }
         _ => return Err(1),
-    }
+    };
     Ok(Endpoints {
         family,
         sport: local_port::<M>(sk, off),
