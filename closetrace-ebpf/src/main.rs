@@ -6,8 +6,10 @@
 //! per socket (by cookie) in `SOCKS` and refreshed only from process context:
 //! owner-only transitions (connect, listen, close), accept() for accepted
 //! sockets (their listener's owner until then), and, with
-//! `--owner-from-io`, every send and receive. In the default mode with
-//! lean owners (`Config::lean_owners`) only findings make entries.
+//! `--owner-from-io`, every send and receive. With lean owners
+//! (`Config::lean_owners`) only findings make entries; under `--states`
+//! userspace then keeps the owners from the stream, and accept() sends it
+//! the acceptor.
 //!
 //! Each entry point below is one line calling a `try_` function in its
 //! module: `state` (state changes, failed connects), `owners` (accept,

@@ -1,6 +1,7 @@
 //! `inet_sock_set_state`: every TCP state change, counted; the owner kept
-//! per socket; and, for what findings need (or every change with
-//! `--states`), a record.
+//! per socket where something in the kernel needs it (see
+//! `Config::lean_owners`); and, for what findings need (or every change
+//! with `--states`), a record.
 //!
 //! The steps are separate functions for reading, and `inline(always)` so
 //! the verifier sees one program, as it did when they were one function.
