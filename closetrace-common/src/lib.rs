@@ -461,7 +461,8 @@ pub struct Config {
     /// Non-zero (when every socket the programs see is in a scanned
     /// namespace and no pid is followed): no owner entry at connect() or
     /// accept(). Entries are made only where a finding needs one (a socket
-    /// entering CLOSE_WAIT, an active closer, a listener): a leak's holders
+    /// entering CLOSE_WAIT, a listener; an active close is sent with its
+    /// closer and keeps none): a leak's holders
     /// come from the fd tables when it is due, and nothing else in the
     /// kernel reads an owner learned at the connection's start. With
     /// `--states` every transition is still sent, with the owner only when
@@ -535,15 +536,18 @@ impl Config {
 
 /// Transitions the findings (leaks, TIME_WAIT, close inference) are made
 /// from; in the default mode the kernel emits only these. Into or out of
-/// CLOSE_WAIT (leaks and how they ended), into TIME_WAIT (FIN_WAIT2 or
-/// CLOSING to CLOSE), and listeners opening and closing (accepted sockets
-/// inherit their owner).
+/// CLOSE_WAIT (leaks and how they ended), active closes (ESTABLISHED or
+/// SYN_RECV -> FIN_WAIT1: from then on the socket holds its port, in
+/// FIN_WAIT and then TIME_WAIT, and the closer is the task on the CPU, so
+/// no owner entry is needed to name it when it gets there), and listeners
+/// opening and closing (accepted sockets inherit their owner).
 pub const fn findings_need(old: u32, new: u32) -> bool {
     use tcp_state::*;
     old == CLOSE_WAIT
         || new == CLOSE_WAIT
         || new == LISTEN
-        || (new == CLOSE && (old == LISTEN || old == FIN_WAIT2 || old == CLOSING))
+        || (new == CLOSE && old == LISTEN)
+        || (new == FIN_WAIT1 && (old == ESTABLISHED || old == SYN_RECV))
 }
 
 /// `TRANSITIONS` is indexed `old * STATE_SLOTS + new`.

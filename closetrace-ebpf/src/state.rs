@@ -191,7 +191,9 @@ fn forget(cfg: &Config, sk: *const u8, old: u32) {
             Err(_) => sock_id(sk),
         }
     };
-    let expected = matches!(old, CLOSE_WAIT | LAST_ACK | FIN_WAIT1 | FIN_WAIT2 | CLOSING);
+    // Lean owners keep an entry only from CLOSE_WAIT on (an active close
+    // is sent with its closer and keeps none).
+    let expected = matches!(old, CLOSE_WAIT | LAST_ACK);
     if cfg.lean_owners != 0 && !expected && unsafe { SOCKS.get(id) }.is_none() {
         return;
     }
@@ -295,6 +297,10 @@ fn keep_books(t: &Transition, o: &Owned, listen_key: &ListenKey, now: u64) {
     let is_known = !o.known_ptr.is_null();
     if o.sock_id == 0 {
         // Nothing to keep under an id the socket does not have yet.
+    } else if new == FIN_WAIT1 && !is_known && config().lean_owners != 0 {
+        // An active close is sent with its closer, and nothing after it
+        // needs an owner (the socket can no longer enter CLOSE_WAIT): with
+        // lean owners it takes no entry.
     } else if new == CLOSE {
         // Gone from the state machine: drop it so the map holds only the living.
         if is_known {

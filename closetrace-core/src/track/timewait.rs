@@ -3,9 +3,9 @@
 //! The unit ports run out on is (local address, remote address, remote
 //! port): every connection to that destination needs its own local port,
 //! and each one its closer left in TIME_WAIT holds a port for 60 s. Entries
-//! are learned from the transitions that lead into TIME_WAIT (FIN_WAIT2 or
-//! CLOSING -> CLOSE without a reset: the kernel swaps in a timewait socket
-//! that the state tracepoint never reports). Expiries are not guessed: the
+//! are learned from active closes, which lead into TIME_WAIT (the kernel
+//! then swaps in a timewait socket that the state tracepoint never reports;
+//! see `enters_time_wait`). Expiries are not guessed: the
 //! counts are replaced by the kernel's own (sock_diag) at each
 //! reconciliation. Pure: events, dumps and the clock come in as arguments.
 use std::collections::hash_map::Entry;
@@ -212,12 +212,20 @@ pub fn tuple_of(s: &SockRef) -> Tuple {
     )
 }
 
-/// The TIME_WAIT entry this transition implies: the active closer's socket
-/// handed to a timewait socket.
-pub fn entered_time_wait(ev: &StateChange) -> bool {
+/// The TIME_WAIT entry this transition foretells: an active close (the
+/// closer's FIN, sent in its own context). From then on the socket holds
+/// its port, in FIN_WAIT and then TIME_WAIT. It is counted on the way in
+/// rather than at FIN_WAIT2 or CLOSING -> CLOSE, so that the kernel need
+/// keep no owner entry until the socket gets there; a close the peer
+/// answers with a reset never gets there, and leaves the count at the
+/// next reconciliation.
+pub fn enters_time_wait(ev: &StateChange) -> bool {
     matches!(
         (ev.old, ev.new),
-        (TcpState::FinWait2 | TcpState::Closing, TcpState::Close)
+        (
+            TcpState::Established | TcpState::SynRecv,
+            TcpState::FinWait1
+        )
     ) && !ev.context.error
 }
 
@@ -479,28 +487,25 @@ mod tests {
     }
 
     #[test]
-    fn entries_are_fin_wait2_or_closing_to_close_without_reset() {
-        assert!(entered_time_wait(&change(
-            1,
-            1,
-            TcpState::FinWait2,
-            TcpState::Close
-        )));
-        assert!(entered_time_wait(&change(
-            1,
-            1,
-            TcpState::Closing,
-            TcpState::Close
-        )));
-        let mut rst = change(1, 1, TcpState::FinWait2, TcpState::Close);
-        rst.context.error = true;
-        assert!(!entered_time_wait(&rst));
-        assert!(!entered_time_wait(&change(
-            1,
-            1,
-            TcpState::LastAck,
-            TcpState::Close
-        )));
+    fn entries_are_active_closes_without_an_error() {
+        use TcpState::*;
+        for (old, new) in [(Established, FinWait1), (SynRecv, FinWait1)] {
+            assert!(enters_time_wait(&change(1, 1, old, new)), "{old:?}");
+        }
+        let mut failed = change(1, 1, Established, FinWait1);
+        failed.context.error = true;
+        assert!(!enters_time_wait(&failed));
+        // The rest of the way in is not counted again, and a passive close
+        // never gets there.
+        for (old, new) in [
+            (FinWait1, FinWait2),
+            (FinWait2, Close),
+            (Closing, Close),
+            (CloseWait, LastAck),
+            (LastAck, Close),
+        ] {
+            assert!(!enters_time_wait(&change(1, 1, old, new)), "{old:?}");
+        }
     }
 
     /// A closer of thousands of sockets is kept once, and forgotten with

@@ -14,7 +14,7 @@ use crate::model::{StateChange, Task};
 use crate::output::records::{self, Record, TimeWaitPressure, Ts};
 use crate::output::sink::Sink;
 use crate::output::text::{endpoint, printable};
-use crate::track::timewait::{Dest, Pressure, Tuple, entered_time_wait, tuple_of};
+use crate::track::timewait::{Dest, Pressure, Tuple, enters_time_wait, tuple_of};
 
 const RECONCILE_NS: u64 = 1_000_000_000;
 /// In the text view, the top TIME_WAIT destinations every this often.
@@ -83,7 +83,7 @@ impl PortPressure {
     ) -> io::Result<()> {
         // Only namespaces the scans read: their sysctls set the ports, and
         // sock_diag reconciles their counts.
-        if !entered_time_wait(ev) || !self.reach.covers(ev.sock.netns) {
+        if !enters_time_wait(ev) || !self.reach.covers(ev.sock.netns) {
             return Ok(());
         }
         let t = tuple_of(&ev.sock);
