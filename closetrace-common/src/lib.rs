@@ -460,11 +460,12 @@ pub struct Config {
     pub task_regs: u32,
     /// Non-zero (when every socket the programs see is in a scanned
     /// namespace and no pid is followed): no owner entry at connect() or
-    /// accept(). Entries are made only where a finding needs one (a socket
-    /// entering CLOSE_WAIT, a listener; an active close is sent with its
-    /// closer and keeps none): a leak's holders
-    /// come from the fd tables when it is due, and nothing else in the
-    /// kernel reads an owner learned at the connection's start. With
+    /// accept(), nor when a socket enters CLOSE_WAIT (its namespace's
+    /// activity slot is bumped; the scan dates it by tcp_info). Entries are
+    /// made only for listeners and for watched CLOSE_WAIT sockets once they
+    /// move on; an active close is sent with its closer and keeps none: a
+    /// leak's holders come from the fd tables when it is due, and nothing
+    /// else in the kernel reads an owner learned at the connection's start. With
     /// `--states` every transition is still sent, with the owner only when
     /// the transition itself tells it; userspace, which sees them all,
     /// keeps the rest (accept() sends an `AcceptRecord`).

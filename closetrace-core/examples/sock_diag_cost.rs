@@ -69,9 +69,12 @@ fn crate_dump(visit: &mut dyn FnMut(u64, u16)) -> std::io::Result<()> {
 }
 
 fn ours(visit: &mut dyn FnMut(u64, u16)) -> std::io::Result<()> {
-    sockets::visit_tcp_sockets(closetrace_common::AF_INET, STATES, false, &mut |s| {
-        visit(s.cookie, s.sport)
-    })
+    sockets::visit_tcp_sockets(
+        closetrace_common::AF_INET,
+        STATES,
+        sockets::Ext::NONE,
+        &mut |s| visit(s.cookie, s.sport),
+    )
     .map_err(|e| std::io::Error::other(e.to_string()))
 }
 

@@ -7,7 +7,7 @@
 //! owner-only transitions (connect, listen, close), accept() for accepted
 //! sockets (their listener's owner until then), and, with
 //! `--owner-from-io`, every send and receive. With lean owners
-//! (`Config::lean_owners`) only findings make entries; under `--states`
+//! (`Config::lean_owners`) only listeners and watched leaks make entries; under `--states`
 //! userspace then keeps the owners from the stream, and accept() sends it
 //! the acceptor.
 //!

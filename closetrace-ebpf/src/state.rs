@@ -81,18 +81,26 @@ pub(crate) fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // watches: its end is not sent, and its owner would be forgotten at
     // CLOSE (see `sent`).
     // With lean owners a connect() is quiet too: its owner is needed only
-    // if the socket leaks, and then its holders name it.
+    // if the socket leaks, and then its holders name it. So is entering
+    // CLOSE_WAIT: the scan its namespace's mark sets off finds the socket,
+    // dates it by its tcp_info, and its holders (or, never accepted, its
+    // listener's) name it.
     let quiet = cfg.stream_all == 0 && cfg.filter_pids == 0;
     if quiet
         && ((!by_owner && !findings_need(old, new))
             || (cfg.lean_owners != 0 && old == CLOSE && new == SYN_SENT)
+            || (cfg.lean_owners != 0
+                && new == CLOSE_WAIT
+                && scanned(cfg, netns_of::<Btf>(sk, off)))
             || (old == CLOSE_WAIT
                 && scanned(cfg, netns_of::<Btf>(sk, off))
                 && !watched(sock_id(sk))))
     {
         count_transition(old, new);
-        if new == CLOSE {
-            forget(cfg, sk, old);
+        if new == CLOSE_WAIT {
+            mark_netns(netns_of::<Btf>(sk, off));
+        } else if new == CLOSE {
+            forget(cfg, sk);
         }
         return Ok(());
     }
@@ -176,12 +184,12 @@ fn owner_told(t: &Transition, listen_key: &ListenKey, task: &TaskId) -> Owned {
 /// Drop a closed socket's owner entry. Every entry is made under the id
 /// `sock_id` gives, which makes the socket's cookie when it has none: a
 /// socket still without one has no entry, and is not given a cookie just
-/// to look. With lean owners only a socket that was closed or entered
-/// CLOSE_WAIT has one: for the others, look before deleting, as a lookup
-/// that misses is cheaper than a delete that does (it takes the bucket's
-/// lock).
+/// to look. With lean owners few sockets have one (those that predate
+/// start-up, listeners, watched CLOSE_WAIT sockets once they move on):
+/// look before deleting, as a lookup that misses is cheaper than a delete
+/// that does (it takes the bucket's lock).
 #[inline(always)]
-fn forget(cfg: &Config, sk: *const u8, old: u32) {
+fn forget(cfg: &Config, sk: *const u8) {
     let id = if cfg.id_key != 0 {
         sock_id(sk)
     } else {
@@ -191,10 +199,7 @@ fn forget(cfg: &Config, sk: *const u8, old: u32) {
             Err(_) => sock_id(sk),
         }
     };
-    // Lean owners keep an entry only from CLOSE_WAIT on (an active close
-    // is sent with its closer and keeps none).
-    let expected = matches!(old, CLOSE_WAIT | LAST_ACK);
-    if cfg.lean_owners != 0 && !expected && unsafe { SOCKS.get(id) }.is_none() {
+    if cfg.lean_owners != 0 && unsafe { SOCKS.get(id) }.is_none() {
         return;
     }
     let _ = SOCKS.remove(id);

@@ -42,7 +42,11 @@ fn a_sockets_records_share_one_opaque_id() {
             r["type"] == "close_wait_leak" && r["sport"] == port
         })
         .expect("the leak");
-    let diag = closetrace_core::host::sockets::tcp_sockets_both(u32::MAX, false).unwrap();
+    let diag = closetrace_core::host::sockets::tcp_sockets_both(
+        u32::MAX,
+        closetrace_core::host::sockets::Ext::NONE,
+    )
+    .unwrap();
     let cookie = diag
         .iter()
         .find(|s| s.sport == port && s.dport != 0)

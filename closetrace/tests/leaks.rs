@@ -29,6 +29,20 @@ fn is_resolved(port: u16) -> impl Fn(&Value) -> bool {
     move |r| r["type"] == "close_wait_resolved" && r["sport"] == port
 }
 
+/// The default mode keeps no kernel entry for a socket entering
+/// CLOSE_WAIT: the scan dates it by tcp_info, from the client's FIN, which
+/// came after `connected_at`. The age is no more than the time since (one
+/// jiffy of slack: tcp_info counts in jiffies).
+fn assert_dated_by_tcp_info(leak: &Value, connected_at: Instant) {
+    let waited_ms = connected_at.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(leak["since"], "tcp_info", "{leak}");
+    let age_ms = leak["close_wait_ms"].as_f64().unwrap();
+    assert!(
+        age_ms <= waited_ms + 10.0,
+        "{age_ms} ms > {waited_ms} ms: {leak}"
+    );
+}
+
 fn holder_pids(leak: &Value) -> Vec<u64> {
     leak["holders"]
         .as_array()
@@ -79,6 +93,7 @@ fn leaky_server_is_reported_with_its_fd() {
     );
     let mut server = Peer::spawn(&["server", "--never-close"]);
     let port = server.value("LISTENING");
+    let connected_at = Instant::now();
     let cport = connect_and_close(port, "127.0.0.1");
     let fd = server.number("FD");
     let closed_at = Instant::now();
@@ -89,6 +104,7 @@ fn leaky_server_is_reported_with_its_fd() {
         closed_at.elapsed() >= Duration::from_millis(1900),
         "not before the threshold"
     );
+    assert_dated_by_tcp_info(&leak, connected_at);
     assert_eq!(leak["pid"], server.pid());
     assert_eq!(
         leak["pid_start"],
@@ -97,7 +113,6 @@ fn leaky_server_is_reported_with_its_fd() {
     );
     assert_eq!(leak["dport"], cport);
     assert_eq!(leak["recv_q"], 0, "the server read the EOF: {leak}");
-    assert_eq!(leak["since"], "transition");
     assert_eq!(leak["report"], 1);
     assert!(leak["close_wait_ms"].as_f64().unwrap() >= 1900.0, "{leak}");
     assert_eq!(
@@ -281,6 +296,36 @@ fn fd_passing_names_the_receiver() {
     }
 }
 
+/// A server that stopped accepting: a client gives up and closes, and
+/// its connection sits in CLOSE_WAIT in the accept queue, with no fd. The
+/// leak names the process holding the listener, and says it was never
+/// accepted.
+#[test]
+fn unaccepted_connection_names_the_listener() {
+    let Some(_k) = kernel_test("unaccepted_connection_names_the_listener") else {
+        return;
+    };
+    let mut tracer = Tracer::start(&["--close-wait-threshold", "2s"]);
+    let mut server = Peer::spawn(&["server", "--no-accept"]);
+    let port = server.value("LISTENING");
+    let connected_at = Instant::now();
+    let cport = connect_and_close(port, "127.0.0.1");
+    let leak = tracer
+        .wait_record(Duration::from_secs(5), is_leak(port))
+        .expect("a close_wait_leak");
+    assert_dated_by_tcp_info(&leak, connected_at);
+    assert!(leak["close_wait_ms"].as_f64().unwrap() >= 1900.0, "{leak}");
+    assert_eq!(leak["dport"], cport);
+    assert_eq!(leak["accept_queue"], true, "{leak}");
+    assert_eq!(leak["pid"], server.pid(), "{leak}");
+    assert_eq!(holder_pids(&leak), vec![server.pid() as u64]);
+    kill(server.pid());
+    tracer
+        .wait_record(Duration::from_secs(5), is_resolved(port))
+        .expect("the listener's close ends it: resolved");
+    tracer.stop();
+}
+
 /// Acceptance 6: A leak that began before closetrace started is found at start-up.
 #[test]
 fn leak_from_before_startup_is_reported() {
@@ -289,6 +334,7 @@ fn leak_from_before_startup_is_reported() {
     };
     let mut server = Peer::spawn(&["server", "--never-close"]);
     let port = server.value("LISTENING");
+    let connected_at = Instant::now();
     connect_and_close(port, "127.0.0.1");
     server.value("FD");
     std::thread::sleep(Duration::from_millis(200));
@@ -296,7 +342,9 @@ fn leak_from_before_startup_is_reported() {
     let leak = tracer
         .wait_record(Duration::from_secs(4), is_leak(port))
         .expect("a leak");
-    assert_eq!(leak["since"], "startup", "{leak}");
+    // The first scan finds it and its tcp_info dates it from the FIN,
+    // before start-up.
+    assert_dated_by_tcp_info(&leak, connected_at);
     assert_eq!(leak["pid"], server.pid());
     assert_eq!(holder_pids(&leak), vec![server.pid() as u64]);
     tracer.stop();

@@ -11,6 +11,7 @@ use std::thread::{self, JoinHandle};
 use tokio::sync::mpsc;
 
 use crate::host::Host;
+use crate::host::accept_queue::listeners_of;
 use crate::host::sockets::{DiagSocket, KernelView, SnapshotError};
 use crate::model::ports::PortPolicy;
 use crate::model::threads::{ProcessSample, TcpInfo};
@@ -104,7 +105,8 @@ pub enum Answer {
     BindHolders {
         error: SockError,
         suppressed: u64,
-        view: Result<KernelView, SnapshotError>,
+        /// Boxed: a view is large beside the other answers.
+        view: Box<Result<KernelView, SnapshotError>>,
     },
     ListenerHolders {
         overflowing: Vec<(DiagSocket, u32)>,
@@ -163,7 +165,7 @@ fn run(host: &mut dyn Host, job: Job) -> Answer {
         Job::BindHolders { error, suppressed } => Answer::BindHolders {
             error,
             suppressed,
-            view: host.everything(),
+            view: Box::new(host.everything()),
         },
         Job::ListenerHolders(overflowing) => {
             let inodes = overflowing.iter().map(|(l, _)| l.inode).collect();
@@ -200,7 +202,20 @@ fn tick(host: &mut dyn Host, job: TickJob) -> TickAnswer {
                 // the same fd walk.
                 let peers = sockets.iter().flat_map(|s| s.values());
                 inodes.extend(peers.filter_map(|(_, p)| p.as_ref()).map(|p| p.inode));
-                let view = KernelView::new(by_cookie, host.holders(&inodes));
+                // Never accepted: their listeners' holders answer for them.
+                let queued_on = match d.close_wait.iter().any(|s| s.inode == 0) {
+                    true => listeners_of(
+                        &d.close_wait,
+                        &host.listeners().unwrap_or_else(|e| {
+                            log::debug!("listing listeners for unaccepted sockets: {e}");
+                            Vec::new()
+                        }),
+                    ),
+                    false => HashMap::new(),
+                };
+                inodes.extend(queued_on.values());
+                let mut view = KernelView::new(by_cookie, host.holders(&inodes));
+                view.queued_on = queued_on;
                 if let (Some(ask), Some(sockets)) = (&job.diagnose, sockets) {
                     diagnosis = Some(DiagnoseFound {
                         processes: host.sample_processes(&to_sample(ask, &view)),

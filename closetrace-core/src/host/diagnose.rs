@@ -56,9 +56,13 @@ impl System {
             if let std::collections::hash_map::Entry::Vacant(slot) = by_ns.entry(netns) {
                 let mut all = HashMap::new();
                 self.in_namespace(netns, Some(pid), || {
-                    sockets::visit_tcp_sockets_both(sockets::states::HELD, false, &mut |s| {
-                        all.insert(s.inode, s);
-                    })
+                    sockets::visit_tcp_sockets_both(
+                        sockets::states::HELD,
+                        sockets::Ext::NONE,
+                        &mut |s| {
+                            all.insert(s.inode, s);
+                        },
+                    )
                 });
                 slot.insert(all);
             }

@@ -8,12 +8,11 @@ use std::net::IpAddr;
 use closetrace_common::{AF_INET, AF_INET6};
 
 use super::sockets::{
-    DIAG_MSG_LEN, DIAG_REQ_LEN, DiagSocket, SnapshotError, diag_attr, diag_header, exchange,
-    parse_diag_msg,
+    DIAG_MSG_LEN, DIAG_REQ_LEN, DiagSocket, INET_DIAG_INFO, SnapshotError, diag_attr, diag_header,
+    exchange, parse_diag_msg,
 };
 use crate::model::threads::TcpInfo;
 
-const INET_DIAG_INFO: u16 = 2;
 /// No cookie to match: any socket with the tuple.
 const INET_DIAG_NOCOOKIE: u32 = !0;
 

@@ -1,6 +1,7 @@
 //! What reads the running system: sock_diag, fd tables, /proc, cgroups,
 //! port sysctls and privileges. Blocking I/O lives here and only here; the
 //! coordinator reaches it through the `Host` trait, from a worker thread.
+pub mod accept_queue;
 pub mod cgroups;
 mod diagnose;
 pub mod filters;
@@ -212,7 +213,14 @@ impl System {
         }
         let dumped = std::mem::take(&mut self.dumped);
         let choose = |ns: u32| sweep || !dumped.contains(&ns) || pick(ns);
-        let result = self.visit_in(&choose, states, false, visit);
+        // A CLOSE_WAIT socket the kernel kept no entry for is dated by its
+        // tcp_info (`DiagSocket::last_ack_recv_ms`).
+        let ext = if states & (1 << closetrace_common::tcp_state::CLOSE_WAIT) != 0 {
+            sockets::Ext::INFO
+        } else {
+            sockets::Ext::NONE
+        };
+        let result = self.visit_in(&choose, states, ext, visit);
         // Forget namespaces that went away: containers come and go.
         let found = self
             .found
@@ -293,11 +301,11 @@ impl System {
         &mut self,
         choose: &dyn Fn(u32) -> bool,
         states: u32,
-        meminfo: bool,
+        ext: sockets::Ext,
         visit: &mut dyn FnMut(DiagSocket),
     ) -> Result<(), SnapshotError> {
         self.each_where(choose, |netns| {
-            sockets::visit_tcp_sockets_both(states, meminfo, &mut |mut s| {
+            sockets::visit_tcp_sockets_both(states, ext, &mut |mut s| {
                 s.netns = netns;
                 visit(s);
             })
@@ -306,9 +314,13 @@ impl System {
     }
 
     /// Sockets in `states` in every namespace read, tagged.
-    fn sockets(&mut self, states: u32, meminfo: bool) -> Result<Vec<DiagSocket>, SnapshotError> {
+    fn sockets(
+        &mut self,
+        states: u32,
+        ext: sockets::Ext,
+    ) -> Result<Vec<DiagSocket>, SnapshotError> {
         let mut all = Vec::new();
-        self.visit_in(&|_| true, states, meminfo, &mut |s| all.push(s))?;
+        self.visit_in(&|_| true, states, ext, &mut |s| all.push(s))?;
         Ok(all)
     }
 
@@ -323,7 +335,7 @@ impl System {
     /// parsed: a node can hold a hundred thousand sockets.
     fn view(&mut self, states: u32) -> Result<KernelView, SnapshotError> {
         let mut by_cookie = HashMap::new();
-        self.visit_in(&|_| true, states, false, &mut |s| {
+        self.visit_in(&|_| true, states, sockets::Ext::NONE, &mut |s| {
             by_cookie.insert(s.cookie, s);
         })?;
         let inodes: HashSet<u32> = by_cookie.values().map(|s| s.inode).collect();
@@ -343,7 +355,10 @@ impl Host for System {
     }
 
     fn listeners(&mut self) -> Result<Vec<DiagSocket>, SnapshotError> {
-        self.sockets(1 << closetrace_common::tcp_state::LISTEN, true)
+        self.sockets(
+            1 << closetrace_common::tcp_state::LISTEN,
+            sockets::Ext::MEMINFO,
+        )
     }
 
     fn holders(&mut self, inodes: &HashSet<u32>) -> HashMap<u32, Vec<Holder>> {

@@ -41,6 +41,12 @@ pub struct DiagSocket {
     /// The socket's cgroup (v2) id (INET_DIAG_CGROUP_ID, sent unasked by
     /// 5.7+ kernels for full sockets); 0 when absent.
     pub cgroup: u64,
+    /// Milliseconds since the peer's last ACK (tcp_info's
+    /// `tcpi_last_ack_recv`), when asked (`Ext::INFO`) and the socket is a
+    /// full one. For a CLOSE_WAIT socket it dates the FIN, which carried
+    /// an ACK: the socket entered CLOSE_WAIT then, or earlier if the peer
+    /// sent more after it.
+    pub last_ack_recv_ms: Option<u32>,
     /// The network namespace (inode) it was listed in: set by whoever
     /// asked sock_diag, since the reply does not say.
     pub netns: u32,
@@ -53,26 +59,40 @@ const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 pub(crate) const DIAG_MSG_LEN: usize = 72;
+pub(crate) const INET_DIAG_INFO: u16 = 2;
 const INET_DIAG_SKMEMINFO: u16 = 7;
 const INET_DIAG_CGROUP_ID: u16 = 21;
 const SK_MEMINFO_DROPS: usize = 8;
+/// `tcpi_last_ack_recv` in `struct tcp_info` (UAPI, fixed since 2.6).
+const TCPI_LAST_ACK_RECV: usize = 56;
+
+/// The optional attributes a dump asks for (`idiag_ext` bits), beyond
+/// what every reply carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ext(u8);
+
+impl Ext {
+    pub const NONE: Ext = Ext(0);
+    /// tcp_info, for `DiagSocket::last_ack_recv_ms`.
+    pub const INFO: Ext = Ext(1 << (INET_DIAG_INFO - 1));
+    /// sk_meminfo, for `DiagSocket::drops`.
+    pub const MEMINFO: Ext = Ext(1 << (INET_DIAG_SKMEMINFO - 1));
+}
 
 /// TCP sockets of `family` whose state is in the `states` bit mask (bit N =
-/// TCP state N), with `meminfo` their drop counters too, each handed to
+/// TCP state N), with the attributes `ext` asks for, each handed to
 /// `visit` as it is parsed: a host can hold a hundred thousand TIME_WAIT
 /// sockets, and a periodic count of them should not materialise them all.
 pub fn visit_tcp_sockets(
     family: u16,
     states: u32,
-    meminfo: bool,
+    ext: Ext,
     visit: &mut dyn FnMut(DiagSocket),
 ) -> Result<(), SnapshotError> {
     let mut req = [0u8; DIAG_REQ_LEN];
     let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
     diag_header(&mut req, flags, family);
-    if meminfo {
-        req[18] = 1 << (INET_DIAG_SKMEMINFO - 1);
-    }
+    req[18] = ext.0;
     req[20..24].copy_from_slice(&states.to_ne_bytes());
     exchange(&req, &mut |m| {
         if let Some(s) = parse_diag_msg(m)? {
@@ -190,6 +210,9 @@ pub(crate) fn parse_diag_msg(m: &[u8]) -> Result<Option<DiagSocket>, SnapshotErr
         cgroup: diag_attr(&m[DIAG_MSG_LEN..], INET_DIAG_CGROUP_ID)
             .and_then(|a| a.get(..8))
             .map_or(0, |b| u64::from_ne_bytes(b.try_into().expect("8 bytes"))),
+        last_ack_recv_ms: diag_attr(&m[DIAG_MSG_LEN..], INET_DIAG_INFO)
+            .and_then(|a| a.get(TCPI_LAST_ACK_RECV..TCPI_LAST_ACK_RECV + 4))
+            .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes"))),
         family,
         state,
         timer: m[2],
@@ -227,6 +250,7 @@ impl DiagSocket {
             wqueue: 0,
             drops: None,
             cgroup: 0,
+            last_ack_recv_ms: None,
             netns,
         }
     }
@@ -271,20 +295,20 @@ pub(crate) fn diag_attr(mut attrs: &[u8], want: u16) -> Option<&[u8]> {
 }
 
 /// Every TCP socket in `states`, both families (IPv6 failing is not an error).
-pub fn tcp_sockets_both(states: u32, meminfo: bool) -> Result<Vec<DiagSocket>, SnapshotError> {
+pub fn tcp_sockets_both(states: u32, ext: Ext) -> Result<Vec<DiagSocket>, SnapshotError> {
     let mut v = Vec::new();
-    visit_tcp_sockets_both(states, meminfo, &mut |s| v.push(s))?;
+    visit_tcp_sockets_both(states, ext, &mut |s| v.push(s))?;
     Ok(v)
 }
 
 /// `visit_tcp_sockets` for both families (IPv6 failing is not an error).
 pub fn visit_tcp_sockets_both(
     states: u32,
-    meminfo: bool,
+    ext: Ext,
     visit: &mut dyn FnMut(DiagSocket),
 ) -> Result<(), SnapshotError> {
-    visit_tcp_sockets(AF_INET, states, meminfo, visit)?;
-    let _ = visit_tcp_sockets(AF_INET6, states, meminfo, visit);
+    visit_tcp_sockets(AF_INET, states, ext, visit)?;
+    let _ = visit_tcp_sockets(AF_INET6, states, ext, visit);
     Ok(())
 }
 
@@ -293,6 +317,9 @@ pub fn visit_tcp_sockets_both(
 pub struct KernelView {
     pub by_cookie: HashMap<u64, DiagSocket>,
     pub holders: HashMap<u32, Vec<Holder>>,
+    /// Sockets never accepted (no inode yet), by cookie: the inode of the
+    /// listener whose accept queue holds them (see `accept_queue`).
+    pub queued_on: HashMap<u64, u32>,
     /// Cookies by namespace and endpoints, built on the first `find` that
     /// needs it (ids that are not cookies), once for the whole view.
     by_ends: std::cell::OnceCell<HashMap<Ends, u64>>,
@@ -315,6 +342,7 @@ impl KernelView {
         KernelView {
             by_cookie,
             holders,
+            queued_on: HashMap::new(),
             by_ends: std::cell::OnceCell::new(),
         }
     }
@@ -351,8 +379,24 @@ impl KernelView {
     /// Every process holding `sock` (see `find`).
     pub fn holders_of_sock(&self, sock: &SockRef, by_tuple: bool) -> &[Holder] {
         self.find(sock, by_tuple)
-            .and_then(|s| self.holders.get(&s.inode))
+            .and_then(|s| self.holders.get(&self.held_as(s)))
             .map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether `sock` was never accepted: `holders_of_sock` then names
+    /// those holding its listener.
+    pub fn in_accept_queue(&self, sock: &SockRef, by_tuple: bool) -> bool {
+        self.find(sock, by_tuple)
+            .is_some_and(|s| s.inode == 0 && self.queued_on.contains_key(&s.cookie))
+    }
+
+    /// The inode whose holders answer for `s`: its own, or, never
+    /// accepted, its listener's.
+    fn held_as(&self, s: &DiagSocket) -> u32 {
+        match s.inode {
+            0 => self.queued_on.get(&s.cookie).copied().unwrap_or(0),
+            inode => inode,
+        }
     }
 }
 
@@ -470,7 +514,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let mut socks = Vec::new();
-        visit_tcp_sockets(AF_INET, u32::MAX, false, &mut |s| socks.push(s)).unwrap();
+        visit_tcp_sockets(AF_INET, u32::MAX, Ext::NONE, &mut |s| socks.push(s)).unwrap();
         let me = socks
             .iter()
             .find(|s| s.sport == port && s.state == TcpState::Listen)

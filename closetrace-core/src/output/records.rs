@@ -219,16 +219,8 @@ pub struct Close<'a> {
     pub via: CloseVia,
 }
 
-/// Since when a leak's age is counted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LeakSince {
-    /// From entering CLOSE_WAIT, as the kernel saw it.
-    #[default]
-    Transition,
-    /// It was already in CLOSE_WAIT when closetrace started: a lower bound.
-    Startup,
-}
+/// Since when a leak's age is counted (the detector's own account).
+pub use crate::track::leaks::LeakSince;
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct CloseWaitLeak<'a> {
@@ -249,9 +241,14 @@ pub struct CloseWaitLeak<'a> {
     /// Unread bytes: > 0 the EOF was never read; 0 it was read and the
     /// socket not closed. Null when the kernel could not be asked.
     pub recv_q: Option<u32>,
-    /// Every process with the socket in its fd table.
+    /// Every process with the socket in its fd table; for a socket never
+    /// accepted (`accept_queue`), every process holding its listener.
     #[serde(default)]
     pub holders: Cow<'a, [Holder]>,
+    /// Never accepted: still in its listener's accept queue (its server
+    /// stopped accepting, or accepts too slowly), with no fd of its own.
+    #[serde(default)]
+    pub accept_queue: bool,
     /// 1 for the first report of this leak, then 2, 3 ... (backing off).
     #[serde(default)]
     pub report: u32,
@@ -767,6 +764,7 @@ mod tests {
                 since: LeakSince::Startup,
                 recv_q: Some(0),
                 holders: holders.into(),
+                accept_queue: true,
                 report: 2,
                 leak: 3,
                 diagnosis: Some(crate::output::diagnosis::sample()),

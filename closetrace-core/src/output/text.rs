@@ -171,10 +171,13 @@ pub fn leak_text(rec: &CloseWaitLeak<'_>, process_leaks: u64) -> String {
         .iter()
         .map(|h| format!("{}({}) fd {}", printable(&h.comm), h.pid, h.fd))
         .collect();
-    let held = if holders.is_empty() {
-        "nobody visible".to_string()
-    } else {
-        holders.join(", ")
+    let held = match (holders.is_empty(), rec.accept_queue) {
+        (true, _) => "nobody visible".to_string(),
+        (false, false) => holders.join(", "),
+        (false, true) => format!(
+            "nobody: never accepted, its listener {}",
+            holders.join(", ")
+        ),
     };
     let eof = match rec.recv_q {
         Some(0) => "EOF read, never closed".to_string(),
@@ -183,7 +186,8 @@ pub fn leak_text(rec: &CloseWaitLeak<'_>, process_leaks: u64) -> String {
     };
     let at_least = match rec.since {
         LeakSince::Startup => ">= ",
-        LeakSince::Transition => "",
+        // Exact unless the peer sent more after its FIN (see LeakSince).
+        LeakSince::Transition | LeakSince::TcpInfo => "",
     };
     let again = match rec.report {
         0 | 1 => String::new(),
@@ -280,6 +284,41 @@ mod tests {
         ev.owner_source = OwnerSource::Listener;
         ev.owner = owner;
         ev
+    }
+
+    /// A socket never accepted has no holder of its own: the line says so
+    /// before naming its listener's.
+    #[test]
+    fn an_unaccepted_leak_names_its_listener_as_such() {
+        let ev = ev(None);
+        let holders = [Holder {
+            pid: 7,
+            start: None,
+            comm: "nginx".into(),
+            fd: 6,
+        }];
+        let mut rec = CloseWaitLeak {
+            ts: crate::output::records::Ts::at(&WallClock::from_offset(0), 0),
+            pid: Some(7),
+            pid_start: None,
+            comm: Some("nginx".into()),
+            sock: crate::output::records::SockFields::new(&ev.sock, &NoContainers),
+            close_wait_ms: 2_500.0,
+            since: LeakSince::TcpInfo,
+            recv_q: Some(0),
+            holders: holders[..].into(),
+            accept_queue: true,
+            report: 1,
+            leak: 1,
+            diagnosis: None,
+        };
+        let line = leak_text(&rec, 1);
+        assert!(line.contains("for 2.5 s (EOF read"), "{line}");
+        let queued = "held by nobody: never accepted, its listener nginx(7) fd 6;";
+        assert!(line.contains(queued), "{line}");
+        rec.accept_queue = false;
+        let line = leak_text(&rec, 1);
+        assert!(line.contains("held by nginx(7) fd 6;"), "{line}");
     }
 
     #[test]

@@ -7,9 +7,30 @@
 //! leak is re-reported at most once per threshold period and ever more
 //! rarely, never flooding. Bounded: at capacity the oldest is dropped.
 
+use serde::{Deserialize, Serialize};
+
 use crate::model::{Holder, SockRef, StateChange, Task, TcpState};
 use crate::track::closes::{How, how_left_close_wait};
 use crate::track::{FastHashMap, FastHashSet};
+
+/// Since when a leak's age is counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeakSince {
+    /// From entering CLOSE_WAIT, as the kernel saw it.
+    #[default]
+    Transition,
+    /// From the peer's last ACK, by the socket's tcp_info: its FIN carried
+    /// one, so this is when it entered CLOSE_WAIT, unless the peer sent
+    /// more after its FIN (then later, and the age a lower bound). The
+    /// default mode keeps no kernel entry for a socket entering
+    /// CLOSE_WAIT: the scan dates it this way.
+    TcpInfo,
+    /// Found in CLOSE_WAIT with no date: aged from then, a lower bound.
+    /// The start-up snapshot's leaks where no scan runs (`--states`,
+    /// `--cgroup`), or a scan's when the kernel gave no tcp_info.
+    Startup,
+}
 
 /// How long a socket must be missing from the kernel's view before it is
 /// taken as gone unseen: several times the pipeline's ring-buffer drain
@@ -23,10 +44,9 @@ const MAX_REPORT_GAP_NS: u64 = 3600 * 1_000_000_000;
 pub struct Tracked {
     pub sock: SockRef,
     pub owner: Option<Task>,
-    /// When it entered CLOSE_WAIT (or closetrace started, see `from_startup`).
+    /// When it entered CLOSE_WAIT, as `dated` tells.
     pub since_ns: u64,
-    /// Already in CLOSE_WAIT when closetrace started: the age is a lower bound.
-    pub from_startup: bool,
+    pub dated: LeakSince,
     /// Leak reports so far.
     pub reports: u32,
     next_report_ns: u64,
@@ -90,7 +110,7 @@ impl LeakDetector {
         self.dropped
     }
 
-    fn track(&mut self, sock: SockRef, owner: Option<Task>, since_ns: u64, from_startup: bool) {
+    fn track(&mut self, sock: SockRef, owner: Option<Task>, since_ns: u64, dated: LeakSince) {
         // Full: forget the oldest. A linear scan, but only ever at capacity.
         let full = !self.socks.contains_key(&sock.id) && self.socks.len() >= self.capacity;
         if full
@@ -110,7 +130,7 @@ impl LeakDetector {
                 sock,
                 owner,
                 since_ns,
-                from_startup,
+                dated,
                 reports: 0,
                 next_report_ns,
                 absent_since_ns: None,
@@ -133,23 +153,24 @@ impl LeakDetector {
         }
     }
 
-    /// A socket a scan found in CLOSE_WAIT, in it since `since_ns` (or, if
-    /// `from_startup`, at least since then). Already tracked: unchanged.
-    pub fn found(&mut self, sock: SockRef, owner: Option<Task>, since_ns: u64, from_startup: bool) {
+    /// A socket a scan found in CLOSE_WAIT, in it since `since_ns` as
+    /// `dated` tells. Already tracked: unchanged.
+    pub fn found(&mut self, sock: SockRef, owner: Option<Task>, since_ns: u64, dated: LeakSince) {
         if !self.is_tracked(sock.id) && !self.ended_since_mark.contains(&sock.id) {
-            self.track(sock, owner, since_ns, from_startup);
+            self.track(sock, owner, since_ns, dated);
         }
     }
 
     /// A socket found in CLOSE_WAIT at start-up, aged from `now`.
     pub fn seed(&mut self, sock: SockRef, owner: Option<Task>, now_ns: u64) {
-        self.track(sock, owner, now_ns, true);
+        self.track(sock, owner, now_ns, LeakSince::Startup);
     }
 
     /// Apply a transition; returns the resolution if it ended a reported leak.
     pub fn on_state(&mut self, ev: &StateChange) -> Option<Resolved> {
         if ev.new == TcpState::CloseWait {
-            self.track(ev.sock.clone(), ev.owner.clone(), ev.ts_ns, false);
+            let (sock, owner) = (ev.sock.clone(), ev.owner.clone());
+            self.track(sock, owner, ev.ts_ns, LeakSince::Transition);
             return None;
         }
         // Any other transition of a tracked socket means it left CLOSE_WAIT
@@ -357,7 +378,7 @@ mod tests {
         d.set_owner(5, task(42, "holder"));
         let due = d.due(101 * S);
         assert_eq!(due.len(), 1);
-        assert!(due[0].tracked.from_startup);
+        assert_eq!(due[0].tracked.dated, LeakSince::Startup);
         assert_eq!(due[0].tracked.owner.as_ref().unwrap().pid, 42);
     }
 
@@ -445,12 +466,12 @@ mod tests {
         let mut rst = change(9, 9501, CloseWait, Close);
         rst.context.error = true;
         assert!(d.on_state(&rst).is_some() || !d.is_tracked(9));
-        d.found(sock.clone(), None, S, false);
+        d.found(sock.clone(), None, S, LeakSince::Transition);
         assert!(!d.is_tracked(9), "revived from a dump older than its end");
         // The next scan is asked after the end: a socket of that id in
         // CLOSE_WAIT then is news.
         d.mark();
-        d.found(sock, None, 2 * S, false);
+        d.found(sock, None, 2 * S, LeakSince::TcpInfo);
         assert!(d.is_tracked(9));
     }
 }

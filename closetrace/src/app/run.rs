@@ -233,7 +233,7 @@ impl Existing {
             HashMap::new()
         };
         let listening = 1 << closetrace_common::tcp_state::LISTEN;
-        let diag = match sockets::tcp_sockets_both(listening, false) {
+        let diag = match sockets::tcp_sockets_both(listening, sockets::Ext::NONE) {
             Ok(_) => HookReport::ok("sock_diag", Attach::Netlink),
             Err(e) => HookReport::unavailable(
                 "sock_diag",

@@ -21,9 +21,11 @@ impl Monitor {
     /// in CLOSE_WAIT left it before the watch took, or their transition is
     /// still in flight or lost: see `LeakDetector::absent`. Only sockets of
     /// namespaces the scan read (`read`; None: all it covers) can be absent.
+    /// `at`: when the tick was asked for, and a time by which its dump
+    /// had run.
     pub(super) fn scan_close_wait(
         &mut self,
-        now_ns: u64,
+        (now_ns, dumped_by_ns): (u64, u64),
         found: Result<Vec<DiagSocket>, SnapshotError>,
         read: Option<&HashSet<u32>>,
         sink: &mut Sink,
@@ -47,10 +49,9 @@ impl Monitor {
                 continue;
             }
             let (since, owner) = kernel.entered(s.cookie).unwrap_or((0, None));
-            let known = since != 0 && since <= now_ns;
             kernel.watch(s.cookie);
-            let since = if known { since } else { now_ns };
-            self.leaks.found(s.sock_ref(), owner, since, !known);
+            let (since, dated) = date_found(since, s.last_ack_recv_ms, now_ns, dumped_by_ns);
+            self.leaks.found(s.sock_ref(), owner, since, dated);
         }
         let gone: Vec<u64> = self
             .leaks
@@ -166,13 +167,10 @@ impl Monitor {
                 comm: owner.as_ref().map(|o| Cow::Borrowed(o.comm.as_str())),
                 sock: SockFields::new(&d.tracked.sock, sink.containers()),
                 close_wait_ms: records::ns_to_ms(d.age_ns),
-                since: if d.tracked.from_startup {
-                    LeakSince::Startup
-                } else {
-                    LeakSince::Transition
-                },
+                since: d.tracked.dated,
                 recv_q: diag.map(|s| s.rqueue),
                 holders: Cow::Borrowed(holders),
+                accept_queue: view.is_some_and(|v| v.in_accept_queue(&d.tracked.sock, by_tuple)),
                 report: d.tracked.reports,
                 leak,
                 diagnosis,
@@ -206,5 +204,58 @@ impl Monitor {
         let mut leaks: Vec<_> = by_process.into_values().collect();
         leaks.sort_by(LeakStats::by_open);
         leaks
+    }
+}
+
+/// When a socket a scan found in CLOSE_WAIT entered it: the kernel's
+/// entry (`kernel_since`, 0 for none) if it kept one; else its peer's last
+/// ACK, `last_ack_ms` before the dump (taken at `dumped_by_ns` at the
+/// latest, so the age is never overstated); else, undated, from now.
+pub(super) fn date_found(
+    kernel_since: u64,
+    last_ack_ms: Option<u32>,
+    now_ns: u64,
+    dumped_by_ns: u64,
+) -> (u64, LeakSince) {
+    if kernel_since != 0 && kernel_since <= now_ns {
+        return (kernel_since, LeakSince::Transition);
+    }
+    match last_ack_ms {
+        Some(ms) => {
+            let since = dumped_by_ns.saturating_sub(u64::from(ms) * 1_000_000);
+            (since.min(now_ns), LeakSince::TcpInfo)
+        }
+        None => (now_ns, LeakSince::Startup),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn the_kernel_entry_dates_first_then_tcp_info_then_now() {
+        let now = 10_000 * MS;
+        assert_eq!(
+            date_found(4_000 * MS, Some(1), now, now + 5 * MS),
+            (4_000 * MS, LeakSince::Transition)
+        );
+        // The FIN came 3 s before a dump that ran by now + 5 ms.
+        assert_eq!(
+            date_found(0, Some(3_000), now, now + 5 * MS),
+            (7_005 * MS, LeakSince::TcpInfo)
+        );
+        // An entry from the future (another clock) is no date.
+        assert_eq!(
+            date_found(now + MS, None, now, now),
+            (now, LeakSince::Startup)
+        );
+        // An ACK younger than the dump's lag is dated now, never later.
+        assert_eq!(
+            date_found(0, Some(1), now, now + 5 * MS),
+            (now, LeakSince::TcpInfo)
+        );
     }
 }

@@ -252,7 +252,7 @@ impl Monitor {
                 suppressed,
                 view,
             } => {
-                let view = view
+                let view = (*view)
                     .inspect_err(|e| log::warn!("cannot list sockets for bind() holders: {e}"))
                     .ok();
                 self.ports
@@ -295,7 +295,10 @@ impl Monitor {
                 .on_scan(now_ns, dump, listeners, sink, &self.clock)?;
         }
         if let Some(found) = a.close_wait {
-            self.scan_close_wait(now_ns, found, a.read.as_ref(), sink)?;
+            // The dump ran after `now_ns` and within the tick's time.
+            let dumped_by_ns = now_ns + (a.took_ms * 1e6) as u64;
+            let at = (now_ns, dumped_by_ns);
+            self.scan_close_wait(at, found, a.read.as_ref(), sink)?;
         }
         if let Some(m) = &self.metrics {
             m.borrow_mut().update(&self.metrics_view(now_ns));
