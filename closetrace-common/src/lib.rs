@@ -580,6 +580,19 @@ pub const fn netns_slot(netns: u32) -> u32 {
     netns % NETNS_SLOTS
 }
 
+/// The second bank of `NETNS_ACTIVITY`: an IPv6 socket of the namespace
+/// entered CLOSE_WAIT or made an active close (FIN_WAIT1, the only way to
+/// FIN_WAIT2 and TIME_WAIT). Every socket a dump looks for comes from one
+/// of those, so the scans skip a namespace's IPv6 dump (a walk of the
+/// whole established hash, shared by every namespace) while its slot is
+/// quiet and the last one found nothing.
+pub const fn netns_ipv6_slot(netns: u32) -> u32 {
+    NETNS_SLOTS + netns_slot(netns)
+}
+
+/// Both banks.
+pub const NETNS_ACTIVITY_SLOTS: u32 = 2 * NETNS_SLOTS;
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: all of these are repr(C), made only of integers and byte arrays,

@@ -1,7 +1,7 @@
 //! Counting and submitting: per-CPU counters, and the wakeup policy for
 //! records submitted to the ring buffer.
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
-use closetrace_common::{Config, STATE_SLOTS, netns_slot};
+use closetrace_common::{AF_INET6, Config, STATE_SLOTS, netns_ipv6_slot, netns_slot};
 
 use crate::maps::{EVENTS, LOST, NETNS_ACTIVITY, TRANSITIONS};
 
@@ -17,7 +17,22 @@ pub(crate) fn count_transition(old: u32, new: u32) {
 /// A socket of namespace `netns` entered CLOSE_WAIT: the scans must read it.
 #[inline(always)]
 pub(crate) fn mark_netns(netns: u32) {
-    if let Some(n) = NETNS_ACTIVITY.get_ptr_mut(netns_slot(netns)) {
+    bump(NETNS_ACTIVITY.get_ptr_mut(netns_slot(netns)));
+}
+
+/// A socket of namespace `netns` entered a state the scans list, or that
+/// leads to one (see `netns_ipv6_slot`): if it is IPv6, its namespace's
+/// IPv6 sockets must be listed too.
+#[inline(always)]
+pub(crate) fn mark_ipv6(family: Result<u16, i32>, netns: u32) {
+    if matches!(family, Ok(AF_INET6)) {
+        bump(NETNS_ACTIVITY.get_ptr_mut(netns_ipv6_slot(netns)));
+    }
+}
+
+#[inline(always)]
+fn bump(slot: Option<*mut u64>) {
+    if let Some(n) = slot {
         // Per-CPU slot, as for `LOST`.
         unsafe { *n += 1 };
     }

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use closetrace_common::{
     CGROUPS_CAPACITY, Config, IN_SHUTDOWN_CAPACITY, LISTENERS_CAPACITY, LOST_SLOTS, ListenKey,
-    ListenerInfo, NETNS_SLOTS, PIDS_CAPACITY, PendingCall, SOCKS_CAPACITY, SockInfo,
+    ListenerInfo, NETNS_ACTIVITY_SLOTS, PIDS_CAPACITY, PendingCall, SOCKS_CAPACITY, SockInfo,
     TRANSITION_SLOTS, WATCH_CAPACITY,
 };
 
@@ -28,15 +28,18 @@ pub(crate) static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SL
 pub(crate) static TRANSITIONS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(TRANSITION_SLOTS, 0);
 
-/// CLOSE_WAIT entries per namespace slot (`netns_slot`), per CPU: the
-/// scans read only namespaces whose slot moved (and, now and then, all).
 /// Per CPU, when accept() last reported running out of fds: a server
 /// that loops on a failing accept() reports once a second per CPU.
 #[map]
 pub(crate) static OUT_OF_FDS_LAST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// CLOSE_WAIT entries per namespace slot (`netns_slot`), per CPU: the
+/// scans read only namespaces whose slot moved (and, now and then, all).
+/// The second bank (`netns_ipv6_slot`) counts IPv6 sockets alone, so a
+/// namespace's IPv6 dump is made only where one may be found.
 #[map]
-pub(crate) static NETNS_ACTIVITY: PerCpuArray<u64> = PerCpuArray::with_max_entries(NETNS_SLOTS, 0);
+pub(crate) static NETNS_ACTIVITY: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(NETNS_ACTIVITY_SLOTS, 0);
 
 /// Owner and current state per socket cookie. LRU so that sockets whose end
 /// we miss (lost events, sockets closed before start-up) cannot fill it.

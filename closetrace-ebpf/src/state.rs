@@ -16,7 +16,7 @@ use closetrace_common::{
 };
 
 use crate::calls::{connect_failed, report_failed_connect};
-use crate::emit::{count, count_transition, mark_netns, wakeup};
+use crate::emit::{count, count_transition, mark_ipv6, mark_netns, wakeup};
 use crate::filters::{caused_by_owner, may_close, outside, scanned, watched};
 use crate::kread::{
     Btf, Mem, SYS_SHUTDOWN, current_exiting, current_regs, current_task, current_thread, endpoints,
@@ -98,7 +98,9 @@ pub(crate) fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     {
         count_transition(old, new);
         if new == CLOSE_WAIT {
-            mark_netns(netns_of::<Btf>(sk, off));
+            let netns = netns_of::<Btf>(sk, off);
+            mark_netns(netns);
+            mark_ipv6(Btf::get(sk, off.family), netns);
         } else if new == CLOSE {
             forget(cfg, sk);
         }
@@ -125,6 +127,9 @@ pub(crate) fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         port: local_port::<Btf>(sk, off),
         _pad: 0,
     };
+    if new == CLOSE_WAIT || new == FIN_WAIT1 {
+        mark_ipv6(Btf::get(sk, off.family), listen_key.netns);
+    }
     let o = if cfg.stream_all != 0 && cfg.lean_owners != 0 {
         // `--states` with lean owners: every transition is sent and
         // userspace, which sees them all (and every accept()), keeps the

@@ -120,6 +120,50 @@ fn time_wait_pressure_then_eaddrnotavail() {
     );
 }
 
+/// A namespace's IPv6 sockets are listed only once the kernel saw IPv6
+/// activity there (`Ipv6Gate`): IPv6 TIME_WAIT made after start-up, past
+/// the first sweep, is counted at each reconciliation as ss counts it,
+/// not dropped by one that skipped the IPv6 dump. (Here the server's
+/// CLOSE_WAIT entries mark the namespace too; a remote server's would not,
+/// and the client's FIN_WAIT1 does.)
+#[test]
+fn ipv6_time_wait_made_after_startup_is_counted() {
+    let Some(_k) = kernel_test("ipv6_time_wait_made_after_startup_is_counted") else {
+        return;
+    };
+    let ns = Netns::new("tw6");
+    let only = format!("/run/netns/{}", ns.name);
+    let tracer = Tracer::start_in(&ns, &["--netns", only.as_str()]);
+    // Past the first tick's sweep, which lists every family.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut server = Peer::spawn_in(
+        &ns,
+        &["server", "--listen", "[::1]:9502", "--connections", "0"],
+    );
+    server.value("LISTENING");
+    let mut client = Peer::spawn_in(&ns, &["client", "--connect", "[::1]:9502", "--count", "50"]);
+    client.wait_done();
+    let ss_tw = ns.ss_timewait_count();
+    // Two reconciliations (ticks of a second), each replacing the counts
+    // with the kernel's.
+    std::thread::sleep(Duration::from_millis(2500));
+    let out = tracer.stop();
+    let top = out.summary()["time_wait"]["top"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let ours = top
+        .iter()
+        .find(|d| d["dport"] == 9502 && d["daddr"] == "::1")
+        .unwrap_or_else(|| panic!("no IPv6 destination in {top:?}"));
+    assert!(ss_tw >= 50, "ss saw {ss_tw}");
+    assert_eq!(
+        ours["time_wait"].as_u64().unwrap() as usize,
+        ss_tw,
+        "{ours}"
+    );
+}
+
 /// Acceptance 2: bind() on a port a listener holds names both processes.
 #[test]
 fn bind_error_names_the_holder() {

@@ -6,6 +6,7 @@ pub mod cgroups;
 mod diagnose;
 pub mod filters;
 pub mod holders;
+pub mod ipv6_gate;
 pub mod lookup;
 pub mod netns;
 pub mod privileges;
@@ -22,7 +23,9 @@ use crate::model::Holder;
 use crate::model::netns::NetnsReach;
 use crate::model::ports::PortPolicy;
 use crate::model::threads::{ProcessSample, TcpInfo};
+use closetrace_common::{AF_INET, AF_INET6};
 use holders::FdTables;
+use ipv6_gate::Ipv6Gate;
 use netns::{Namespace, NetnsError, Switcher};
 use sockets::{DiagSocket, KernelView, SnapshotError};
 
@@ -122,6 +125,9 @@ pub struct System {
     last_sweep: Option<Instant>,
     /// The kernel's fd iterator, where it loaded: holders without /proc.
     fd_tables: Option<Box<dyn FdTables>>,
+    /// Where scans list IPv6 sockets; None (no kernel activity known):
+    /// everywhere.
+    ipv6: Option<Ipv6Gate>,
 }
 
 /// How often socket dumps read every namespace, whatever changed: a safety
@@ -148,6 +154,7 @@ impl System {
             dumped: HashSet::new(),
             last_sweep: None,
             fd_tables: None,
+            ipv6: None,
         }
     }
 
@@ -220,7 +227,7 @@ impl System {
         } else {
             sockets::Ext::NONE
         };
-        let result = self.visit_in(&choose, states, ext, visit);
+        let result = self.visit_gated(&choose, sweep, states, ext, visit);
         // Forget namespaces that went away: containers come and go.
         let found = self
             .found
@@ -233,6 +240,49 @@ impl System {
             .filter(|ns| found.iter().any(|n| n.inode == *ns))
             .collect();
         result.map(|_| ())
+    }
+
+    /// `visit_in`, listing a namespace's IPv6 sockets only where the gate
+    /// (if any) is open, or on a sweep.
+    fn visit_gated(
+        &mut self,
+        choose: &dyn Fn(u32) -> bool,
+        sweep: bool,
+        states: u32,
+        ext: sockets::Ext,
+        visit: &mut dyn FnMut(DiagSocket),
+    ) -> Result<(), SnapshotError> {
+        let gate = self.ipv6.take();
+        let now = Instant::now();
+        let mut found_ipv6 = HashSet::new();
+        let result = self.each_where(choose, |netns| {
+            sockets::visit_tcp_sockets(AF_INET, states, ext, &mut |mut s| {
+                s.netns = netns;
+                visit(s);
+            })?;
+            if sweep || gate.as_ref().is_none_or(|g| g.open(netns, now)) {
+                // As in `visit_tcp_sockets_both`: IPv6 failing is no error.
+                let _ = sockets::visit_tcp_sockets(AF_INET6, states, ext, &mut |mut s| {
+                    s.netns = netns;
+                    found_ipv6.insert(netns);
+                    visit(s);
+                });
+            }
+            Ok(())
+        });
+        self.ipv6 = gate.map(|mut g| {
+            g.found(&found_ipv6, now);
+            g
+        });
+        result.map(|_| ())
+    }
+
+    /// The kernel's IPv6 activity moved in these namespace slots: from now
+    /// on, a namespace's IPv6 sockets are listed only where it did lately
+    /// (see `Ipv6Gate`).
+    pub fn ipv6_activity(&mut self, slots: impl IntoIterator<Item = u32>) {
+        let gate = self.ipv6.get_or_insert_with(Ipv6Gate::default);
+        gate.activity(slots, Instant::now());
     }
 
     /// `read` run inside each namespace, with its inode: the answers of

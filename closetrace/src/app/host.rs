@@ -12,7 +12,7 @@ use closetrace_core::model::threads::{ProcessSample, TcpInfo};
 
 use crate::kernel::maps::NetnsActivity;
 use crate::kernel::selection::Upkeep;
-use closetrace_common::netns_slot;
+use closetrace_common::{NETNS_SLOTS, netns_slot};
 
 /// When a process started, in /proc's ticks (None once it is gone).
 pub fn start_of(pid: u32) -> Option<u64> {
@@ -37,6 +37,10 @@ impl Host for RunHost {
         visit: &mut dyn FnMut(DiagSocket),
     ) -> Result<(), SnapshotError> {
         let moved = self.activity.as_mut().and_then(NetnsActivity::moved);
+        if let Some(moved) = &moved {
+            let ipv6 = moved.iter().filter_map(|s| s.checked_sub(NETNS_SLOTS));
+            self.system.ipv6_activity(ipv6);
+        }
         match (wanted, moved) {
             (Some(wanted), Some(moved)) => {
                 let pick = |ns: u32| wanted.contains(&ns) || moved.contains(&netns_slot(ns));

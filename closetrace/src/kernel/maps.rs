@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
-use closetrace_common::{ListenKey, ListenerInfo, NETNS_SLOTS, SockInfo};
+use closetrace_common::{ListenKey, ListenerInfo, NETNS_ACTIVITY_SLOTS, SockInfo};
 use closetrace_core::host::sockets::KernelView;
 use closetrace_core::kernel::CloseWaitKernel;
 use closetrace_core::kernel::decode::{close_wait_entry, seed_info, task_id};
@@ -190,8 +190,10 @@ pub fn occupancy_of_remaining(ebpf: &Ebpf) -> Vec<(&'static str, MapUse)> {
     .collect()
 }
 
-/// The kernel's CLOSE_WAIT entries per namespace slot, and which slots
-/// moved since the last look: the namespaces a scan must read.
+/// The kernel's CLOSE_WAIT entries per namespace slot, and its IPv6
+/// activity in a second bank (`netns_ipv6_slot`), and which slots moved
+/// since the last look: the namespaces a scan must read, and those whose
+/// IPv6 sockets it must list.
 pub struct NetnsActivity {
     map: PerCpuArray<MapData, u64>,
     last: Vec<u64>,
@@ -201,15 +203,15 @@ impl NetnsActivity {
     pub fn new(map: PerCpuArray<MapData, u64>) -> Self {
         NetnsActivity {
             map,
-            last: vec![0; NETNS_SLOTS as usize],
+            last: vec![0; NETNS_ACTIVITY_SLOTS as usize],
         }
     }
 
-    /// Slots whose count changed since the previous call (all of them, if
-    /// the map cannot be read: a scan then reads everything).
+    /// Slots of either bank whose count changed since the previous call
+    /// (None if the map cannot be read: a scan then reads everything).
     pub fn moved(&mut self) -> Option<HashSet<u32>> {
         let mut moved = HashSet::new();
-        for slot in 0..NETNS_SLOTS {
+        for slot in 0..NETNS_ACTIVITY_SLOTS {
             let now: u64 = match self.map.get(&slot, 0) {
                 Ok(per_cpu) => per_cpu.iter().sum(),
                 Err(e) => {
