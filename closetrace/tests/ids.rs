@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Peer, Tracer, connect_once, kernel_test, kill};
+use support::{Peer, Tracer, connect_once, kernel_test, keyed_ids, kill};
 
 /// The keyed hashes have bit 62 set and 63 clear (a kernel address has
 /// its top bits set); cookies are a counter.
@@ -14,14 +14,6 @@ const KEYED_BIT: u64 = 1 << 62;
 
 fn is_keyed_id(id: u64) -> bool {
     id & KEYED_BIT != 0 && id < 1 << 63
-}
-
-fn keyed(ready: &Value) -> bool {
-    ready["hooks"]
-        .as_array()
-        .expect("hooks")
-        .iter()
-        .any(|h| h["attach"] == "keyed_hash" && h["status"] == "degraded")
 }
 
 /// One connection's records with `--states`: every record about the
@@ -72,7 +64,7 @@ fn a_sockets_records_share_one_opaque_id() {
     assert_eq!(s.len(), 1, "one id for the server's socket: {s:?}");
     assert_eq!(c.len(), 1, "one id for the client's socket: {c:?}");
     assert_ne!(s, c);
-    if keyed(&ready) {
+    if keyed_ids(&ready) {
         assert!(
             s[0] & KEYED_BIT != 0 && c[0] & KEYED_BIT != 0,
             "{s:?} {c:?}"
@@ -95,7 +87,7 @@ fn keyed_ids_still_find_leaks_with_their_holders() {
         &[("CLOSETRACE_SOCKET_IDS", "keyed")],
         &["--close-wait-threshold", "1s"],
     );
-    assert!(keyed(&tracer.ready), "{}", tracer.ready);
+    assert!(keyed_ids(&tracer.ready), "{}", tracer.ready);
     let mut server = Peer::spawn(&["server", "--never-close"]);
     let port = server.value("LISTENING");
     connect_once(port);

@@ -27,6 +27,8 @@ const TESTS: &[(&str, &str)] = &[
     ("leaks", "prefork_workers_own_what_they_accept"),
     ("state_stream", "owner_from_io_is_opt_in"),
     ("leaks", "leak_from_before_startup_is_reported"),
+    // A never-accepted socket's listener, found in each kernel's sock_diag.
+    ("leaks", "unaccepted_connection_names_the_listener"),
     // shutdown(2) told from a close: by the syscall entry/exit hooks
     // before 5.15, by the caller's syscall number from its registers after.
     ("leaks", "shutdown_is_not_a_close"),
@@ -504,15 +506,22 @@ fn host(closetrace: &Path, tests: &[(PathBuf, &str)]) -> anyhow::Result<Vec<Stri
         _ => println!("xtask: host: tcp_close via {attach}"),
     }
     for (bin, test) in tests {
-        let ok = Command::new(bin)
+        let out = Command::new(bin)
             .args(["--exact", test])
             .env("CLOSETRACE_REQUIRE_KERNEL_TESTS", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
+            .stdin(Stdio::null())
+            .output();
+        let ok = out.as_ref().is_ok_and(|o| o.status.success());
         println!("xtask: host: {test}: {}", if ok { "pass" } else { "FAIL" });
         if !ok {
+            // As in the guests: the panic, so a failure can be read in the log.
+            if let Ok(o) = &out {
+                let text = String::from_utf8_lossy(&o.stdout) + String::from_utf8_lossy(&o.stderr);
+                let why = text
+                    .lines()
+                    .filter(|l| l.contains("panicked") || l.contains("assert"));
+                why.take(5).for_each(|l| println!("xtask: host:   {l}"));
+            }
             failures.push(format!("host: {test}"));
         }
     }

@@ -214,6 +214,17 @@ impl Drop for Netns {
     }
 }
 
+/// Socket ids are keyed hashes, not cookies (before 5.12): the kernel's
+/// maps cannot be asked about sock_diag's sockets, so CLOSE_WAIT comes
+/// from events rather than scans.
+pub fn keyed_ids(ready: &Value) -> bool {
+    ready["hooks"]
+        .as_array()
+        .expect("hooks")
+        .iter()
+        .any(|h| h["attach"] == "keyed_hash" && h["status"] == "degraded")
+}
+
 impl Tracer {
     pub fn start(args: &[&str]) -> Tracer {
         Self::start_cmd(Command::new(CLOSETRACE), args)
