@@ -2,7 +2,7 @@
 //! the configuration userspace writes before load.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use closetrace_common::{
     CGROUPS_CAPACITY, Config, IN_SHUTDOWN_CAPACITY, LISTENERS_CAPACITY, LOST_SLOTS, ListenKey,
@@ -46,6 +46,14 @@ pub(crate) static NETNS_ACTIVITY: PerCpuArray<u64> =
 #[map]
 pub(crate) static SOCKS: LruHashMap<u64, SockInfo> =
     LruHashMap::with_max_entries(SOCKS_CAPACITY, 0);
+
+/// One past the highest cookie the start-up snapshot gave an entry in
+/// `SOCKS` (0 until userspace has seeded it: then every closing socket is
+/// looked up). With lean owners no other socket but a listener gets one,
+/// so a socket closing with a cookie at or above it is not looked up: a
+/// hash lookup that misses costs a cache miss or two on every connection.
+#[map]
+pub(crate) static SEEDED_BELOW: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Owner of each listening port, inherited by the sockets it accepts.
 #[map]

@@ -22,7 +22,7 @@ use crate::kread::{
     Btf, Mem, SYS_SHUTDOWN, current_exiting, current_regs, current_task, current_thread, endpoints,
     is_tcp, local_port, netns_of, sock_cgroup, sock_id,
 };
-use crate::maps::{EVENTS, IN_SHUTDOWN, LISTENERS, PIDS, SOCKS, config};
+use crate::maps::{EVENTS, IN_SHUTDOWN, LISTENERS, PIDS, SEEDED_BELOW, SOCKS, config};
 
 /// One transition of one socket, as the hook sees it.
 struct Transition {
@@ -94,7 +94,7 @@ pub(crate) fn try_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
                 && scanned(cfg, netns_of::<Btf>(sk, off)))
             || (old == CLOSE_WAIT
                 && scanned(cfg, netns_of::<Btf>(sk, off))
-                && !watched(sock_id(sk))))
+                && !existing_id(cfg, sk).is_some_and(watched)))
     {
         count_transition(old, new);
         if new == CLOSE_WAIT {
@@ -189,25 +189,50 @@ fn owner_told(t: &Transition, listen_key: &ListenKey, task: &TaskId) -> Owned {
 /// Drop a closed socket's owner entry. Every entry is made under the id
 /// `sock_id` gives, which makes the socket's cookie when it has none: a
 /// socket still without one has no entry, and is not given a cookie just
-/// to look. With lean owners few sockets have one (those that predate
-/// start-up, listeners, watched CLOSE_WAIT sockets once they move on):
-/// look before deleting, as a lookup that misses is cheaper than a delete
-/// that does (it takes the bucket's lock).
+/// to look. With lean owners only listeners and the sockets the start-up
+/// snapshot seeded have one: the rest are not looked up (see
+/// `SEEDED_BELOW`; a listener's close is not quiet, and `keep_books`
+/// drops its entry), and the seeded are looked up before deleting, as a
+/// lookup that misses is cheaper than a delete that does (it takes the
+/// bucket's lock).
 #[inline(always)]
 fn forget(cfg: &Config, sk: *const u8) {
-    let id = if cfg.id_key != 0 {
-        sock_id(sk)
-    } else {
-        match Btf::get::<u64>(sk, cfg.offsets.cookie) {
-            Ok(0) => return,
-            Ok(cookie) => cookie,
-            Err(_) => sock_id(sk),
-        }
+    let Some(id) = existing_id(cfg, sk) else {
+        return;
     };
+    if cfg.lean_owners != 0 && cfg.id_key == 0 && after_snapshot(id) {
+        return;
+    }
     if cfg.lean_owners != 0 && unsafe { SOCKS.get(id) }.is_none() {
         return;
     }
     let _ = SOCKS.remove(id);
+}
+
+/// The socket's id if it may have one in a map: None for a socket with
+/// no cookie yet, which no entry or watch can name (userspace watches
+/// sockets sock_diag listed, which gave them one), and which is not given
+/// one just to look: making a cookie is an atomic operation.
+#[inline(always)]
+fn existing_id(cfg: &Config, sk: *const u8) -> Option<u64> {
+    if cfg.id_key != 0 {
+        return Some(sock_id(sk));
+    }
+    match Btf::get::<u64>(sk, cfg.offsets.cookie) {
+        Ok(0) => None,
+        Ok(cookie) => Some(cookie),
+        Err(_) => Some(sock_id(sk)),
+    }
+}
+
+/// Whether cookie `id` is past every cookie the snapshot seeded (false
+/// until userspace has said which those are).
+#[inline(always)]
+fn after_snapshot(id: u64) -> bool {
+    match SEEDED_BELOW.get(0) {
+        Some(&below) => below != 0 && id >= below,
+        None => false,
+    }
 }
 
 /// The owner: the current task for an owner-only transition, else the
@@ -307,10 +332,11 @@ fn keep_books(t: &Transition, o: &Owned, listen_key: &ListenKey, now: u64) {
     let is_known = !o.known_ptr.is_null();
     if o.sock_id == 0 {
         // Nothing to keep under an id the socket does not have yet.
-    } else if new == FIN_WAIT1 && !is_known && config().lean_owners != 0 {
-        // An active close is sent with its closer, and nothing after it
-        // needs an owner (the socket can no longer enter CLOSE_WAIT): with
-        // lean owners it takes no entry.
+    } else if !is_known && new != LISTEN && config().lean_owners != 0 {
+        // Lean owners: only a listener takes an entry (its children's
+        // owner). An active close is sent with its closer, and a watched
+        // socket leaving CLOSE_WAIT is named by the transition or by its
+        // holders; nothing later needs their owner (`forget` relies on it).
     } else if new == CLOSE {
         // Gone from the state machine: drop it so the map holds only the living.
         if is_known {

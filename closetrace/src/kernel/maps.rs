@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use aya::Ebpf;
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use closetrace_common::{ListenKey, ListenerInfo, NETNS_ACTIVITY_SLOTS, SockInfo};
 use closetrace_core::host::sockets::KernelView;
 use closetrace_core::kernel::CloseWaitKernel;
@@ -73,6 +73,7 @@ pub fn seed_existing(
     let mut listen_map: BpfHashMap<_, ListenKey, ListenerInfo> =
         BpfHashMap::try_from(listen_map).map_err(map_error("LISTENERS"))?;
     let mut seeded = Vec::new();
+    let mut below = 1u64;
     for s in view.by_cookie.values() {
         // Several holders (fork, fd passing): the lowest pid is usually the
         // parent that made it; good enough for ownership of the stream.
@@ -81,8 +82,12 @@ pub fn seed_existing(
         };
         let owner: Task = h.task();
         // BPF_NOEXIST: what the programs saw since attaching is fresher.
+        // `below`: past every cookie seeded here (see `set_seeded_below`).
         if !listeners_only {
-            let _ = sock_map.insert(s.cookie, seed_info(&owner, s.state), BPF_NOEXIST);
+            let info = seed_info(&owner, s.state);
+            if sock_map.insert(s.cookie, info, BPF_NOEXIST).is_ok() {
+                below = below.max(s.cookie.saturating_add(1));
+            }
         }
         if s.state == TcpState::Listen {
             let key = ListenKey {
@@ -104,7 +109,21 @@ pub fn seed_existing(
             owner,
         });
     }
+    if !listeners_only {
+        set_seeded_below(ebpf, below)?;
+    }
     Ok(seeded)
+}
+
+/// Tell the programs which cookies the snapshot seeded: those below
+/// `below` (see `SEEDED_BELOW` in the eBPF crate).
+fn set_seeded_below(ebpf: &mut Ebpf, below: u64) -> Result<(), LoadError> {
+    let map = ebpf
+        .map_mut("SEEDED_BELOW")
+        .ok_or(LoadError::Map("SEEDED_BELOW", "missing".into()))?;
+    let mut array: Array<&mut MapData, u64> =
+        Array::try_from(map).map_err(map_error("SEEDED_BELOW"))?;
+    array.set(0, below, 0).map_err(map_error("SEEDED_BELOW"))
 }
 
 /// The kernel side of CLOSE_WAIT scanning: when a socket entered CLOSE_WAIT
