@@ -7,15 +7,18 @@ use std::collections::HashMap;
 use super::sockets::DiagSocket;
 
 /// For each socket of `sockets` with no inode, the inode of the listener
-/// it arrived on: same namespace and local port, and its local address
-/// or a wildcard one (an exact address wins).
+/// it arrived on: same namespace, family and local port, and its local
+/// address or a wildcard one (an exact address wins). A dual-stack
+/// listener's IPv4 children are IPv6 sockets too (mapped addresses).
 pub fn listeners_of<'a>(
     sockets: impl IntoIterator<Item = &'a DiagSocket>,
     listeners: &[DiagSocket],
 ) -> HashMap<u64, u32> {
     let mut out = HashMap::new();
     for s in sockets.into_iter().filter(|s| s.inode == 0) {
-        let same_port = |l: &&DiagSocket| l.netns == s.netns && l.sport == s.sport && l.inode != 0;
+        let same_port = |l: &&DiagSocket| {
+            l.netns == s.netns && l.family == s.family && l.sport == s.sport && l.inode != 0
+        };
         let exact = listeners
             .iter()
             .filter(same_port)
