@@ -285,6 +285,12 @@ impl System {
         gate.activity(slots, Instant::now());
     }
 
+    /// No more gate: every namespace's IPv6 sockets are listed again
+    /// (the kernel's activity could not be read).
+    pub fn ipv6_everywhere(&mut self) {
+        self.ipv6 = None;
+    }
+
     /// `read` run inside each namespace, with its inode: the answers of
     /// those that could be read. Only the home namespace failing is an
     /// error; others come and go, and are skipped when gone.

@@ -37,9 +37,13 @@ impl Host for RunHost {
         visit: &mut dyn FnMut(DiagSocket),
     ) -> Result<(), SnapshotError> {
         let moved = self.activity.as_mut().and_then(NetnsActivity::moved);
-        if let Some(moved) = &moved {
-            let ipv6 = moved.iter().filter_map(|s| s.checked_sub(NETNS_SLOTS));
-            self.system.ipv6_activity(ipv6);
+        match &moved {
+            Some(moved) => {
+                let ipv6 = moved.iter().filter_map(|s| s.checked_sub(NETNS_SLOTS));
+                self.system.ipv6_activity(ipv6);
+            }
+            // Activity unknown: every namespace is read, IPv6 included.
+            None => self.system.ipv6_everywhere(),
         }
         match (wanted, moved) {
             (Some(wanted), Some(moved)) => {
