@@ -147,18 +147,28 @@ impl LeakDetector {
     /// table skip sockets that move), not its end. Without this, two such
     /// misses a grace period apart ended a live leak as `unknown`, and the
     /// next scan found it again as a new one.
-    pub fn present(&mut self, sock_id: u64) {
-        if let Some(t) = self.socks.get_mut(&sock_id) {
-            t.absent_since_ns = None;
-        }
+    /// Returns whether it had been seen absent (and so was unwatched).
+    pub fn present(&mut self, sock_id: u64) -> bool {
+        self.socks
+            .get_mut(&sock_id)
+            .is_some_and(|t| t.absent_since_ns.take().is_some())
     }
 
     /// A socket a scan found in CLOSE_WAIT, in it since `since_ns` as
-    /// `dated` tells. Already tracked: unchanged.
-    pub fn found(&mut self, sock: SockRef, owner: Option<Task>, since_ns: u64, dated: LeakSince) {
-        if !self.is_tracked(sock.id) && !self.ended_since_mark.contains(&sock.id) {
+    /// `dated` tells. Already tracked, or ended since the scan was asked
+    /// for: unchanged. Returns whether it is tracked from now on.
+    pub fn found(
+        &mut self,
+        sock: SockRef,
+        owner: Option<Task>,
+        since_ns: u64,
+        dated: LeakSince,
+    ) -> bool {
+        let new = !self.is_tracked(sock.id) && !self.ended_since_mark.contains(&sock.id);
+        if new {
             self.track(sock, owner, since_ns, dated);
         }
+        new
     }
 
     /// A socket found in CLOSE_WAIT at start-up, aged from `now`.
@@ -442,7 +452,8 @@ mod tests {
         assert!(!d.due(2 * S).is_empty());
         // A busy dump misses it, the next one sees it again...
         assert_eq!(d.absent(7, 3 * S), None, "within the grace period");
-        d.present(7);
+        assert!(d.present(7), "seen absent before: to be watched again");
+        assert!(!d.present(7), "present twice: nothing to redo");
         // ...and one much later misses it once more: a new absence, not
         // the end of the first one.
         assert_eq!(d.absent(7, 3 * S + ABSENCE_GRACE_NS + 1), None);
@@ -466,12 +477,13 @@ mod tests {
         let mut rst = change(9, 9501, CloseWait, Close);
         rst.context.error = true;
         assert!(d.on_state(&rst).is_some() || !d.is_tracked(9));
-        d.found(sock.clone(), None, S, LeakSince::Transition);
+        assert!(!d.found(sock.clone(), None, S, LeakSince::Transition));
         assert!(!d.is_tracked(9), "revived from a dump older than its end");
         // The next scan is asked after the end: a socket of that id in
         // CLOSE_WAIT then is news.
         d.mark();
-        d.found(sock, None, 2 * S, LeakSince::TcpInfo);
+        assert!(d.found(sock.clone(), None, 2 * S, LeakSince::TcpInfo));
         assert!(d.is_tracked(9));
+        assert!(!d.found(sock, None, 3 * S, LeakSince::TcpInfo), "already");
     }
 }

@@ -43,15 +43,22 @@ impl Monitor {
             }
         };
         let present: HashSet<u64> = found.iter().map(|s| s.cookie).collect();
+        // A watch is made only for a socket tracked from now on, and undone
+        // when it stops being tracked or is seen absent: a stale dump must
+        // not watch a socket whose CLOSE_WAIT already ended, as nothing
+        // would unwatch it (WATCH would fill with the dead).
         for s in found {
             if self.leaks.is_tracked(s.cookie) {
-                self.leaks.present(s.cookie);
+                if self.leaks.present(s.cookie) {
+                    kernel.watch(s.cookie);
+                }
                 continue;
             }
             let (since, owner) = kernel.entered(s.cookie).unwrap_or((0, None));
-            kernel.watch(s.cookie);
             let (since, dated) = date_found(since, s.last_ack_recv_ms, now_ns, dumped_by_ns);
-            self.leaks.found(s.sock_ref(), owner, since, dated);
+            if self.leaks.found(s.sock_ref(), owner, since, dated) {
+                kernel.watch(s.cookie);
+            }
         }
         let gone: Vec<u64> = self
             .leaks
@@ -130,13 +137,19 @@ impl Monitor {
         if gone {
             // Left CLOSE_WAIT, seen or not yet: no report; resolved (if it
             // was shown) by its transition or, failing that, as unknown.
+            if let Some(k) = self.scan.as_mut() {
+                k.unwatch(id);
+            }
             if let Some(r) = self.leaks.absent(id, now_ns) {
                 self.resolve(&r, sink)?;
             }
             return Ok(());
         }
-        if diag.is_some() {
-            self.leaks.present(id);
+        if diag.is_some()
+            && self.leaks.present(id)
+            && let Some(k) = self.scan.as_mut()
+        {
+            k.watch(id);
         }
         let holders: &[Holder] = view.map_or(&[], |v| v.holders_of_sock(&d.tracked.sock, by_tuple));
         let owner = blame(d.tracked.owner.clone(), holders);
@@ -231,9 +244,88 @@ pub(super) fn date_found(
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
     use super::*;
+    use crate::app::coordinator::Settings;
+    use crate::model::fixtures::change;
+    use crate::model::netns::NetnsReach;
+    use crate::model::{KernelEvent, Task, clock::WallClock};
+    use crate::output::sink::Format;
 
     const MS: u64 = 1_000_000;
+    const S: u64 = 1_000 * MS;
+
+    /// The kernel's WATCH map, as a set the test can read.
+    struct Watched(Rc<RefCell<HashSet<u64>>>);
+
+    impl crate::kernel::CloseWaitKernel for Watched {
+        fn entered(&self, _cookie: u64) -> Option<(u64, Option<Task>)> {
+            None
+        }
+        fn watch(&mut self, cookie: u64) {
+            self.0.borrow_mut().insert(cookie);
+        }
+        fn unwatch(&mut self, cookie: u64) {
+            self.0.borrow_mut().remove(&cookie);
+        }
+    }
+
+    fn scanning_monitor() -> (Monitor, Rc<RefCell<HashSet<u64>>>, Sink) {
+        let settings = Settings {
+            threshold_ns: S,
+            tw_warn: 0.5,
+            pids: vec![],
+            infer_closes: false,
+            stream_all: false,
+            reach: NetnsReach::Own(1),
+            port_policies: Default::default(),
+            ids_are_cookies: true,
+        };
+        let mut monitor = Monitor::new(settings, WallClock::from_offset(0));
+        let watched = Rc::new(RefCell::new(HashSet::new()));
+        monitor.scan_close_wait_with(Box::new(Watched(watched.clone())));
+        let sink = Sink::new(
+            Format::Json,
+            Box::new(io::sink()),
+            WallClock::from_offset(0),
+            false,
+        );
+        (monitor, watched, sink)
+    }
+
+    /// A scan asked for before a leak ended answers after its end was seen:
+    /// the dead socket is neither tracked nor watched again (a watch nothing
+    /// would undo filled WATCH in the soak when 2,700 leaks ended at once).
+    #[test]
+    fn a_stale_scan_watches_no_ended_leak() {
+        let (mut m, watched, mut sink) = scanning_monitor();
+        let cw = |id| DiagSocket::on_loopback(id, TcpState::CloseWait, 9000, 1);
+        m.leaks.mark();
+        m.scan_close_wait((S, S), Ok(vec![cw(9), cw(10)]), None, &mut sink)
+            .unwrap();
+        assert_eq!(*watched.borrow(), HashSet::from([9, 10]));
+        // A scan is asked for; then socket 9's holder closes it.
+        m.leaks.mark();
+        let close = change(9, 9000, TcpState::CloseWait, TcpState::LastAck);
+        m.on_event(KernelEvent::State(close), &mut sink).unwrap();
+        assert_eq!(*watched.borrow(), HashSet::from([10]));
+        // The scan's dump predates the close.
+        m.scan_close_wait((2 * S, 2 * S), Ok(vec![cw(9), cw(10)]), None, &mut sink)
+            .unwrap();
+        assert_eq!(*watched.borrow(), HashSet::from([10]), "9 watched again");
+        assert!(!m.leaks.is_tracked(9));
+        // Missed by one dump (unwatched), seen by the next: watched again,
+        // or its close would go unseen.
+        m.leaks.mark();
+        m.scan_close_wait((3 * S, 3 * S), Ok(vec![]), None, &mut sink)
+            .unwrap();
+        assert!(watched.borrow().is_empty());
+        m.scan_close_wait((4 * S, 4 * S), Ok(vec![cw(10)]), None, &mut sink)
+            .unwrap();
+        assert_eq!(*watched.borrow(), HashSet::from([10]));
+    }
 
     #[test]
     fn the_kernel_entry_dates_first_then_tcp_info_then_now() {
