@@ -9,14 +9,23 @@ use closetrace_common::{CloseRecord, LOST_RINGBUF, RECORD_CLOSE, close_src, flag
 use crate::emit::{count, wakeup};
 use crate::filters::{outside, scanned, watched};
 use crate::kread::{
-    Btf, Mem, Probe, current_exiting, current_task, endpoints, is_tcp, netns_of, sock_cgroup,
-    sock_id, sock_id_read,
+    Btf, Mem, Probe, current_exiting, current_task, endpoints, existing_id, is_tcp, netns_of,
+    sock_cgroup, sock_id, sock_id_read,
 };
 use crate::maps::{EVENTS, PIDS, config};
 
 pub(crate) fn try_close_fentry(ctx: &FEntryContext) -> Result<(), i32> {
     let sk: *const u8 = ctx.arg(0);
-    emit_close::<Btf>(sk, sock_id(sk), close_src::FENTRY)
+    let cfg = config();
+    // The default mode sends only closes of watched or owner-kept sockets,
+    // which have a cookie already: a socket without one is not given one
+    // (an atomic on a shared counter) only to be dropped.
+    let id = if cfg.stream_all != 0 {
+        sock_id(sk)
+    } else {
+        existing_id(cfg, sk).unwrap_or(0)
+    };
+    emit_close::<Btf>(sk, id, close_src::FENTRY)
 }
 
 pub(crate) fn try_close_kprobe(ctx: &ProbeContext) -> Result<(), i32> {

@@ -9,7 +9,8 @@ use aya_ebpf::helpers::{
     bpf_get_socket_cookie, bpf_probe_read_kernel, bpf_task_pt_regs, generated,
 };
 use closetrace_common::{
-    AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP, OFFSET_ABSENT, PF_EXITING, SockOffsets, TaskId,
+    AF_INET, AF_INET6, COMM_LEN, Config, IPPROTO_TCP, OFFSET_ABSENT, PF_EXITING, SockOffsets,
+    TaskId,
 };
 
 use crate::maps::config;
@@ -38,6 +39,22 @@ pub(crate) fn sock_id(sk: *const u8) -> u64 {
         return keyed_id(sk, key);
     }
     unsafe { bpf_get_socket_cookie(sk as *mut c_void) }
+}
+
+/// The socket's id if it may have one in a map: None for a socket with
+/// no cookie yet, which no entry or watch can name (userspace watches
+/// sockets sock_diag listed, which gave them one), and which is not given
+/// one just to look: making a cookie is an atomic operation.
+#[inline(always)]
+pub(crate) fn existing_id(cfg: &Config, sk: *const u8) -> Option<u64> {
+    if cfg.id_key != 0 {
+        return Some(sock_id(sk));
+    }
+    match Btf::get::<u64>(sk, cfg.offsets.cookie) {
+        Ok(0) => None,
+        Ok(cookie) => Some(cookie),
+        Err(_) => Some(sock_id(sk)),
+    }
 }
 
 /// The same from a classic tracepoint or a kprobe, which cannot call the

@@ -20,7 +20,7 @@ use crate::emit::{count, count_transition, mark_ipv6, mark_netns, wakeup};
 use crate::filters::{caused_by_owner, may_close, outside, scanned, watched};
 use crate::kread::{
     Btf, Mem, SYS_SHUTDOWN, current_exiting, current_regs, current_task, current_thread, endpoints,
-    is_tcp, local_port, netns_of, sock_cgroup, sock_id,
+    existing_id, is_tcp, local_port, netns_of, sock_cgroup, sock_id,
 };
 use crate::maps::{EVENTS, IN_SHUTDOWN, LISTENERS, PIDS, SEEDED_BELOW, SOCKS, config};
 
@@ -207,22 +207,6 @@ fn forget(cfg: &Config, sk: *const u8) {
         return;
     }
     let _ = SOCKS.remove(id);
-}
-
-/// The socket's id if it may have one in a map: None for a socket with
-/// no cookie yet, which no entry or watch can name (userspace watches
-/// sockets sock_diag listed, which gave them one), and which is not given
-/// one just to look: making a cookie is an atomic operation.
-#[inline(always)]
-fn existing_id(cfg: &Config, sk: *const u8) -> Option<u64> {
-    if cfg.id_key != 0 {
-        return Some(sock_id(sk));
-    }
-    match Btf::get::<u64>(sk, cfg.offsets.cookie) {
-        Ok(0) => None,
-        Ok(cookie) => Some(cookie),
-        Err(_) => Some(sock_id(sk)),
-    }
 }
 
 /// Whether cookie `id` is past every cookie the snapshot seeded (false
