@@ -134,6 +134,18 @@ pub struct System {
 /// net under the activity-driven choice of namespaces.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
+/// Which namespaces' IPv6 sockets a listing reads.
+#[derive(Clone, Copy, Debug)]
+enum Ipv6Listing {
+    /// Every namespace's: the snapshot, holders and listeners (whose
+    /// findings do not feed the gate, or a namespace's IPv6 listener would
+    /// keep it open for ever).
+    Everywhere,
+    /// Where the gate is open (or it is unknown), or everywhere on a
+    /// sweep; a namespace whose IPv6 sockets were found stays open.
+    Gated { sweep: bool },
+}
+
 /// How long a namespace that went away is reported read and empty.
 const GONE_FOR: Duration = Duration::from_secs(5);
 
@@ -227,7 +239,8 @@ impl System {
         } else {
             sockets::Ext::NONE
         };
-        let result = self.visit_gated(&choose, sweep, states, ext, visit);
+        let ipv6 = Ipv6Listing::Gated { sweep };
+        let result = self.visit_in(&choose, ipv6, states, ext, visit);
         // Forget namespaces that went away: containers come and go.
         let found = self
             .found
@@ -239,41 +252,6 @@ impl System {
             .chain(self.read.iter().copied())
             .filter(|ns| found.iter().any(|n| n.inode == *ns))
             .collect();
-        result.map(|_| ())
-    }
-
-    /// `visit_in`, listing a namespace's IPv6 sockets only where the gate
-    /// (if any) is open, or on a sweep.
-    fn visit_gated(
-        &mut self,
-        choose: &dyn Fn(u32) -> bool,
-        sweep: bool,
-        states: u32,
-        ext: sockets::Ext,
-        visit: &mut dyn FnMut(DiagSocket),
-    ) -> Result<(), SnapshotError> {
-        let gate = self.ipv6.take();
-        let now = Instant::now();
-        let mut found_ipv6 = HashSet::new();
-        let result = self.each_where(choose, |netns| {
-            sockets::visit_tcp_sockets(AF_INET, states, ext, &mut |mut s| {
-                s.netns = netns;
-                visit(s);
-            })?;
-            if sweep || gate.as_ref().is_none_or(|g| g.open(netns, now)) {
-                // As in `visit_tcp_sockets_both`: IPv6 failing is no error.
-                let _ = sockets::visit_tcp_sockets(AF_INET6, states, ext, &mut |mut s| {
-                    s.netns = netns;
-                    found_ipv6.insert(netns);
-                    visit(s);
-                });
-            }
-            Ok(())
-        });
-        self.ipv6 = gate.map(|mut g| {
-            g.found(&found_ipv6, now);
-            g
-        });
         result.map(|_| ())
     }
 
@@ -352,21 +330,44 @@ impl System {
     }
 
     /// Each socket in `states` of the namespaces `choose` keeps, tagged
-    /// with its namespace, handed to `visit` as the dump is parsed.
+    /// with its namespace, handed to `visit` as the dump is parsed; IPv6
+    /// ones where `ipv6` says.
     fn visit_in(
         &mut self,
         choose: &dyn Fn(u32) -> bool,
+        ipv6: Ipv6Listing,
         states: u32,
         ext: sockets::Ext,
         visit: &mut dyn FnMut(DiagSocket),
     ) -> Result<(), SnapshotError> {
-        self.each_where(choose, |netns| {
-            sockets::visit_tcp_sockets_both(states, ext, &mut |mut s| {
+        let (gate, everywhere) = match ipv6 {
+            Ipv6Listing::Everywhere => (None, true),
+            Ipv6Listing::Gated { sweep } => (self.ipv6.take(), sweep),
+        };
+        let now = Instant::now();
+        let mut found_ipv6 = HashSet::new();
+        let result = self.each_where(choose, |netns| {
+            sockets::visit_tcp_sockets(AF_INET, states, ext, &mut |mut s| {
                 s.netns = netns;
                 visit(s);
-            })
-        })
-        .map(|_| ())
+            })?;
+            if everywhere || gate.as_ref().is_none_or(|g| g.open(netns, now)) {
+                // As in `visit_tcp_sockets_both`: IPv6 failing is no error.
+                let _ = sockets::visit_tcp_sockets(AF_INET6, states, ext, &mut |mut s| {
+                    s.netns = netns;
+                    found_ipv6.insert(netns);
+                    visit(s);
+                });
+            }
+            Ok(())
+        });
+        if let Ipv6Listing::Gated { .. } = ipv6 {
+            self.ipv6 = gate.map(|mut g| {
+                g.found(&found_ipv6, now);
+                g
+            });
+        }
+        result.map(|_| ())
     }
 
     /// Sockets in `states` in every namespace read, tagged.
@@ -376,7 +377,9 @@ impl System {
         ext: sockets::Ext,
     ) -> Result<Vec<DiagSocket>, SnapshotError> {
         let mut all = Vec::new();
-        self.visit_in(&|_| true, states, ext, &mut |s| all.push(s))?;
+        self.visit_in(&|_| true, Ipv6Listing::Everywhere, states, ext, &mut |s| {
+            all.push(s)
+        })?;
         Ok(all)
     }
 
@@ -391,7 +394,8 @@ impl System {
     /// parsed: a node can hold a hundred thousand sockets.
     fn view(&mut self, states: u32) -> Result<KernelView, SnapshotError> {
         let mut by_cookie = HashMap::new();
-        self.visit_in(&|_| true, states, sockets::Ext::NONE, &mut |s| {
+        let (all, ext) = (Ipv6Listing::Everywhere, sockets::Ext::NONE);
+        self.visit_in(&|_| true, all, states, ext, &mut |s| {
             by_cookie.insert(s.cookie, s);
         })?;
         let inodes: HashSet<u32> = by_cookie.values().map(|s| s.inode).collect();
