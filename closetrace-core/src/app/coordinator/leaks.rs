@@ -30,9 +30,9 @@ impl Monitor {
         read: Option<&HashSet<u32>>,
         sink: &mut Sink,
     ) -> io::Result<()> {
-        let Some(kernel) = self.scan.as_mut() else {
+        if self.scan.is_none() {
             return Ok(());
-        };
+        }
         let found = match found {
             Ok(f) => f,
             Err(e) => {
@@ -49,15 +49,14 @@ impl Monitor {
         // would unwatch it (WATCH would fill with the dead).
         for s in found {
             if self.leaks.is_tracked(s.cookie) {
-                if self.leaks.present(s.cookie) {
-                    kernel.watch(s.cookie);
-                }
+                self.seen_present(s.cookie);
                 continue;
             }
-            let (since, owner) = kernel.entered(s.cookie).unwrap_or((0, None));
+            let entered = self.scan.as_ref().and_then(|k| k.entered(s.cookie));
+            let (since, owner) = entered.unwrap_or((0, None));
             let (since, dated) = date_found(since, s.last_ack_recv_ms, now_ns, dumped_by_ns);
             if self.leaks.found(s.sock_ref(), owner, since, dated) {
-                kernel.watch(s.cookie);
+                self.watch(s.cookie);
             }
         }
         let gone: Vec<u64> = self
@@ -71,14 +70,43 @@ impl Monitor {
             .map(|t| t.sock.id)
             .collect();
         for id in gone {
-            if let Some(k) = self.scan.as_mut() {
-                k.unwatch(id);
-            }
-            if let Some(r) = self.leaks.absent(id, now_ns) {
-                self.resolve(&r, sink)?;
-            }
+            self.seen_absent(id, now_ns, sink)?;
         }
         Ok(())
+    }
+
+    /// The kernel sends how socket `id` leaves CLOSE_WAIT from now on (see
+    /// `CloseWaitKernel`); nothing without scanning.
+    fn watch(&mut self, id: u64) {
+        if let Some(k) = self.scan.as_mut() {
+            k.watch(id);
+        }
+    }
+
+    /// The kernel stops sending how socket `id` leaves CLOSE_WAIT.
+    pub(super) fn unwatch(&mut self, id: u64) {
+        if let Some(k) = self.scan.as_mut() {
+            k.unwatch(id);
+        }
+    }
+
+    /// The kernel's account lists tracked leak `id` in CLOSE_WAIT: watched
+    /// again if an absence had unwatched it (its close must be seen).
+    fn seen_present(&mut self, id: u64) {
+        if self.leaks.present(id) {
+            self.watch(id);
+        }
+    }
+
+    /// The kernel's account no longer lists tracked leak `id` in
+    /// CLOSE_WAIT: unwatched, and ended as `unknown` once absent for the
+    /// grace period, unless its transition says how first.
+    fn seen_absent(&mut self, id: u64, now_ns: u64, sink: &mut Sink) -> io::Result<()> {
+        self.unwatch(id);
+        match self.leaks.absent(id, now_ns) {
+            Some(r) => self.resolve(&r, sink),
+            None => Ok(()),
+        }
     }
 
     /// Sockets already in CLOSE_WAIT at start-up, aged from `now_ns`.
@@ -137,19 +165,10 @@ impl Monitor {
         if gone {
             // Left CLOSE_WAIT, seen or not yet: no report; resolved (if it
             // was shown) by its transition or, failing that, as unknown.
-            if let Some(k) = self.scan.as_mut() {
-                k.unwatch(id);
-            }
-            if let Some(r) = self.leaks.absent(id, now_ns) {
-                self.resolve(&r, sink)?;
-            }
-            return Ok(());
+            return self.seen_absent(id, now_ns, sink);
         }
-        if diag.is_some()
-            && self.leaks.present(id)
-            && let Some(k) = self.scan.as_mut()
-        {
-            k.watch(id);
+        if diag.is_some() {
+            self.seen_present(id);
         }
         let holders: &[Holder] = view.map_or(&[], |v| v.holders_of_sock(&d.tracked.sock, by_tuple));
         let owner = blame(d.tracked.owner.clone(), holders);

@@ -157,10 +157,8 @@ impl Monitor {
             KernelEvent::State(mut ev) => {
                 self.table.apply(&mut ev);
                 let resolved = self.leaks.on_state(&ev);
-                if ev.old == TcpState::CloseWait
-                    && let Some(k) = self.scan.as_mut()
-                {
-                    k.unwatch(ev.sock.id);
+                if ev.old == TcpState::CloseWait {
+                    self.unwatch(ev.sock.id);
                 }
                 if self.stream_all && self.wants(ev.owner.as_ref().map(|o| (o.pid, o.start))) {
                     sink.state(&ev)?;
