@@ -1,6 +1,7 @@
-//! The traced run's futures on one task: the ring-buffer reader, the loss
-//! poller, the coordinator, the metrics exporter and the stop trigger
-//! (signals, `--duration`, or the coordinator stopping on an output error).
+//! The traced run: the ring-buffer reader on a thread of its own, and on
+//! this one, as futures of one task, the loss poller, the coordinator, the
+//! metrics exporter and the stop trigger (signals, `--duration`, or the
+//! coordinator stopping on an output error).
 use std::cell::RefCell;
 use std::io;
 use std::net::TcpListener;
@@ -12,6 +13,7 @@ use closetrace_common::LOST_RINGBUF;
 use closetrace_core::app::coordinator::Monitor;
 use closetrace_core::app::pipeline::{self, CHANNEL_DEPTH};
 use closetrace_core::app::worker::Worker;
+use closetrace_core::kernel::RingMsg;
 use closetrace_core::output::metrics::{self, Metrics};
 use closetrace_core::output::sink::Sink;
 use tokio::signal::unix::{SignalKind, signal};
@@ -45,7 +47,7 @@ pub async fn trace(
     } = schedule;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-    let reader = ring::read_ring(events, tx.clone(), stop_tx.subscribe());
+    let reader = spawn_reader(events, tx.clone(), stop_tx.subscribe())?;
     let poller = ring::poll_lost(counters, tx, stop_tx.subscribe());
     let consumer = async {
         let out = pipeline::consume(rx, worker, monitor, sink, tick).await;
@@ -55,9 +57,30 @@ pub async fn trace(
     };
     let serve = serve_metrics(exporter, counters, stop_tx.subscribe());
     let trigger = stop_on_signal(duration, &stop_tx, stop_rx);
-    let (signals, reader_result, (), out, ()) =
-        tokio::join!(trigger, reader, poller, consumer, serve);
+    let (signals, (), out, ()) = tokio::join!(trigger, poller, consumer, serve);
+    // The consumer ends once every sender is gone, the reader's with it:
+    // the thread has returned or is returning.
+    let reader_result = reader
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the ring-buffer reader panicked")));
     signals.and(out).and(reader_result)
+}
+
+/// The ring-buffer reader, on its own thread: it drains and decodes while
+/// the coordinator writes, so under `--states` churn the two share no
+/// core's time, and the kernel's records wait less in the ring (a full ring
+/// loses them). Its batches reach the coordinator through `tx` as before.
+fn spawn_reader(
+    events: RingBuf<MapData>,
+    tx: mpsc::Sender<Vec<RingMsg>>,
+    stop: watch::Receiver<bool>,
+) -> io::Result<std::thread::JoinHandle<io::Result<()>>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("closetrace-ring".into())
+        .spawn(move || runtime.block_on(ring::read_ring(events, tx, stop)))
 }
 
 /// Ctrl-C, SIGTERM or `--duration` stop the run; so does the consumer
