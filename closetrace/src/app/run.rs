@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
@@ -172,17 +172,13 @@ fn bind_metrics(cli: &Cli) -> anyhow::Result<Option<TcpListener>> {
     Ok(Some(l))
 }
 
-/// Output is flushed after each batch of events, so a larger buffer only
-/// means fewer write(2) calls under load (`--states` writes ~100 MB/s).
-const OUTPUT_BUFFER: usize = 256 << 10;
-
+/// Unbuffered: the sink gathers its records and writes them in large pieces.
 fn open_output(cli: &Cli) -> anyhow::Result<Box<dyn Write + Send>> {
     Ok(match &cli.output {
-        Some(path) => Box::new(BufWriter::with_capacity(
-            OUTPUT_BUFFER,
+        Some(path) => Box::new(
             File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
-        )),
-        None => Box::new(BufWriter::with_capacity(OUTPUT_BUFFER, io::stdout())),
+        ),
+        None => Box::new(io::stdout()),
     })
 }
 
