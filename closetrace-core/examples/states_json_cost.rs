@@ -144,7 +144,7 @@ fn main() {
     let mut per_100k: Vec<f64> = (0..ROUNDS).map(|_| round(&records)).collect();
     per_100k.sort_by(f64::total_cmp);
     println!(
-        "{} events per round, {ROUNDS} rounds: median {:.3} CPU-s per 100k events (min {:.3}, max {:.3})",
+        "{} events per round, {ROUNDS} rounds: median {:.4} CPU-s per 100k events (min {:.4}, max {:.4})",
         records.len(),
         per_100k[ROUNDS / 2],
         per_100k[0],

@@ -15,6 +15,27 @@ use std::net::IpAddr;
 use crate::model::Family;
 use crate::output::records::{Close, ClosedBy, Scope, SockFields, State, Ts};
 
+/// Every octet's decimal digits: two of them in each of a state line's
+/// addresses, where itoa's general loop was a tenth of the line's time.
+static OCTETS: [([u8; 3], u8); 256] = octet_digits();
+
+const fn octet_digits() -> [([u8; 3], u8); 256] {
+    let mut table = [([0u8; 3], 0u8); 256];
+    let mut n = 0;
+    while n < 256 {
+        let (h, t, o) = ((n / 100) as u8, (n / 10 % 10) as u8, (n % 10) as u8);
+        table[n] = if n >= 100 {
+            ([b'0' + h, b'0' + t, b'0' + o], 3)
+        } else if n >= 10 {
+            ([b'0' + t, b'0' + o, 0], 2)
+        } else {
+            ([b'0' + o, 0, 0], 1)
+        };
+        n += 1;
+    }
+    table
+}
+
 /// One JSON object being written into `buf`, from `{"type":...` to `}\n`.
 struct Line<'b> {
     buf: &'b mut Vec<u8>,
@@ -94,10 +115,44 @@ impl<'b> Line<'b> {
         }
     }
 
-    fn opt_float(&mut self, key: &'static str, x: Option<f64>) {
+    /// Milliseconds with microsecond precision (see `ns_to_ms`).
+    fn opt_ms(&mut self, key: &'static str, x: Option<f64>) {
         self.key(key);
-        // serde_json's own float formatting, so the digits are the same.
-        let _ = serde_json::to_writer(&mut *self.buf, &x);
+        match x.and_then(whole_micros) {
+            Some(us) => self.micros_as_ms(us),
+            // serde_json's own float formatting, so the digits are the same.
+            None => {
+                let _ = serde_json::to_writer(&mut *self.buf, &x);
+            }
+        }
+    }
+
+    /// `us` / 1000 as the shortest decimal that reads back as the same
+    /// f64, which is what serde_json writes: below 10^15 a decimal of up to
+    /// 15 significant digits is that shortest form, and `n.0` when whole.
+    fn micros_as_ms(&mut self, us: u64) {
+        let mut digits = itoa::Buffer::new();
+        self.buf
+            .extend_from_slice(digits.format(us / 1000).as_bytes());
+        self.buf.push(b'.');
+        let frac = us % 1000;
+        if frac == 0 {
+            self.buf.push(b'0');
+            return;
+        }
+        let text = [
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ];
+        let kept = if !frac.is_multiple_of(10) {
+            3
+        } else if !frac.is_multiple_of(100) {
+            2
+        } else {
+            1
+        };
+        self.buf.extend_from_slice(&text[..kept]);
     }
 
     fn ip(&mut self, key: &'static str, ip: IpAddr) {
@@ -105,12 +160,12 @@ impl<'b> Line<'b> {
         self.buf.push(b'"');
         match ip {
             IpAddr::V4(v4) => {
-                let mut digits = itoa::Buffer::new();
                 for (i, octet) in v4.octets().into_iter().enumerate() {
                     if i > 0 {
                         self.buf.push(b'.');
                     }
-                    self.buf.extend_from_slice(digits.format(octet).as_bytes());
+                    let (text, len) = &OCTETS[usize::from(octet)];
+                    self.buf.extend_from_slice(&text[..usize::from(*len)]);
                 }
             }
             IpAddr::V6(v6) => {
@@ -164,6 +219,15 @@ impl<'b> Line<'b> {
     }
 }
 
+/// The whole number of microseconds `x` milliseconds is, when `x` is
+/// exactly what `ns_to_ms` makes of it and small enough for
+/// `micros_as_ms`; None for anything else (serde_json writes those).
+fn whole_micros(x: f64) -> Option<u64> {
+    let us = (x * 1000.0).round();
+    let fits = (0.0..1e15).contains(&us) && us / 1000.0 == x;
+    fits.then_some(us as u64)
+}
+
 impl State<'_> {
     /// This record as one JSON line, appended to `buf`.
     pub fn write_json_line(&self, buf: &mut Vec<u8>) {
@@ -183,7 +247,7 @@ impl State<'_> {
         l.uint("sock", self.sock);
         l.name("old", self.old.name());
         l.name("new", self.new.name());
-        l.opt_float("old_ms", self.old_ms);
+        l.opt_ms("old_ms", self.old_ms);
         l.scope(&self.scope);
         l.close();
     }
@@ -219,7 +283,7 @@ mod tests {
 
     use super::*;
     use crate::model::{CloseVia, Container, OwnerSource, Runtime, TcpState};
-    use crate::output::records::Record;
+    use crate::output::records::{Record, ns_to_ms};
 
     const STATES: [TcpState; 13] = [
         TcpState::Established,
@@ -350,6 +414,61 @@ mod tests {
             }
         }
         assert_eq!(checked, STATES.len() * OWNERS.len());
+    }
+
+    /// Milliseconds as `ns_to_ms` makes them, written as serde_json
+    /// writes them, across magnitudes and trailing zeros; and values it
+    /// does not make fall back to serde_json.
+    #[test]
+    fn milliseconds_match_serde() {
+        let mut micros: Vec<u64> = vec![
+            0,
+            1,
+            10,
+            100,
+            999,
+            1000,
+            1001,
+            1010,
+            1100,
+            55,
+            86_400_000_000,
+        ];
+        let mut x = 7u64;
+        for _ in 0..200_000 {
+            // A spread over 0 .. 10^15 µs, with every count of trailing zeros.
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let digits = (x >> 60) as u32; // 0..15
+            micros.push((x >> 8) % 10u64.pow(digits.max(1)));
+        }
+        micros.push(999_999_999_999_999);
+        let floats = [1e15, 2.5e17, -1.0, 0.0005, 1.0 / 3.0, f64::MAX];
+        let values = micros.iter().map(|&us| ns_to_ms(us * 1000)).chain(floats);
+        for value in values {
+            let mut fast = Vec::new();
+            Line { buf: &mut fast }.opt_ms("k", Some(value));
+            let mut slow = Vec::new();
+            slow.extend_from_slice(b",\"k\":");
+            serde_json::to_writer(&mut slow, &Some(value)).unwrap();
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                String::from_utf8(slow).unwrap(),
+                "{value}"
+            );
+        }
+    }
+
+    /// Every octet, in every position, as std writes it.
+    #[test]
+    fn ipv4_addresses_match_std() {
+        for octet in 0..=255u8 {
+            let ip = IpAddr::V4(Ipv4Addr::new(octet, 255 - octet, octet / 3, 9));
+            let mut fast = Vec::new();
+            Line { buf: &mut fast }.ip("a", ip);
+            assert_eq!(String::from_utf8(fast).unwrap(), format!(",\"a\":\"{ip}\""));
+        }
     }
 
     #[test]
